@@ -1,0 +1,93 @@
+"""The journal: append-only, fsync'd segments of wire batches; the source of truth of a store.
+
+Positions are byte offsets across all segments (a segment file is named by the offset of its
+first byte, Kafka-style), so one int is a cursor for the materializer and for every sink. Only the
+collector's ingest thread writes; readers in other threads read up to `durable_end`, which moves
+only after an fsync.
+"""
+
+from __future__ import annotations
+
+import os
+from bisect import bisect_right
+from collections.abc import Iterator
+from pathlib import Path
+
+from traintape.schemas.records import iter_records, valid_length
+
+SEGMENT_BYTES = 64 << 20
+
+
+class Journal:
+    def __init__(self, folder: Path, segment_bytes: int = SEGMENT_BYTES) -> None:
+        self.folder = folder
+        self.segment_bytes = segment_bytes
+        folder.mkdir(parents=True, exist_ok=True)
+        self._starts = sorted(int(p.stem) for p in folder.glob("*.log"))
+        if not self._starts:
+            self._starts = [0]
+            self._path(0).touch()
+            _fsync_dir(folder)
+        last = self._starts[-1]
+        with open(self._path(last), "r+b") as f:
+            good = valid_length(f)
+            f.truncate(good)  # a record torn by a crash mid-append is dropped, never half-read
+        self._file = open(self._path(last), "ab")
+        self._segment_start = last
+        self.end = last + good
+        self.durable_end = self.end
+
+    def _path(self, start: int) -> Path:
+        return self.folder / f"{start:020d}.log"
+
+    def append(self, data: bytes) -> None:
+        """Appends framed records; not durable until `sync()`."""
+        self._file.write(data)
+        self.end += len(data)
+
+    def sync(self) -> None:
+        self._file.flush()
+        os.fdatasync(self._file.fileno())
+        self.durable_end = self.end
+        if self.end - self._segment_start >= self.segment_bytes:
+            self._roll()
+
+    def _roll(self) -> None:
+        self._file.close()
+        self._segment_start = self.end
+        self._starts.append(self.end)
+        self._file = open(self._path(self.end), "ab")
+        _fsync_dir(self.folder)
+
+    def close(self) -> None:
+        if not self._file.closed:
+            self.sync()
+            self._file.close()
+
+    def read(self, start: int, end: int | None = None) -> Iterator[tuple[int, int, bytes]]:
+        """Yields (position, next_position, payload) of the records in [start, end)."""
+        end = self.durable_end if end is None else end
+        starts = list(self._starts)
+        i = max(bisect_right(starts, start) - 1, 0)
+        pos = start
+        while pos < end and i < len(starts):
+            seg = starts[i]
+            seg_end = starts[i + 1] if i + 1 < len(starts) else end
+            with open(self._path(seg), "rb") as f:
+                for rpos, rnext, payload in iter_records(f, pos - seg, min(end, seg_end) - seg):
+                    yield seg + rpos, seg + rnext, payload
+                    pos = seg + rnext
+            i += 1
+            if i < len(starts):
+                pos = max(pos, starts[i])
+
+    def size_bytes(self) -> int:
+        return self.end
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

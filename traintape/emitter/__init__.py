@@ -1,0 +1,131 @@
+"""The training-side API: `from traintape import emitter`.
+
+    run = emitter.init(project="mnist", config={"lr": 1e-3})
+    emitter.log({"loss": 0.31, "acc": 0.9}, step=10)
+    emitter.finish()
+
+The module functions act on the run of the latest `init()` in this process; an `Emitter` can also
+be made and used directly. Before `init()`, `log` does nothing (after one warning).
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from typing import Any
+
+from traintape.emitter.emitter import Emitter, FinishReport, RunFinishedError
+
+__all__ = [
+    "Emitter",
+    "FinishReport",
+    "RunFinishedError",
+    "current",
+    "finish",
+    "init",
+    "log",
+    "log_params",
+    "log_text",
+]
+
+
+class _NotStarted:
+    """Stands in for the run before `init()`: logging is a bare return after one warning."""
+
+    warned = False
+
+    def log(self, metrics: Any, step: int | None = None) -> None:
+        if not _NotStarted.warned:
+            _NotStarted.warned = True
+            print(
+                "traintape: emitter.log() before emitter.init(): nothing is recorded",
+                file=sys.stderr,
+            )
+
+    def log_params(self, params: Any) -> None:
+        self.log(params)
+
+    def log_text(self, key: str, text: str, step: int | None = None) -> None:
+        self.log(None)
+
+    def finish(self, status: str = "completed", timeout: float = 30.0) -> None:
+        return None
+
+
+_current: Emitter | _NotStarted = _NotStarted()
+_hook_lock = threading.Lock()
+_hook_installed = False
+
+
+def init(
+    project: str,
+    name: str | None = None,
+    config: dict[str, Any] | None = None,
+    tags: tuple[str, ...] | list[str] = (),
+    address: str | None = None,
+    run_id: str | None = None,
+    **options: Any,
+) -> Emitter:
+    """Starts (or, with the `run_id` of an earlier run, resumes) a run and makes it current.
+
+    Rank and world size come from torchrun's variables or torch.distributed; all ranks of a job
+    share one run id. `address` defaults to $TRAINTAPE_ADDRESS, else the collector of the store
+    ($TRAINTAPE_STORE or ./traintape-store). A current run that was not finished is finished.
+    Use as a context manager to mark the run `failed` when the block raises.
+    """
+    global _current
+    if isinstance(_current, Emitter):
+        _current.finish()
+    _install_excepthook()
+    _current = Emitter(project, name, config, tags, address, run_id, **options)
+    return _current
+
+
+def log(metrics: dict[str, Any], step: int | None = None) -> None:
+    """Logs metric values at `step` on the current run (see `Emitter.log`)."""
+    _current.log(metrics, step)
+
+
+def log_params(params: dict[str, Any]) -> None:
+    _current.log_params(params)
+
+
+def log_text(key: str, text: str, step: int | None = None) -> None:
+    _current.log_text(key, text, step)
+
+
+def finish(status: str = "completed", timeout: float = 30.0) -> FinishReport | None:
+    """Finishes the current run; returns what was delivered and what waits in the spool."""
+    global _current
+    report = _current.finish(status=status, timeout=timeout)
+    _current = _NotStarted()
+    return report
+
+
+def current() -> Emitter | None:
+    return _current if isinstance(_current, Emitter) else None
+
+
+def _install_excepthook() -> None:
+    """Marks the current run failed (or killed, on Ctrl-C) when the script dies of an exception."""
+    global _hook_installed
+    with _hook_lock:
+        if _hook_installed:
+            return
+        _hook_installed = True
+        previous = sys.excepthook
+
+        def hook(exc_type: type[BaseException], exc: BaseException, tb: Any) -> None:
+            if isinstance(_current, Emitter):
+                _current._failed_by = (
+                    "killed" if issubclass(exc_type, KeyboardInterrupt) else "failed"
+                )
+            previous(exc_type, exc, tb)
+
+        sys.excepthook = hook
+
+
+def _reset_for_tests() -> None:
+    global _current
+    _current = _NotStarted()
+    _NotStarted.warned = False

@@ -1,0 +1,423 @@
+"""The Emitter: what a training process holds to log into traintape.
+
+The hot path (`log`) checks value types in one C-level pass, stamps the time, appends a tuple to
+a deque and returns. Every `batch_size` calls the caller packs the batch (msgpack, columnar) and
+hands it to ZeroMQ without blocking; if another thread holds the I/O lock at that moment, the
+caller simply does not flush this time. A keeper thread flushes on a deadline, processes acks,
+resends, and moves batches the collector did not take in time to the spool on disk.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import secrets
+import sys
+import threading
+import time
+import weakref
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgpack
+
+from traintape.emitter import environment
+from traintape.emitter.spool import SpoolFile
+from traintape.emitter.transport import Transport
+from traintape.emitter.values import coerce_metrics, flatten, plain
+from traintape.paths import resolve_address, resolve_store, spool_dir
+from traintape.schemas.events import METRICS, PARAMS, RUN_END, RUN_START, RUN_STATUSES, TEXT
+from traintape.schemas.values import to_float
+from traintape.schemas.wire import encode_body, encode_header
+
+_SCALARS = frozenset((float, int, bool))
+_STR = frozenset((str,))
+_live: weakref.WeakSet[Emitter] = weakref.WeakSet()
+
+
+@dataclass(frozen=True)
+class FinishReport:
+    """What `finish()` could deliver. `spooled` events wait in `spool_path` for `traintape replay`."""
+
+    run_id: str
+    acked: int
+    spooled: int
+    spool_path: Path | None
+    rejected: int
+
+    @property
+    def complete(self) -> bool:
+        return self.spooled == 0 and self.rejected == 0
+
+
+class RunFinishedError(RuntimeError):
+    """The run was finished; start a new one with `init()` to log more."""
+
+
+class Emitter:
+    """One run as seen from one process. Use `traintape.emitter.init()` for the usual case."""
+
+    def __init__(
+        self,
+        project: str,
+        name: str | None = None,
+        config: dict[str, Any] | None = None,
+        tags: tuple[str, ...] | list[str] = (),
+        address: str | None = None,
+        run_id: str | None = None,
+        *,
+        store: str | os.PathLike[str] | None = None,
+        batch_size: int = 256,
+        flush_interval: float = 0.2,
+        resend_after: float = 2.0,
+        spool_after: float = 5.0,
+        max_memory_mb: float = 64.0,
+    ) -> None:
+        if not isinstance(project, str) or not project:
+            msg = "init() needs a project name (a non-empty str)"
+            raise ValueError(msg)
+        if batch_size < 1:
+            msg = f"batch_size must be >= 1, got {batch_size}"
+            raise ValueError(msg)
+        self.project = project
+        self.store = resolve_store(store)
+        self.placement = environment.placement()
+        self.rank = self.placement.rank
+        self.world_size = self.placement.world_size
+        self.run_id = environment.resolve_run_id(run_id, self.placement)
+        self.name = name or f"{project}-{self.run_id[:6]}"
+        self.config = plain(dict(config or {}))
+        self.tags = [str(t) for t in tags]
+        self.address = resolve_address(address, self.store)
+        self.summary: dict[str, Any] = {}
+        self._batch_size = batch_size
+        self._flush_interval = flush_interval
+        self._transport_options = {
+            "resend_after": resend_after,
+            "spool_after": spool_after,
+            "max_memory_bytes": int(max_memory_mb * (1 << 20)),
+        }
+        self._step = 0
+        self._failed_by: str | None = None
+        self._fork_child = False
+        self._report: FinishReport | None = None
+        self._reset_io()
+        self._open_transport()
+        _live.add(self)
+        atexit.register(self._at_exit)
+        self._emit(RUN_START, None, self._run_start_body())
+        if self.config:
+            self._emit(PARAMS, None, flatten(self.config))
+
+    # -- process identity and I/O ----------------------------------------------------------
+
+    def _reset_io(self) -> None:
+        """A fresh source, sequence, buffer and lock: at init, and in a forked child."""
+        self.source = secrets.token_hex(8)
+        self._seq = 0
+        self._pending: deque[tuple[int, int, int | None, dict[str, Any]]] = deque()
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stopping = False
+        self._transport: Transport | None = None
+        self._keeper: threading.Thread | None = None
+
+    def _open_transport(self) -> Transport:
+        spool = SpoolFile(spool_dir(self.store) / f"{self.run_id}.{self.rank}.{self.source}.spool")
+        self._transport = Transport(self.address, self.source, spool, **self._transport_options)
+        self._keeper = threading.Thread(target=self._keep, name="traintape-keeper", daemon=True)
+        self._keeper.start()
+        return self._transport
+
+    def _after_fork_in_child(self) -> None:
+        # The parent's socket, lock and buffered events stay the parent's (pyzmq never closes a
+        # parent's socket from a child). The child gets its own source, so what it logs is never
+        # taken for a duplicate of the parent's events, and a socket only once it logs something.
+        if self._report is not None:
+            return
+        self._fork_child = True
+        self._reset_io()
+
+    def _run_start_body(self) -> dict[str, Any]:
+        return {
+            "project": self.project,
+            "name": self.name,
+            "config": self.config,
+            "tags": self.tags,
+            "environment": environment.environment(self.placement),
+            "world_size": self.world_size,
+        }
+
+    # -- the hot path ----------------------------------------------------------------------
+
+    def log(
+        self,
+        metrics: dict[str, Any],
+        step: int | None = None,
+        *,
+        _now: Any = time.time_ns,
+        _scalars: frozenset[type] = _SCALARS,
+        _str: frozenset[type] = _STR,
+        _type: type = type,
+    ) -> None:
+        """Records metric values (int, float, bool or numpy scalars) at `step`.
+
+        Without `step`, the step after the last one logged is used (0 first), as W&B does.
+        Raises TypeError naming the key if any value is not a number; nothing of that call is
+        logged then. NaN and ±Inf are kept.
+        """
+        try:
+            fast = _scalars.issuperset(map(_type, metrics.values())) and _str.issuperset(
+                map(_type, metrics)
+            )
+        except AttributeError:
+            fast = False
+        metrics = metrics.copy() if fast else coerce_metrics(metrics)
+        if step is None:
+            step = self._step
+        elif _type(step) is not int:
+            step = _check_step(step)
+        self._step = step + 1
+        pending = self._pending
+        pending.append((METRICS, _now(), step, metrics))
+        if len(pending) >= self._batch_size:
+            self._flush(False)
+
+    # -- the other event kinds -------------------------------------------------------------
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        """Records hyperparameters; nested dicts are flattened with "." ({"opt": {"lr": 1}} -> opt.lr)."""
+        if not isinstance(params, dict):
+            msg = f"log_params() takes a dict, not {type(params).__name__}"
+            raise TypeError(msg)
+        self._emit(PARAMS, None, flatten(params))
+
+    def log_text(self, key: str, text: str, step: int | None = None) -> None:
+        if not isinstance(key, str) or not isinstance(text, str):
+            msg = "log_text(key, text) takes two str"
+            raise TypeError(msg)
+        self._emit(TEXT, step if step is None else _check_step(step), {"key": key, "text": text})
+
+    def _emit(self, kind: int, step: int | None, body: dict[str, Any]) -> None:
+        """Queues one event of any kind; for callers inside traintape (checkpoints, watch)."""
+        self._pending.append((kind, time.time_ns(), step, body))
+        if len(self._pending) >= self._batch_size:
+            self._flush(False)
+
+    # -- batching and the keeper -----------------------------------------------------------
+
+    def _flush(self, wait: bool) -> None:
+        """Packs what is pending and sends it; without `wait`, gives up if the lock is busy."""
+        if not self._lock.acquire(blocking=wait):
+            return
+        try:
+            self._flush_locked()
+        finally:
+            self._lock.release()
+
+    def _flush_locked(self) -> None:
+        pending = self._pending
+        n = len(pending)
+        if not n:
+            return
+        popleft = pending.popleft
+        events = [popleft() for _ in range(n)]
+        kinds, ts, steps, bodies = zip(*events)
+        seq0 = self._seq
+        self._seq += n
+        try:
+            body = encode_body(kinds, ts, steps, bodies)
+        except (OverflowError, TypeError, ValueError):
+            body = encode_body(kinds, ts, steps, [_storable(k, b) for k, b in zip(kinds, bodies)])
+        header = encode_header(self.run_id, self.rank, self.source, seq0, n)
+        transport = self._transport or self._open_transport()
+        transport.send(seq0, n, header, body)
+        transport.poll_acks()
+
+    def _keep(self) -> None:
+        transport = self._transport
+        assert transport is not None
+        while not self._stopping:
+            self._wake.wait(self._flush_interval / 2)
+            if self._stopping:
+                return
+            with self._lock:
+                if (
+                    self._pending
+                    and time.time_ns() - self._pending[0][1] >= self._flush_interval * 1e9
+                ):
+                    self._flush_locked()
+                transport.poll_acks()
+                transport.resend_due()
+                to_spool = transport.take_for_spool()
+            self._service_spool(to_spool)
+
+    def _service_spool(self, to_spool: list[tuple[bytes, bytes]]) -> None:
+        """Disk work, outside the lock, so the training thread never waits on it."""
+        transport = self._transport
+        assert transport is not None
+        try:
+            if to_spool:
+                transport.spool.append(to_spool)
+            wanted, start = transport.replay_wanted()
+            if wanted:
+                records = [
+                    (nxt, header, body, _seq0_of(header))
+                    for nxt, header, body in _take(transport.spool.read(start), 64)
+                ]
+                with self._lock:
+                    transport.replay_step(records)
+                    if len(records) < 64:
+                        transport.replay_wrapped()
+            elif transport.settled and transport.spool.exists():
+                transport.spool.delete()
+        except OSError as exc:
+            print(f"traintape: cannot write spool {transport.spool.path}: {exc}", file=sys.stderr)
+
+    # -- finishing -------------------------------------------------------------------------
+
+    def finish(self, status: str = "completed", timeout: float = 30.0) -> FinishReport:
+        """Ends the run: flushes, waits up to `timeout` s for the collector to acknowledge every
+        event, and spools whatever it did not. Safe to call twice."""
+        if status not in RUN_STATUSES:
+            msg = f"status must be one of {RUN_STATUSES}, got {status!r}"
+            raise ValueError(msg)
+        if self._report is not None:
+            return self._report
+        if not self._fork_child:  # a DataLoader worker's exit is not the run's end
+            self._emit(RUN_END, None, {"status": status, "summary": plain(self.summary)})
+        self.log = self._log_after_finish  # type: ignore[method-assign]
+        self._stopping = True
+        self._wake.set()
+        keeper = self._keeper
+        if keeper is not None and keeper.is_alive() and keeper is not threading.current_thread():
+            keeper.join()
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            self._flush_locked()
+            transport = self._transport or self._open_transport()
+            while True:
+                transport.poll_acks()
+                if transport.settled:
+                    break
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                transport.resend_due()
+                self._replay_now()
+                transport.wait_readable(min(remaining, 0.05))
+            to_spool = transport.take_for_spool(force=True)
+        if to_spool:
+            try:
+                transport.spool.append(to_spool)
+            except OSError as exc:
+                print(
+                    f"traintape: LOST {len(to_spool)} batches: cannot write spool: {exc}",
+                    file=sys.stderr,
+                )
+        if transport.settled and transport.spool.exists():
+            transport.spool.delete()
+        spooled = transport.spooled_unacked
+        transport.close()
+        report = FinishReport(
+            run_id=self.run_id,
+            acked=transport.stats.acked_events,
+            spooled=spooled,
+            spool_path=transport.spool.path if spooled else None,
+            rejected=transport.stats.rejected_events,
+        )
+        self._report = report
+        if spooled:
+            print(
+                f"traintape: the collector at {self.address} did not acknowledge {spooled} events "
+                f"of run {self.run_id} in {timeout:g}s; they are safe in {transport.spool.path}. "
+                f"Deliver them with `traintape replay --store {self.store}` once it runs.",
+                file=sys.stderr,
+            )
+        if report.rejected:
+            print(
+                f"traintape: the collector rejected {report.rejected} events of run {self.run_id}; "
+                "they are in its dead-letter file.",
+                file=sys.stderr,
+            )
+        return report
+
+    def _replay_now(self) -> None:
+        """Resends spooled batches during finish (the keeper is stopped, the lock is ours)."""
+        transport = self._transport
+        wanted, start = transport.replay_wanted()
+        if not wanted:
+            return
+        records = [
+            (nxt, h, b, _seq0_of(h)) for nxt, h, b in _take(transport.spool.read(start), 256)
+        ]
+        transport.replay_step(records)
+        if len(records) < 256:
+            transport.replay_wrapped()
+
+    def _log_after_finish(self, metrics: Any, step: int | None = None) -> None:
+        msg = f"run {self.run_id} is finished; call init() to start another"
+        raise RunFinishedError(msg)
+
+    def _at_exit(self) -> None:
+        if self._report is not None:
+            return
+        if self._fork_child and self._transport is None and not self._pending:
+            return  # a forked child that never logged
+        self.finish(status=self._failed_by or "completed", timeout=10.0)
+
+    def __enter__(self) -> Emitter:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is None:
+            self.finish("completed")
+        else:
+            self.finish("killed" if issubclass(exc_type, KeyboardInterrupt) else "failed")
+
+    def __repr__(self) -> str:
+        return f"<Emitter run {self.run_id} {self.name!r} rank {self.rank}/{self.world_size}>"
+
+
+def _check_step(step: Any) -> int:
+    try:
+        if isinstance(step, bool):
+            raise TypeError
+        value = step.__index__()
+    except (AttributeError, TypeError):
+        msg = f"step must be an int, got {step!r} ({type(step).__name__})"
+        raise TypeError(msg) from None
+    if value < 0:
+        msg = f"step must be >= 0, got {value}"
+        raise ValueError(msg)
+    return int(value)
+
+
+def _storable(kind: int, body: dict[str, Any]) -> dict[str, Any]:
+    """A body msgpack can pack: metric ints beyond 64 bits become floats (±inf past float range)."""
+    if kind == METRICS:
+        return {k: to_float(v) if type(v) is int else v for k, v in body.items()}
+    return plain(body)
+
+
+def _seq0_of(header: bytes) -> int:
+    return msgpack.unpackb(header)[5]
+
+
+def _take(iterator: Any, n: int) -> list[Any]:
+    out = []
+    for item in iterator:
+        out.append(item)
+        if len(out) >= n:
+            break
+    return out
+
+
+def _after_fork_in_child() -> None:
+    for em in list(_live):
+        em._after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

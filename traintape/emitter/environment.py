@@ -1,0 +1,137 @@
+"""Who this process is (rank, world size, run id) and what it runs on, settled once at `init`.
+
+Nothing here imports torch: a torch that the training script already imported is read from
+`sys.modules`, so `import traintape` stays light.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import secrets
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Placement:
+    rank: int
+    world_size: int
+    local_rank: int
+
+
+def _initialized_dist() -> Any | None:
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        return dist
+    return None
+
+
+def placement() -> Placement:
+    """Rank and world size from torchrun's variables, else an initialised torch.distributed."""
+    env = os.environ
+    if "RANK" in env and "WORLD_SIZE" in env:
+        rank = int(env["RANK"])
+        return Placement(rank, int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", rank)))
+    dist = _initialized_dist()
+    if dist is not None:
+        rank = dist.get_rank()
+        return Placement(rank, dist.get_world_size(), int(env.get("LOCAL_RANK", rank)))
+    return Placement(0, 1, 0)
+
+
+def new_run_id() -> str:
+    return secrets.token_hex(6)
+
+
+def resolve_run_id(explicit: str | None, where: Placement) -> str:
+    """One run id shared by every rank of a job.
+
+    Order: the argument, $TRAINTAPE_RUN_ID, a digest of torchrun's $TORCHELASTIC_RUN_ID (unique
+    per job under `--standalone` or `--rdzv-id`), a broadcast from rank 0 over an initialised
+    process group, else (a single process) a fresh id.
+    """
+    if explicit:
+        return explicit
+    env_id = os.environ.get("TRAINTAPE_RUN_ID")
+    if env_id:
+        return env_id
+    elastic = os.environ.get("TORCHELASTIC_RUN_ID")
+    if elastic and elastic != "none":
+        return hashlib.sha1(elastic.encode()).hexdigest()[:12]
+    dist = _initialized_dist()
+    if dist is not None and where.world_size > 1:
+        box = [new_run_id() if where.rank == 0 else None]
+        dist.broadcast_object_list(box, src=0)
+        return str(box[0])
+    if where.world_size > 1:
+        msg = (
+            f"rank {where.rank} of {where.world_size} cannot agree on a run id with the other "
+            "ranks: set TRAINTAPE_RUN_ID for all ranks, run under `torchrun --standalone` or "
+            "with `--rdzv-id`, or call traintape's init() after torch.distributed.init_process_group()"
+        )
+        raise RuntimeError(msg)
+    return new_run_id()
+
+
+def _git(*args: str) -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", *args], capture_output=True, timeout=5, check=True, text=True
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.strip()
+
+
+def git_state() -> dict[str, Any]:
+    commit = _git("rev-parse", "HEAD")
+    if commit is None:
+        return {}
+    diff = _git("diff", "HEAD") or ""
+    return {
+        "git_commit": commit,
+        "git_branch": _git("rev-parse", "--abbrev-ref", "HEAD"),
+        "git_dirty": bool(diff) or bool(_git("status", "--porcelain", "--untracked-files=no")),
+        "git_diff_sha1": hashlib.sha1(diff.encode()).hexdigest() if diff else None,
+    }
+
+
+def torch_state() -> dict[str, Any]:
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return {}
+    state: dict[str, Any] = {"torch": getattr(torch, "__version__", None)}
+    version = getattr(torch, "version", None)
+    state["cuda"] = getattr(version, "cuda", None)
+    try:
+        if torch.backends.cudnn.is_available():
+            state["cudnn"] = torch.backends.cudnn.version()
+        if torch.cuda.is_available():
+            state["gpus"] = [
+                torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())
+            ]
+    except Exception:  # a broken driver must not stop training from starting
+        pass
+    return state
+
+
+def environment(where: Placement) -> dict[str, Any]:
+    env: dict[str, Any] = {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "argv": list(sys.argv),
+        "cwd": os.getcwd(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "rank": where.rank,
+        "local_rank": where.local_rank,
+        "world_size": where.world_size,
+    }
+    env.update(torch_state())
+    env.update(git_state())
+    return env

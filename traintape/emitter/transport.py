@@ -1,0 +1,199 @@
+"""The emitter's side of the ZeroMQ link: send batches, track acks, resend, spool, replay.
+
+Not thread-safe by itself: the Emitter calls it under its I/O lock, from the training thread
+(when a batch fills) or from its keeper thread (on a timer). Nothing here blocks: sends are
+non-blocking, and a batch that cannot leave stays in `unacked` until a later tick.
+
+ZMQ_IMMEDIATE is set, so a send with no collector connected fails at once (zmq.Again) instead
+of queueing into a pipe that a dead peer would take down with it; that is how "collector away"
+is noticed without any extra protocol.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import zmq
+
+from traintape.emitter.spool import SpoolFile
+from traintape.schemas.wire import ACK_REJECTED, decode_ack
+
+
+@dataclass(slots=True)
+class _Batch:
+    seq0: int
+    n: int
+    header: bytes
+    body: bytes
+    queued_at: float
+    sent_at: float | None = None
+
+    @property
+    def size(self) -> int:
+        return len(self.header) + len(self.body)
+
+
+@dataclass
+class TransportStats:
+    sent_batches: int = 0
+    acked_events: int = 0
+    rejected_events: int = 0
+    spooled_events: int = 0
+    rejected_seqs: list[int] = field(default_factory=list)
+
+
+class Transport:
+    def __init__(
+        self,
+        address: str,
+        source: str,
+        spool: SpoolFile,
+        *,
+        resend_after: float = 2.0,
+        spool_after: float = 5.0,
+        max_memory_bytes: int = 64 << 20,
+    ) -> None:
+        self.address = address
+        self.source = source
+        self.spool = spool
+        self.resend_after = resend_after
+        self.spool_after = spool_after
+        self.max_memory_bytes = max_memory_bytes
+        self.stats = TransportStats()
+        # A context of its own: a forked child makes a new Transport and never touches this one.
+        self._ctx = zmq.Context(io_threads=1)
+        self._sock = self._ctx.socket(zmq.DEALER)
+        self._sock.setsockopt(zmq.IMMEDIATE, 1)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.setsockopt(zmq.SNDHWM, 10_000)
+        self._sock.setsockopt(zmq.RCVHWM, 100_000)
+        self._sock.setsockopt(zmq.RECONNECT_IVL, 100)
+        self._sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+        self._sock.connect(address)
+        self._unacked: dict[int, _Batch] = {}  # seq0 -> batch; insertion order is seq order
+        self._memory = 0
+        self._spooled: dict[int, int] = {}  # seq0 -> n of spooled batches not yet acked
+        self._replay_pos = 0
+        self._replay_at = 0.0
+        self.closed = False
+
+    # -- called with the I/O lock held -------------------------------------------------------
+
+    def send(self, seq0: int, n: int, header: bytes, body: bytes) -> None:
+        batch = _Batch(seq0, n, header, body, time.monotonic())
+        self._unacked[seq0] = batch
+        self._memory += batch.size
+        # Order does not matter for correctness (the collector deduplicates by seq ranges), so
+        # a new batch leaves at once even when older ones still wait for a resend.
+        self._try_send(batch)
+
+    def _try_send(self, batch: _Batch) -> bool:
+        try:
+            self._sock.send_multipart((batch.header, batch.body), flags=zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            return False
+        batch.sent_at = time.monotonic()
+        self.stats.sent_batches += 1
+        return True
+
+    def poll_acks(self) -> int:
+        """Takes every ack waiting on the socket; returns how many arrived."""
+        count = 0
+        while True:
+            try:
+                frame = self._sock.recv(flags=zmq.NOBLOCK, copy=True)
+            except zmq.Again:
+                return count
+            try:
+                source, seq0, n, status = decode_ack(frame)
+            except Exception:
+                continue  # not ours to interpret; the collector only sends acks
+            if source != self.source:
+                continue
+            count += 1
+            batch = self._unacked.pop(seq0, None)
+            if batch is not None:
+                self._memory -= batch.size
+            elif self._spooled.pop(seq0, None) is None:
+                continue  # a second ack of a batch already settled
+            if status == ACK_REJECTED:
+                self.stats.rejected_events += n
+                self.stats.rejected_seqs.append(seq0)
+            else:
+                self.stats.acked_events += n
+
+    def resend_due(self) -> None:
+        """Sends what never left and resends what was not acked within `resend_after`."""
+        now = time.monotonic()
+        for batch in self._unacked.values():
+            if batch.sent_at is not None and now - batch.sent_at < self.resend_after:
+                continue
+            if not self._try_send(batch):
+                return
+
+    def take_for_spool(self, force: bool = False) -> list[tuple[bytes, bytes]]:
+        """Removes from memory the batches that waited too long or overflow the memory bound.
+
+        The caller writes them to the spool outside the lock.
+        """
+        now = time.monotonic()
+        taken: list[tuple[bytes, bytes]] = []
+        for seq0 in list(self._unacked):
+            batch = self._unacked[seq0]
+            overdue = now - batch.queued_at >= self.spool_after
+            if not (force or overdue or self._memory > self.max_memory_bytes):
+                break
+            del self._unacked[seq0]
+            self._memory -= batch.size
+            self._spooled[seq0] = batch.n
+            self.stats.spooled_events += batch.n
+            taken.append((batch.header, batch.body))
+        return taken
+
+    def replay_step(self, records: list[tuple[int, bytes, bytes, int]]) -> None:
+        """Resends spooled records (next_offset, header, body, seq0) still unacked, in order."""
+        for nxt, header, body, seq0 in records:
+            if seq0 in self._spooled:
+                try:
+                    self._sock.send_multipart((header, body), flags=zmq.NOBLOCK, copy=False)
+                except zmq.Again:
+                    return
+            self._replay_pos = nxt
+
+    def replay_wanted(self) -> tuple[bool, int]:
+        """Whether spooled batches should be resent now, and from which spool offset."""
+        if not self._spooled:
+            return False, 0
+        now = time.monotonic()
+        if self._replay_pos == 0 and now - self._replay_at < self.resend_after:
+            return False, 0
+        if self._replay_pos == 0:
+            self._replay_at = now
+        return True, self._replay_pos
+
+    def replay_wrapped(self) -> None:
+        """The end of the spool file was reached: start over after `resend_after`."""
+        self._replay_pos = 0
+
+    @property
+    def pending_events(self) -> int:
+        return sum(b.n for b in self._unacked.values()) + sum(self._spooled.values())
+
+    @property
+    def settled(self) -> bool:
+        return not self._unacked and not self._spooled
+
+    @property
+    def spooled_unacked(self) -> int:
+        return sum(self._spooled.values())
+
+    def wait_readable(self, timeout_s: float) -> None:
+        self._sock.poll(int(timeout_s * 1000), zmq.POLLIN)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self._sock.close(linger=0)
+        self._ctx.term()

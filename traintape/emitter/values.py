@@ -1,0 +1,75 @@
+"""Turning what users pass to `log`/`log_params` into plain values, off the fast path.
+
+`Emitter.log` checks value types with one C-level pass; only a call holding something other than
+str keys and int/float/bool values comes here.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Mapping
+from typing import Any
+
+
+def coerce_metrics(metrics: Any) -> dict[str, float | int | bool]:
+    """A copy of `metrics` with every value a Python number, or TypeError naming the bad key."""
+    if not isinstance(metrics, Mapping):
+        msg = f"log() takes a dict of name -> number, not {type(metrics).__name__}"
+        raise TypeError(msg)
+    out: dict[str, float | int | bool] = {}
+    for key, value in metrics.items():
+        if not isinstance(key, str):
+            msg = f"metric names must be str, got {key!r} ({type(key).__name__})"
+            raise TypeError(msg)
+        out[key] = coerce_scalar(key, value)
+    return out
+
+
+def coerce_scalar(key: str, value: Any) -> float | int | bool:
+    if type(value) in (float, int, bool):
+        return value
+    # numpy scalars (np.float32, np.int64, np.bool_) and anything else registered as a Number.
+    if isinstance(value, numbers.Number) and not isinstance(value, complex):
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            pass
+    item = getattr(value, "item", None)
+    size = getattr(value, "size", None)
+    if callable(item) and (size == 1 or getattr(value, "shape", None) == ()):
+        # A one-element numpy array. (Tensors are taken by the deferred path, not here.)
+        scalar = item()
+        if isinstance(scalar, (int, float, bool)):
+            return scalar
+    msg = (
+        f"metric {key!r}: {type(value).__name__} is not a number (int, float, bool or numpy scalar)"
+    )
+    raise TypeError(msg)
+
+
+def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dicts become dotted keys: {"opt": {"lr": 1e-3}} -> {"opt.lr": 1e-3}."""
+    out: dict[str, Any] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = plain(value)
+    return out
+
+
+def plain(value: Any) -> Any:
+    """A msgpack- and JSON-friendly version of a config or body value."""
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return value
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [plain(v) for v in value]
+    if isinstance(value, numbers.Number) and not isinstance(value, complex):
+        return float(value) if not isinstance(value, numbers.Integral) else int(value)
+    item = getattr(value, "item", None)
+    if callable(item) and getattr(value, "size", None) == 1:
+        return plain(item())
+    return str(value)

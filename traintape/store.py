@@ -1,0 +1,133 @@
+"""Reading a store: `traintape.connect()` returns DuckDB with every view ready.
+
+Views read the Parquet folders directly (globs are expanded at each query, so new files show up),
+in an in-memory DuckDB: a reader never takes a lock the collector waits on, and never waits on it.
+
+Views
+    runs             one row per run: project, name, status (of its latest attempt), times, attempts,
+                     ranks, world_size, host, tags, config, environment, git_commit
+    metrics          one row per logged value: run_id, rank, step, ts, key, value, attempt, source, seq
+    metrics_by_step  per (run_id, step, key) across ranks: mean, min, max, count
+    params           latest value per (run_id, key): value (JSON text), value_num (when numeric)
+    events           every event but metric values: kind, body (JSON text)
+    checkpoints      one row per checkpoint event
+    system           system samples: host, device, key, value
+    attempts         one row per (run_id, rank, attempt): source, started
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import duckdb
+
+from traintape.paths import resolve_store
+
+
+class StoreNotFoundError(FileNotFoundError):
+    """No store at the path: start `traintape serve --store PATH` or pass the right `store=`."""
+
+
+def _glob(store: Path, table: str) -> str:
+    path = str(store / "tables" / table / "*" / "*.parquet").replace("'", "''")
+    return f"read_parquet('{path}', union_by_name = true)"
+
+
+def view_sql(store: Path) -> list[str]:
+    m, p, e, s = (_glob(store, t) for t in ("metrics", "params", "events", "system"))
+    return [
+        f"CREATE OR REPLACE VIEW events AS SELECT run_id, rank, step, ts::TIMESTAMPTZ AS ts, kind, body, source, seq FROM {e}",
+        """CREATE OR REPLACE VIEW attempts AS
+           SELECT run_id, rank, source, ts AS started,
+                  dense_rank() OVER (PARTITION BY run_id, rank ORDER BY ts) AS attempt
+           FROM events WHERE kind = 'run_start'""",
+        f"""CREATE OR REPLACE VIEW metrics AS
+            SELECT m.run_id, m.rank, m.step, m.ts::TIMESTAMPTZ AS ts, m.key, m.value, a.attempt, m.source, m.seq
+            FROM {m} m LEFT JOIN attempts a USING (run_id, rank, source)""",
+        """CREATE OR REPLACE VIEW metrics_by_step AS
+           SELECT run_id, step, key, avg(value) AS mean, min(value) AS min, max(value) AS max,
+                  count(*) AS count
+           FROM metrics GROUP BY run_id, step, key""",
+        f"""CREATE OR REPLACE VIEW params AS
+            SELECT run_id, key, arg_max(value, ts) AS value, arg_max(value_num, ts) AS value_num,
+                   max(ts)::TIMESTAMPTZ AS ts
+            FROM {p} GROUP BY run_id, key""",
+        f"CREATE OR REPLACE VIEW system AS SELECT ts::TIMESTAMPTZ AS ts, host, device, key, value, run_id, rank, source FROM {s}",
+        """CREATE OR REPLACE VIEW checkpoints AS
+           SELECT e.run_id, e.rank, e.step, e.ts,
+                  json_extract_string(e.body, '$.path') AS path,
+                  json_extract_string(e.body, '$.action') AS action,
+                  CAST(json_extract(e.body, '$.bytes') AS BIGINT) AS bytes,
+                  json_extract_string(e.body, '$.sha256') AS sha256,
+                  json_extract(e.body, '$.metrics') AS metrics,
+                  CAST(json_extract(e.body, '$.blocked_s') AS DOUBLE) AS blocked_s,
+                  CAST(json_extract(e.body, '$.write_s') AS DOUBLE) AS write_s,
+                  CAST(json_extract(e.body, '$.is_best') AS BOOLEAN) AS is_best,
+                  json_extract_string(e.body, '$.error') AS error,
+                  a.attempt
+           FROM events e LEFT JOIN attempts a USING (run_id, rank, source)
+           WHERE e.kind = 'checkpoint'""",
+        """CREATE OR REPLACE VIEW runs AS
+           WITH starts AS (
+               SELECT e.run_id, e.rank, e.ts, e.body, a.attempt
+               FROM events e JOIN attempts a USING (run_id, rank, source)
+               WHERE e.kind = 'run_start'),
+           latest AS (
+               SELECT run_id, max(attempt) AS attempt FROM starts GROUP BY run_id),
+           ends AS (
+               SELECT e.run_id, e.rank, a.attempt, e.ts,
+                      json_extract_string(e.body, '$.status') AS status
+               FROM events e JOIN attempts a USING (run_id, rank, source)
+               WHERE e.kind = 'run_end'),
+           state AS (
+               SELECT s.run_id,
+                      CASE WHEN bool_or(x.status = 'failed') THEN 'failed'
+                           WHEN bool_or(x.status = 'killed') THEN 'killed'
+                           WHEN count(x.status) < count(*) THEN 'running'
+                           ELSE 'completed' END AS status,
+                      count(*) AS ranks,
+                      CASE WHEN count(x.status) = count(*) THEN max(x.ts) END AS ended
+               FROM starts s JOIN latest l USING (run_id, attempt)
+               LEFT JOIN ends x ON x.run_id = s.run_id AND x.rank = s.rank AND x.attempt = s.attempt
+               GROUP BY s.run_id),
+           head AS (
+               SELECT run_id, body FROM starts
+               QUALIFY row_number() OVER (PARTITION BY run_id ORDER BY attempt DESC, rank) = 1),
+           firsts AS (
+               SELECT run_id, min(ts) AS started, max(attempt) AS attempts FROM starts GROUP BY run_id)
+           SELECT h.run_id,
+                  json_extract_string(h.body, '$.project') AS project,
+                  json_extract_string(h.body, '$.name') AS name,
+                  st.status,
+                  f.started,
+                  st.ended,
+                  epoch(coalesce(st.ended, now())) - epoch(f.started) AS duration_s,
+                  f.attempts,
+                  st.ranks,
+                  CAST(json_extract(h.body, '$.world_size') AS INTEGER) AS world_size,
+                  json_extract_string(h.body, '$.environment.host') AS host,
+                  CAST(json_extract(h.body, '$.tags') AS VARCHAR[]) AS tags,
+                  json_extract(h.body, '$.config') AS config,
+                  json_extract(h.body, '$.environment') AS environment,
+                  json_extract_string(h.body, '$.environment.git_commit') AS git_commit
+           FROM head h JOIN state st USING (run_id) JOIN firsts f USING (run_id)""",
+    ]
+
+
+def connect(store: str | os.PathLike[str] | None = None) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection over the store's tables, with the views of this module's docstring.
+
+    `store` defaults to $TRAINTAPE_STORE, else ./traintape-store.
+    """
+    path = resolve_store(store)
+    if not (path / "tables").is_dir():
+        msg = (
+            f"no traintape store at {path}: start `traintape serve --store {path}`, "
+            "or pass the store's folder (store=... / --store / $TRAINTAPE_STORE)"
+        )
+        raise StoreNotFoundError(msg)
+    con = duckdb.connect(":memory:")
+    for sql in view_sql(path):
+        con.execute(sql)
+    return con
