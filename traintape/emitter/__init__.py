@@ -26,6 +26,7 @@ __all__ = [
     "log",
     "log_params",
     "log_text",
+    "save_checkpoint",
 ]
 
 
@@ -92,6 +93,15 @@ def log_params(params: dict[str, Any]) -> None:
 
 def log_text(key: str, text: str, step: int | None = None) -> None:
     _current.log_text(key, text, step)
+
+
+def save_checkpoint(state: Any, step: int, metrics: dict[str, Any] | None = None) -> Any:
+    """Checkpoints `state` on the current run (see `Emitter.save_checkpoint`)."""
+    run = current()
+    if run is None:
+        msg = "save_checkpoint() needs a run: call emitter.init() first"
+        raise RuntimeError(msg)
+    return run.save_checkpoint(state, step, metrics)
 
 
 def finish(status: str = "completed", timeout: float = 30.0) -> FinishReport | None:

@@ -74,6 +74,7 @@ class Emitter:
         resend_after: float = 2.0,
         spool_after: float = 5.0,
         max_memory_mb: float = 64.0,
+        checkpoint: Any = None,
     ) -> None:
         if not isinstance(project, str) or not project:
             msg = "init() needs a project name (a non-empty str)"
@@ -92,6 +93,8 @@ class Emitter:
         self.tags = [str(t) for t in tags]
         self.address = resolve_address(address, self.store)
         self.summary: dict[str, Any] = {}
+        self.checkpoint_policy = checkpoint  # a traintape.CheckpointPolicy, or None for defaults
+        self._checkpoints: Any = None  # the CheckpointWriter, made on the first save
         self._batch_size = batch_size
         self._flush_interval = flush_interval
         self._transport_options = {
@@ -199,6 +202,15 @@ class Emitter:
             msg = "log_text(key, text) takes two str"
             raise TypeError(msg)
         self._emit(TEXT, step if step is None else _check_step(step), {"key": key, "text": text})
+
+    def save_checkpoint(self, state: Any, step: int, metrics: dict[str, Any] | None = None) -> Any:
+        """Snapshots `state` to CPU memory on this thread and writes it on a background thread.
+
+        Returns a future-like handle (see traintape.emitter.checkpoint).
+        """
+        from traintape.emitter.checkpoint import save_checkpoint
+
+        return save_checkpoint(self, state, step, metrics)
 
     def _emit(self, kind: int, step: int | None, body: dict[str, Any]) -> None:
         """Queues one event of any kind; for callers inside traintape (checkpoints, watch)."""
