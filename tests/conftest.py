@@ -38,8 +38,17 @@ class CollectorProcess:
         before = status.stat().st_mtime_ns if status.exists() else 0
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "traintape.collector", "serve", "--store", str(self.store),
-                 "--materialize-interval", "0.2", *self.extra],
+                [
+                    sys.executable,
+                    "-m",
+                    "traintape.collector",
+                    "serve",
+                    "--store",
+                    str(self.store),
+                    "--materialize-interval",
+                    "0.2",
+                    *self.extra,
+                ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=REPO,
@@ -48,7 +57,9 @@ class CollectorProcess:
             deadline = time.monotonic() + 30
             while not (status.exists() and status.stat().st_mtime_ns != before):
                 if self.proc.poll() is not None:
-                    raise RuntimeError(f"collector exited {self.proc.returncode}: {self.log.read_text()}")
+                    raise RuntimeError(
+                        f"collector exited {self.proc.returncode}: {self.log.read_text()}"
+                    )
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"collector did not start: {self.log.read_text()}")
                 time.sleep(0.02)
@@ -86,8 +97,16 @@ def collector(store: Path) -> Iterator[CollectorProcess]:
 @pytest.fixture(autouse=True)
 def _fresh_emitter_state(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """No run leaks from one test to the next, and no test sees the developer's variables."""
-    for var in ("TRAINTAPE_STORE", "TRAINTAPE_ADDRESS", "TRAINTAPE_RUN_ID", "TRAINTAPE_SPOOL_DIR",
-                "RANK", "WORLD_SIZE", "LOCAL_RANK", "TORCHELASTIC_RUN_ID"):
+    for var in (
+        "TRAINTAPE_STORE",
+        "TRAINTAPE_ADDRESS",
+        "TRAINTAPE_RUN_ID",
+        "TRAINTAPE_SPOOL_DIR",
+        "RANK",
+        "WORLD_SIZE",
+        "LOCAL_RANK",
+        "TORCHELASTIC_RUN_ID",
+    ):
         monkeypatch.delenv(var, raising=False)
     yield
     run = emitter.current()
