@@ -67,6 +67,17 @@ def print_rows(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str =
             out.write("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() + "\n")
 
 
+def format_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    seconds = float(seconds)
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, sec = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m{sec:02d}s" if hours else f"{minutes}m{sec:02d}s"
+
+
 def _connect(args: argparse.Namespace) -> Any:
     from traintape.store import connect
 
@@ -90,10 +101,11 @@ def _cmd_query(args: argparse.Namespace) -> int:
 
 RUNS_SQL = """
 WITH last AS (
-    SELECT run_id, key, arg_max(value, step) AS value, max(step) AS step
-    FROM metrics WHERE run_id IN (SELECT run_id FROM picked)
-    GROUP BY run_id, key)
-SELECT p.run_id, p.project, p.name, p.status, p.started, p.duration_s,
+    -- the newest step of each metric; across ranks, the lowest rank's value
+    SELECT run_id, key, value, step FROM metrics
+    WHERE run_id IN (SELECT run_id FROM picked)
+    QUALIFY row_number() OVER (PARTITION BY run_id, key ORDER BY step DESC, rank, ts DESC) = 1)
+SELECT p.run_id, p.project, p.name, p.status, p.started, p.duration_s AS duration,
        (SELECT max(step) + 1 FROM last WHERE last.run_id = p.run_id) AS steps,
        p.ranks,
        (SELECT string_agg(key || '=' || printf('%.4g', value), ' ' ORDER BY key)
@@ -118,6 +130,8 @@ def _cmd_runs(args: argparse.Namespace) -> int:
     con.execute(f"CREATE TEMP TABLE picked AS SELECT * FROM runs {cond}", params)
     cur = con.execute(RUNS_SQL)
     rows = cur.fetchall()
+    if args.format == "table":
+        rows = [(*r[:5], format_duration(r[5]), *r[6:]) for r in rows]
     print_rows([d[0] for d in cur.description], rows, args.format)
     return 0
 

@@ -1,0 +1,132 @@
+"""The emitter's API contract, against a real collector where events must arrive."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import CollectorProcess, query, wait_for
+from traintape import emitter
+from traintape.emitter import Emitter, RunFinishedError
+from traintape.emitter.values import flatten
+
+
+def test_bad_value_raises_type_error_naming_key_and_logs_nothing(store: Path, collector: CollectorProcess) -> None:
+    """A non-number raises TypeError naming the key, and no part of that call is logged."""
+    run = emitter.init(project="p", store=store)
+    with pytest.raises(TypeError, match="'bad'"):
+        emitter.log({"good": 1.0, "bad": "text"}, step=0)
+    with pytest.raises(TypeError, match="names must be str"):
+        emitter.log({1: 1.0}, step=0)
+    with pytest.raises(TypeError, match="dict"):
+        emitter.log([1.0], step=0)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="step"):
+        emitter.log({"x": 1.0}, step=1.5)  # type: ignore[arg-type]
+    emitter.log({"ok": 2.0}, step=1)
+    emitter.finish()
+    wait_for(store, f"SELECT count(*) FROM metrics WHERE run_id = '{run.run_id}'", 1)
+    assert query(store, "SELECT key, step, value FROM metrics WHERE run_id = ?", run.run_id) == [("ok", 1, 2.0)]
+
+
+def test_numpy_scalars_bools_ints_and_auto_steps(store: Path, collector: CollectorProcess) -> None:
+    """numpy scalars, ints and bools land as floats; without step, steps count on from the last."""
+    run = emitter.init(project="p", store=store)
+    emitter.log({"f32": np.float32(0.5), "i64": np.int64(7), "b": True, "arr": np.array(2.5)})
+    emitter.log({"x": 1}, step=10)
+    emitter.log({"x": 2})
+    emitter.log({"big": 10**400})
+    emitter.finish()
+    wait_for(store, f"SELECT count(*) FROM metrics WHERE run_id = '{run.run_id}'", 7)
+    rows = query(store, "SELECT key, step, value FROM metrics WHERE run_id = ? ORDER BY step, key", run.run_id)
+    assert rows == [
+        ("arr", 0, 2.5), ("b", 0, 1.0), ("f32", 0, 0.5), ("i64", 0, 7.0),
+        ("x", 10, 1.0), ("x", 11, 2.0), ("big", 12, math.inf),
+    ]
+
+
+def test_params_config_and_text_are_stored(store: Path, collector: CollectorProcess) -> None:
+    """Config and log_params land flattened in `params`; text in `events`."""
+    run = emitter.init(project="p", name="named", config={"opt": {"lr": 1e-3, "betas": [0.9, 0.99]}}, tags=["a"], store=store)
+    emitter.log_params({"model": {"depth": 4, "act": "gelu"}})
+    emitter.log_text("note", "hello", step=3)
+    emitter.finish()
+    wait_for(store, f"SELECT count(*) FROM params WHERE run_id = '{run.run_id}'", 4)
+    params = dict(query(store, "SELECT key, value FROM params WHERE run_id = ?", run.run_id))
+    assert params == {"opt.lr": "0.001", "opt.betas": "[0.9,0.99]", "model.depth": "4", "model.act": '"gelu"'}
+    assert query(store, "SELECT value_num FROM params WHERE run_id = ? AND key = 'model.depth'", run.run_id) == [(4.0,)]
+    text = query(store, "SELECT step, body->>'text' FROM events WHERE run_id = ? AND kind = 'text'", run.run_id)
+    assert text == [(3, "hello")]
+    runs = query(store, "SELECT name, project, status, tags FROM runs WHERE run_id = ?", run.run_id)
+    assert runs == [("named", "p", "completed", ["a"])]
+
+
+def test_context_manager_marks_failed_and_reraises(store: Path, collector: CollectorProcess) -> None:
+    """An exception inside `with init(...)` marks the run failed and propagates."""
+    with pytest.raises(ZeroDivisionError), emitter.init(project="p", store=store) as run:
+        emitter.log({"x": 1.0})
+        1 / 0  # noqa: B018
+    wait_for(store, f"SELECT status FROM runs WHERE run_id = '{run.run_id}'", "failed")
+    with pytest.raises(RunFinishedError):
+        run.log({"x": 1.0})
+
+
+def test_resumed_run_keeps_every_attempt(store: Path, collector: CollectorProcess) -> None:
+    """init(run_id=old) continues the run: one row in runs, both attempts' events kept."""
+    first = emitter.init(project="p", store=store)
+    emitter.log({"loss": 1.0}, step=0)
+    emitter.log({"loss": 0.9}, step=1)
+    emitter.finish(status="failed")
+    emitter.init(project="p", store=store, run_id=first.run_id)
+    emitter.log({"loss": 0.95}, step=1)  # the step is logged again after a restart
+    emitter.finish()
+    wait_for(store, f"SELECT count(*) FROM metrics WHERE run_id = '{first.run_id}'", 3)
+    rows = query(store, "SELECT step, value, attempt FROM metrics WHERE run_id = ? ORDER BY attempt, step", first.run_id)
+    assert rows == [(0, 1.0, 1), (1, 0.9, 1), (1, 0.95, 2)]
+    assert query(store, "SELECT status, attempts FROM runs WHERE run_id = ?", first.run_id) == [("completed", 2)]
+
+
+def test_log_before_init_is_a_no_op() -> None:
+    """Before init(), module-level log() records nothing and does not raise."""
+    emitter.log({"x": 1.0})
+    assert emitter.current() is None
+    assert emitter.finish() is None
+
+
+def test_explicit_emitter_instances_and_validation(store: Path, collector: CollectorProcess) -> None:
+    """Emitter objects work without the module API; bad arguments are clear errors."""
+    with pytest.raises(ValueError, match="project"):
+        Emitter("", store=store)
+    em = Emitter("p", store=store)
+    em.log({"x": 1.0}, step=0)
+    assert em.finish(timeout=10).complete
+    assert em.finish() is em.finish()  # safe twice
+    other = Emitter("p", store=store)
+    with pytest.raises(ValueError, match="status"):
+        other.finish(status="weird")
+    assert other.finish(timeout=10).complete
+
+
+def test_flatten_nested_params() -> None:
+    """Nested dicts flatten with '.'; empty dicts are kept as values."""
+    assert flatten({"a": {"b": {"c": 1}}, "d": {}, "e": (1, 2)}) == {"a.b.c": 1, "d": {}, "e": [1, 2]}
+
+
+def test_rank_and_run_id_come_from_torchrun_variables(monkeypatch: pytest.MonkeyPatch, store: Path) -> None:
+    """RANK/WORLD_SIZE set the rank; all ranks derive one run id from TORCHELASTIC_RUN_ID."""
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job-42")
+    a = Emitter("p", store=store)
+    monkeypatch.setenv("RANK", "0")
+    b = Emitter("p", store=store)
+    assert (a.rank, a.world_size, b.rank) == (1, 2, 0)
+    assert a.run_id == b.run_id
+    a.finish(timeout=0.1)
+    b.finish(timeout=0.1)
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "none")
+    with pytest.raises(RuntimeError, match="TRAINTAPE_RUN_ID"):
+        Emitter("p", store=store)
