@@ -33,7 +33,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     except CollectorError as exc:
         print(f"traintape serve: {exc}", file=sys.stderr)
         return 2
-    return run(store, args.bind or None, materialize_interval=args.materialize_interval)
+    return run(
+        store,
+        args.bind or None,
+        materialize_interval=args.materialize_interval,
+        system_interval=args.system_interval,
+    )
 
 
 def _format_value(value: Any) -> str:
@@ -207,6 +212,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.5,
         metavar="S",
         help="seconds between Parquet flushes (default 0.5)",
+    )
+    p.add_argument(
+        "--system-interval",
+        type=float,
+        default=1.0,
+        metavar="S",
+        help="seconds between CPU/RAM/GPU samples of this host (default 1; 0 turns them off)",
     )
     p.set_defaults(func=_cmd_serve)
 

@@ -53,7 +53,22 @@ def view_sql(store: Path) -> list[str]:
             SELECT run_id, key, arg_max(value, ts) AS value, arg_max(value_num, ts) AS value_num,
                    max(ts)::TIMESTAMPTZ AS ts
             FROM {p} GROUP BY run_id, key""",
-        f"CREATE OR REPLACE VIEW system AS SELECT ts::TIMESTAMPTZ AS ts, host, device, key, value, run_id, rank, source FROM {s}",
+        # System samples are the collector's, per host; each is joined to the runs that were
+        # active on that host at that moment (a sample with no run active has run_id NULL).
+        f"""CREATE OR REPLACE VIEW system AS
+            WITH starts AS (
+                SELECT run_id, json_extract_string(body, '$.environment.host') AS host,
+                       min(ts) AS started
+                FROM events WHERE kind = 'run_start' GROUP BY ALL),
+            active AS (
+                SELECT s.run_id, s.host, s.started,
+                       (SELECT max(e.ts) FROM events e
+                        WHERE e.kind = 'run_end' AND e.run_id = s.run_id) AS ended
+                FROM starts s)
+            SELECT s.ts::TIMESTAMPTZ AS ts, s.host, s.device, s.key, s.value, a.run_id
+            FROM {s} s LEFT JOIN active a
+              ON a.host = s.host AND s.ts::TIMESTAMPTZ >= a.started
+             AND (a.ended IS NULL OR s.ts::TIMESTAMPTZ <= a.ended)""",
         """CREATE OR REPLACE VIEW checkpoints AS
            SELECT e.run_id, e.rank, e.step, e.ts,
                   json_extract_string(e.body, '$.path') AS path,

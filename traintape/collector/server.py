@@ -12,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import queue
 import signal
 import sys
 import threading
@@ -26,6 +27,7 @@ from traintape.collector.deadletter import DeadLetters
 from traintape.collector.dedup import Deduplicator
 from traintape.collector.journal import Journal
 from traintape.collector.materializer import Materializer
+from traintape.collector.system import SystemSampler
 from traintape.paths import default_address
 from traintape.schemas.events import METRICS
 from traintape.schemas.records import frame_record, split_payload
@@ -87,6 +89,7 @@ class Collector:
         binds: list[str] | None = None,
         *,
         materialize_interval: float = 0.5,
+        system_interval: float = 1.0,
         quiet: bool = False,
     ) -> None:
         self.store = store
@@ -118,6 +121,10 @@ class Collector:
         }
         self._recover()
         self.materializer = Materializer(store, self.journal, materialize_interval)
+        # Batches made inside the collector (system samples); journaled by the ingest loop, the
+        # journal's only writer.
+        self._local: queue.SimpleQueue[tuple[bytes, bytes]] = queue.SimpleQueue()
+        self.sampler = SystemSampler(system_interval, self._local, self._log) if system_interval > 0 else None
         self._stop = threading.Event()
         self._ctx = zmq.Context()
         self._sock = self._ctx.socket(zmq.ROUTER)
@@ -155,13 +162,15 @@ class Collector:
 
     def serve(self) -> None:
         self.materializer.start()
+        if self.sampler is not None:
+            self.sampler.start()
         self._log(f"serving {self.store} on {', '.join(self.binds)} (pid {os.getpid()})")
         poller = zmq.Poller()
         poller.register(self._sock, zmq.POLLIN)
         last_status = 0.0
         try:
             while not self._stop.is_set():
-                if poller.poll(100):
+                if poller.poll(100) or not self._local.empty():
                     self._ingest_group()
                 now = time.monotonic()
                 if now - last_status >= 1.0:
@@ -179,6 +188,9 @@ class Collector:
             except zmq.Again:
                 break
             self._admit(frames, journal_data, acks)
+        while not self._local.empty():
+            header_frame, body_frame = self._local.get()
+            self._admit([b"", header_frame, body_frame], journal_data, [])
         if journal_data:
             self.journal.append(b"".join(journal_data))
             self.journal.sync()
@@ -251,6 +263,8 @@ class Collector:
 
     def _shutdown(self) -> None:
         self._log("stopping: journaling what is queued and materializing")
+        if self.sampler is not None:
+            self.sampler.stop()
         # Whatever already arrived is journaled and acknowledged before the socket closes.
         self._ingest_group()
         self._sock.close(linger=0)

@@ -27,6 +27,7 @@ __all__ = [
     "log_params",
     "log_text",
     "save_checkpoint",
+    "watch",
 ]
 
 
@@ -102,6 +103,15 @@ def save_checkpoint(state: Any, step: int, metrics: dict[str, Any] | None = None
         msg = "save_checkpoint() needs a run: call emitter.init() first"
         raise RuntimeError(msg)
     return run.save_checkpoint(state, step, metrics)
+
+
+def watch(model: Any, every: int = 1, per_layer: bool = False, histograms: bool = False) -> Any:
+    """Logs training-health metrics of `model` on the current run (see `Emitter.watch`)."""
+    run = current()
+    if run is None:
+        msg = "watch() needs a run: call emitter.init() first"
+        raise RuntimeError(msg)
+    return run.watch(model, every=every, per_layer=per_layer, histograms=histograms)
 
 
 def finish(status: str = "completed", timeout: float = 30.0) -> FinishReport | None:

@@ -24,6 +24,7 @@ from typing import Any
 import msgpack
 
 from traintape.emitter import environment
+from traintape.emitter.deferred import DeferredValues, split_tensors, torch_module
 from traintape.emitter.spool import SpoolFile
 from traintape.emitter.transport import Transport
 from traintape.emitter.values import coerce_metrics, flatten, plain
@@ -103,6 +104,8 @@ class Emitter:
             "max_memory_bytes": int(max_memory_mb * (1 << 20)),
         }
         self._step = 0
+        self._deferred = DeferredValues(self._emit)
+        self._watchers: list[Any] = []
         self._failed_by: str | None = None
         self._fork_child = False
         self._report: FinishReport | None = None
@@ -149,7 +152,10 @@ class Emitter:
             "name": self.name,
             "config": self.config,
             "tags": self.tags,
-            "environment": environment.environment(self.placement),
+            "environment": {
+                **environment.environment(self.placement),
+                "config_sha1": environment.config_hash(self.config),
+            },
             "world_size": self.world_size,
         }
 
@@ -177,16 +183,51 @@ class Emitter:
             )
         except AttributeError:
             fast = False
-        metrics = metrics.copy() if fast else coerce_metrics(metrics)
         if step is None:
             step = self._step
         elif _type(step) is not int:
             step = _check_step(step)
+        if fast:
+            metrics = metrics.copy()
+        else:
+            metrics = self._take_tensors(metrics, step, _now())
+            if not metrics:
+                self._step = step + 1
+                return
         self._step = step + 1
         pending = self._pending
         pending.append((METRICS, _now(), step, metrics))
         if len(pending) >= self._batch_size:
             self._flush(False)
+
+    def _take_tensors(self, metrics: Any, step: int, ts: int) -> dict[str, Any]:
+        """The slow path of `log`: numpy scalars, tensors, and errors. Returns the plain values.
+
+        Everything is checked before anything is queued, so a bad value logs nothing.
+        """
+        if not isinstance(metrics, dict):
+            return coerce_metrics(metrics)
+        plain, tensors = split_tensors(metrics)
+        plain = coerce_metrics(plain)
+        if tensors:
+            for key in tensors:
+                if not isinstance(key, str):
+                    msg = f"metric names must be str, got {key!r} ({type(key).__name__})"
+                    raise TypeError(msg)
+            self.defer_values(ts, step, tensors)
+        self._deferred.poll()
+        return plain
+
+    def defer_values(self, ts: int, step: int | None, tensors: dict[str, Any]) -> None:
+        """Queues one-element tensors; emitted as one metrics event when readable without a sync."""
+        torch = torch_module()
+        assert torch is not None
+        by_device: dict[Any, list[str]] = {}
+        for key, value in tensors.items():
+            by_device.setdefault(value.device, []).append(key)
+        for keys in by_device.values():
+            stacked = torch.stack([tensors[k].detach().reshape(()).to(torch.float64) for k in keys])
+            self._deferred.add(ts, step, METRICS, stacked, _metrics_builder(keys))
 
     # -- the other event kinds -------------------------------------------------------------
 
@@ -212,9 +253,23 @@ class Emitter:
 
         return save_checkpoint(self, state, step, metrics)
 
-    def _emit(self, kind: int, step: int | None, body: dict[str, Any]) -> None:
+    def watch(
+        self, model: Any, every: int = 1, per_layer: bool = False, histograms: bool = False
+    ) -> Any:
+        """Logs gradient norms and NaN/Inf counts of `model` every `every` backward passes,
+        computed on its device without a sync (see traintape.emitter.watch). Returns the watcher;
+        `.remove()` stops it."""
+        from traintape.emitter.watch import GradientWatcher
+
+        watcher = GradientWatcher(self, model, every, per_layer, histograms)
+        self._watchers.append(watcher)
+        return watcher
+
+    def _emit(
+        self, kind: int, step: int | None, body: dict[str, Any], ts: int | None = None
+    ) -> None:
         """Queues one event of any kind; for callers inside traintape (checkpoints, watch)."""
-        self._pending.append((kind, time.time_ns(), step, body))
+        self._pending.append((kind, ts or time.time_ns(), step, body))
         if len(self._pending) >= self._batch_size:
             self._flush(False)
 
@@ -255,6 +310,7 @@ class Emitter:
             self._wake.wait(self._flush_interval / 2)
             if self._stopping:
                 return
+            self._deferred.poll()
             with self._lock:
                 if (
                     self._pending
@@ -298,6 +354,9 @@ class Emitter:
             raise ValueError(msg)
         if self._report is not None:
             return self._report
+        for watcher in self._watchers:
+            watcher.remove()
+        self._deferred.poll(wait=True)  # what is still on its way from the GPU
         if not self._fork_child:  # a DataLoader worker's exit is not the run's end
             self._emit(RUN_END, None, {"status": status, "summary": plain(self.summary)})
         self.log = self._log_after_finish  # type: ignore[method-assign]
@@ -391,6 +450,10 @@ class Emitter:
 
     def __repr__(self) -> str:
         return f"<Emitter run {self.run_id} {self.name!r} rank {self.rank}/{self.world_size}>"
+
+
+def _metrics_builder(keys: list[str]) -> Any:
+    return lambda values: dict(zip(keys, values))
 
 
 def _check_step(step: Any) -> int:

@@ -7,6 +7,7 @@ Nothing here imports torch: a torch that the training script already imported is
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import platform
 import secrets
@@ -118,6 +119,11 @@ def torch_state() -> dict[str, Any]:
     except Exception:  # a broken driver must not stop training from starting
         pass
     return state
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    """Equal configs hash alike whatever their key order: runs with the same config group."""
+    return hashlib.sha1(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def environment(where: Placement) -> dict[str, Any]:

@@ -12,6 +12,7 @@ TEXT = 3
 CHECKPOINT = 4
 SYSTEM = 5
 RUN_END = 6
+HISTOGRAM = 7
 
 KIND_NAMES: tuple[str, ...] = (
     "run_start",
@@ -21,6 +22,7 @@ KIND_NAMES: tuple[str, ...] = (
     "checkpoint",
     "system",
     "run_end",
+    "histogram",
 )
 """Stored name of each wire kind, indexed by the kind's int."""
 

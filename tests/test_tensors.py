@@ -1,0 +1,221 @@
+"""Tensor values and training health: CPU paths here; CUDA paths skip without a GPU."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import CollectorProcess, query, wait_for
+from traintape import emitter
+from traintape.emitter.deferred import DeferredValues, _Pending
+from traintape.schemas.events import METRICS
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU")
+
+
+def test_cpu_tensors_numpy_scalars_and_numbers_land_with_values_and_steps(
+    store: Path, collector: CollectorProcess
+) -> None:
+    """Mixed value types in one call arrive with the right values and steps."""
+    run = emitter.init(project="t", store=store)
+    for step in range(3):
+        emitter.log(
+            {
+                "t32": torch.tensor(0.5 + step, dtype=torch.float32),
+                "t64": torch.tensor([1.25 * step], dtype=torch.float64),
+                "bf16": torch.tensor(2.0, dtype=torch.bfloat16),
+                "grad": torch.tensor(3.0, requires_grad=True) * 2,
+                "np": np.float32(step),
+                "n": step,
+            },
+            step=10 + step,
+        )
+    with pytest.raises(TypeError, match="'vec'"):
+        emitter.log({"vec": torch.ones(3), "ok": 1.0})
+    emitter.finish()
+    wait_for(store, f"SELECT count(*) FROM metrics WHERE run_id = '{run.run_id}'", 18)
+    rows = query(
+        store,
+        "SELECT step, key, value FROM metrics WHERE run_id = ? ORDER BY step, key",
+        run.run_id,
+    )
+    expected = sorted(
+        (10 + s, k, v)
+        for s in range(3)
+        for k, v in {
+            "t32": 0.5 + s,
+            "t64": 1.25 * s,
+            "bf16": 2.0,
+            "grad": 6.0,
+            "np": float(s),
+            "n": float(s),
+        }.items()
+    )
+    assert rows == expected
+
+
+class _FakeEvent:
+    def __init__(self) -> None:
+        self.done = False
+
+    def query(self) -> bool:
+        return self.done
+
+    def synchronize(self) -> None:
+        self.done = True
+
+
+def test_deferred_values_emit_in_order_once_ready_with_their_step_and_time() -> None:
+    """Entries wait for their event, are emitted in order with the log call's step and ts."""
+    emitted: list[tuple[int, int | None, dict[str, float], int]] = []
+    dv = DeferredValues(lambda kind, step, body, ts: emitted.append((kind, step, body, ts)))
+    events = [_FakeEvent() for _ in range(3)]
+    for i, ev in enumerate(events):
+        host = torch.tensor([float(i)], dtype=torch.float64)
+        dv._queue.append(_Pending(100 + i, i, METRICS, lambda v: {"x": v[0]}, host, host, ev))
+    assert dv.poll() == 0
+    events[1].done = True
+    assert dv.poll() == 0  # the head is not ready: order is kept
+    events[0].done = True
+    assert dv.poll() == 2
+    assert emitted == [(METRICS, 0, {"x": 0.0}, 100), (METRICS, 1, {"x": 1.0}, 101)]
+    assert dv.poll(wait=True) == 1 and emitted[-1] == (METRICS, 2, {"x": 2.0}, 102)
+    assert len(dv) == 0
+
+
+def _tiny_model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
+
+
+def test_watch_logs_global_norm_and_nonfinite_counts(
+    store: Path, collector: CollectorProcess
+) -> None:
+    """watch() logs the same global gradient norm torch computes, and counts NaN/Inf."""
+    run = emitter.init(project="t", store=store)
+    model = _tiny_model()
+    emitter.watch(model, every=2, per_layer=True, histograms=True)
+    x = torch.randn(16, 4)
+    expected = {}
+    for step in range(4):
+        model.zero_grad()
+        loss = model(x).pow(2).mean()
+        if step == 2:
+            loss = loss * torch.tensor(math.nan)
+        loss.backward()
+        grads = [p.grad for p in model.parameters()]
+        expected[step] = torch.linalg.vector_norm(
+            torch.stack([g.double().norm() for g in grads])
+        ).item()
+        emitter.log({"loss": loss.detach()}, step=step)
+    emitter.finish()
+    wait_for(
+        store,
+        f"SELECT count(*) FROM metrics WHERE run_id = '{run.run_id}' AND key LIKE 'grad%'",
+        2 * (2 + 4),
+    )
+    rows = query(
+        store,
+        "SELECT step, key, value FROM metrics WHERE run_id = ? AND key IN ('grad/global_norm', 'grad/nonfinite') ORDER BY step, key",
+        run.run_id,
+    )
+    assert [r[:2] for r in rows] == [
+        (0, "grad/global_norm"),
+        (0, "grad/nonfinite"),
+        (2, "grad/global_norm"),
+        (2, "grad/nonfinite"),
+    ]
+    assert rows[0][2] == pytest.approx(expected[0], rel=1e-6)  # norms in the grads dtype
+    assert rows[1][2] == 0.0
+    assert math.isnan(rows[2][2])
+    assert rows[3][2] == sum(p.numel() for p in model.parameters())
+    per_layer = query(
+        store,
+        "SELECT count(DISTINCT key) FROM metrics WHERE run_id = ? AND key LIKE 'grad_norm/%'",
+        run.run_id,
+    )
+    assert per_layer == [(4,)]
+    hist = query(
+        store,
+        "SELECT count(*), min(json_array_length(body->'counts')) FROM events WHERE run_id = ? AND kind = 'histogram'",
+        run.run_id,
+    )
+    assert hist == [(2 * 8, 64)]
+
+
+@cuda
+def test_cuda_loss_every_step_never_synchronises(store: Path, collector: CollectorProcess) -> None:
+    """With torch's sync debug mode set to error, logging a CUDA loss every step raises nothing."""
+    run = emitter.init(project="t", store=store)
+    model = _tiny_model().cuda()
+    emitter.watch(model, every=1, histograms=True)
+    x = torch.randn(64, 4, device="cuda")
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for step in range(200):
+            loss = model(x).pow(2).mean()
+            loss.backward()
+            emitter.log({"loss": loss.detach()}, step=step)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    emitter.finish()
+    wait_for(
+        store, f"SELECT count(*) FROM metrics WHERE run_id = '{run.run_id}' AND key = 'loss'", 200
+    )
+
+
+def test_collector_samples_cpu_and_ram_without_a_driver_and_joins_runs(tmp_path: Path) -> None:
+    """No NVIDIA driver here: the collector still serves, and stores CPU/RAM samples for the run."""
+    store = tmp_path / "store"
+    coll = CollectorProcess(store, "--system-interval", "0.2").start()
+    try:
+        run = emitter.init(project="sys", store=store)
+        import time
+
+        time.sleep(1.0)
+        emitter.log({"x": 1.0}, step=0)
+        emitter.finish()
+        wait_for(
+            store,
+            f"SELECT count(DISTINCT key) > 2 FROM system WHERE run_id = '{run.run_id}' AND device = 'cpu'",
+            True,
+        )
+        keys = {k for (k,) in query(store, "SELECT DISTINCT key FROM system WHERE device = 'cpu'")}
+        assert {"cpu_percent", "ram_used_bytes", "ram_total_bytes", "ram_percent"} <= keys
+        ram = query(store, "SELECT max(value) FROM system WHERE key = 'ram_total_bytes'")[0][0]
+        assert ram > 1e8
+        if not torch.cuda.is_available():
+            assert query(store, "SELECT count(*) FROM system WHERE device LIKE 'gpu%'") == [(0,)]
+            assert (
+                "no NVIDIA driver" in coll.log.read_text()
+                or "nvidia-ml-py is missing" in coll.log.read_text()
+            )
+    finally:
+        coll.close()
+
+
+def test_environment_is_recorded_at_init(store: Path, collector: CollectorProcess) -> None:
+    """host, pid, argv, Python, torch versions, git state and a config hash are in the run."""
+    run = emitter.init(project="env", config={"lr": 0.1}, store=store)
+    emitter.finish()
+    wait_for(store, f"SELECT count(*) FROM runs WHERE run_id = '{run.run_id}'", 1)
+    env = query(
+        store,
+        "SELECT environment->>'host', environment->>'python', environment->>'torch', "
+        "CAST(environment->>'pid' AS INT), environment->>'config_sha1' FROM runs WHERE run_id = ?",
+        run.run_id,
+    )[0]
+    import hashlib
+    import json
+    import os
+    import platform
+    import socket
+
+    assert env[0] == socket.gethostname() and env[1] == platform.python_version()
+    assert env[2] == torch.__version__ and env[3] == os.getpid()
+    assert env[4] == hashlib.sha1(json.dumps({"lr": 0.1}, sort_keys=True).encode()).hexdigest()

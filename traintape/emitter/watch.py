@@ -1,0 +1,119 @@
+"""`emitter.watch(model)`: training-health metrics computed on the device, logged without a sync.
+
+At the end of every `every`-th backward pass (an autograd engine callback, so the gradients are
+complete, after DDP's all-reduce) it logs, at the emitter's current step:
+
+    grad/global_norm        L2 norm of all gradients (fused `_foreach_norm`)
+    grad/nonfinite          count of NaN/Inf gradient elements
+    param/nonfinite         count of NaN/Inf parameter elements
+    grad_norm/<name>        per-parameter L2 norms, with per_layer=True
+    histogram events        of weights and gradients (64 bins), with histograms=True
+
+The values stay on the device and go through the deferred path (deferred.py): no `.item()`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from traintape.schemas.events import HISTOGRAM, METRICS
+
+HIST_BINS = 64
+
+
+class GradientWatcher:
+    def __init__(
+        self, emitter: Any, model: Any, every: int, per_layer: bool, histograms: bool
+    ) -> None:
+        if every < 1:
+            msg = f"watch(every=...) must be >= 1, got {every}"
+            raise ValueError(msg)
+        self.emitter = emitter
+        self.every = every
+        self.per_layer = per_layer
+        self.histograms = histograms
+        self.params = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+        if not self.params:
+            msg = "watch(): the model has no parameters that require grad"
+            raise ValueError(msg)
+        self.backward_passes = 0
+        self._queued = False
+        self._handles = [p.register_hook(self._on_grad) for _, p in self.params]
+
+    def _on_grad(self, grad: Any) -> None:
+        # The first gradient of a backward pass queues one callback for the end of that pass.
+        if not self._queued:
+            from torch.autograd import Variable
+
+            self._queued = True
+            Variable._execution_engine.queue_callback(self._on_backward_end)
+
+    def _on_backward_end(self) -> None:
+        self._queued = False
+        self.backward_passes += 1
+        if (self.backward_passes - 1) % self.every == 0:
+            self.log_stats()
+
+    def log_stats(self) -> None:
+        import torch
+
+        named = [(n, p.grad) for n, p in self.params if p.grad is not None]
+        if not named:
+            return
+        em = self.emitter
+        step = em._step
+        ts = _now()
+        with torch.no_grad():
+            grads = [g.detach() for _, g in named]
+            norms = [n.to(torch.float64) for n in torch._foreach_norm(grads)]
+            stacked_norms = torch.stack(norms)
+            global_norm = torch.linalg.vector_norm(stacked_norms)
+            grad_bad = torch.stack([(~torch.isfinite(g)).sum() for g in grads]).sum()
+            param_bad = torch.stack(
+                [(~torch.isfinite(p.detach())).sum() for _, p in self.params]
+            ).sum()
+            keys = ["grad/global_norm", "grad/nonfinite", "param/nonfinite"]
+            values = [global_norm, grad_bad.to(torch.float64), param_bad.to(torch.float64)]
+            if self.per_layer:
+                keys += [f"grad_norm/{name}" for name, _ in named]
+                values += [n.to(global_norm.device) for n in norms]
+            stacked = torch.stack([v.to(global_norm.device) for v in values])
+            em._deferred.add(
+                ts, step, METRICS, stacked, lambda vals, keys=keys: dict(zip(keys, vals))
+            )
+            if self.histograms:
+                for name, tensor in [
+                    *((f"weights/{n}", p) for n, p in self.params),
+                    *((f"grads/{n}", g) for n, g in named),
+                ]:
+                    self._histogram(name, tensor.detach(), ts, step)
+
+    def _histogram(self, name: str, tensor: Any, ts: int, step: int) -> None:
+        import torch
+
+        # Built from sync-free ops only: no boolean indexing, no auto-range histc, no bincount
+        # (each of those reads a size or a bound back to the host). NaN/Inf are left out.
+        flat = tensor.reshape(-1).to(torch.float64)
+        finite = torch.isfinite(flat)
+        lo = torch.where(finite, flat, torch.inf).min()
+        hi = torch.where(finite, flat, -torch.inf).max()
+        width = torch.clamp(hi - lo, min=1e-12)
+        index = ((flat - lo) / width * HIST_BINS).nan_to_num(0).clamp(0, HIST_BINS - 1).long()
+        counts = flat.new_zeros(HIST_BINS).scatter_add_(0, index, finite.to(torch.float64))
+        values = torch.cat([torch.stack([lo, hi]), counts])
+
+        def build(vals: list[float], key: str = name) -> dict[str, Any]:
+            return {"key": key, "min": vals[0], "max": vals[1], "counts": vals[2:]}
+
+        self.emitter._deferred.add(ts, step, HISTOGRAM, values, build)
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+
+def _now() -> int:
+    import time
+
+    return time.time_ns()
