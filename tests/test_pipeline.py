@@ -248,8 +248,10 @@ def test_garbage_on_the_socket_is_dead_lettered_and_serving_goes_on(
     _run_worker(store, "--steps", "500", env={**os.environ, "TRAINTAPE_RUN_ID": "after-garbage"})
     wait_for(store, "SELECT count(*) FROM metrics WHERE run_id = 'after-garbage'", 5000)
     _assert_exact(store, "after-garbage", ranks=1, steps=500, metrics=10)
-    status = json.loads((store / "state" / "collector.json").read_text())
-    assert status["dead_letters"] == len(bad)
+    deadline = time.monotonic() + 10  # the status file is rewritten once a second
+    while json.loads((store / "state" / "collector.json").read_text())["dead_letters"] != len(bad):
+        assert time.monotonic() < deadline, "dead letters were not counted"
+        time.sleep(0.1)
     assert collector.proc is not None and collector.proc.poll() is None
     assert (store / "deadletter" / "deadletter.log").stat().st_size > 0
 
