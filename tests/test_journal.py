@@ -50,3 +50,15 @@ def test_readers_see_only_synced_records(tmp_path: Path) -> None:
     assert _payloads(j) == []
     j.sync()
     assert _payloads(j) == [(b"a", b"1")]
+
+
+def test_rollback_drops_unsynced_appends(tmp_path: Path) -> None:
+    """After a failed write, rollback cuts the journal back to its durable end."""
+    j = Journal(tmp_path / "j")
+    j.append(frame_record(b"a", b"1"))
+    j.sync()
+    j.append(frame_record(b"b", b"2"))
+    j.rollback()
+    j.append(frame_record(b"c", b"3"))
+    j.sync()
+    assert _payloads(j) == [(b"a", b"1"), (b"c", b"3")]

@@ -52,6 +52,17 @@ class Journal:
         if self.end - self._segment_start >= self.segment_bytes:
             self._roll()
 
+    def rollback(self) -> None:
+        """Drops what was appended since the last successful sync (after a failed write)."""
+        try:
+            self._file.close()
+        except OSError:
+            pass  # the failed flush may fail again on close; the truncate below settles it
+        with open(self._path(self._segment_start), "r+b") as f:
+            f.truncate(self.durable_end - self._segment_start)
+        self._file = open(self._path(self._segment_start), "ab")
+        self.end = self.durable_end
+
     def _roll(self) -> None:
         self._file.close()
         self._segment_start = self.end

@@ -124,7 +124,9 @@ class Collector:
         # Batches made inside the collector (system samples); journaled by the ingest loop, the
         # journal's only writer.
         self._local: queue.SimpleQueue[tuple[bytes, bytes]] = queue.SimpleQueue()
-        self.sampler = SystemSampler(system_interval, self._local, self._log) if system_interval > 0 else None
+        self.sampler = (
+            SystemSampler(system_interval, self._local, self._log) if system_interval > 0 else None
+        )
         self._stop = threading.Event()
         self._ctx = zmq.Context()
         self._sock = self._ctx.socket(zmq.ROUTER)
@@ -192,8 +194,19 @@ class Collector:
             header_frame, body_frame = self._local.get()
             self._admit([b"", header_frame, body_frame], journal_data, [])
         if journal_data:
-            self.journal.append(b"".join(journal_data))
-            self.journal.sync()
+            try:
+                self.journal.append(b"".join(journal_data))
+                self.journal.sync()
+            except OSError as exc:
+                # Disk full or failing: acknowledge nothing of this group (emitters keep and
+                # resend it), cut the journal back to its durable end, and forget the group's
+                # sequence numbers so the resends are taken as new.
+                self._log(f"journal write failed ({exc}); batches not acknowledged, will be resent")
+                self.stats["journal_errors"] = self.stats.get("journal_errors", 0) + 1
+                self.journal.rollback()
+                self.dedup = Deduplicator()
+                self._recover()
+                return
         for identity, ack in acks:
             try:
                 self._sock.send_multipart((identity, ack), flags=zmq.NOBLOCK)
