@@ -14,7 +14,9 @@ from traintape.emitter import Emitter, RunFinishedError
 from traintape.emitter.values import flatten
 
 
-def test_bad_value_raises_type_error_naming_key_and_logs_nothing(store: Path, collector: CollectorProcess) -> None:
+def test_bad_value_raises_type_error_naming_key_and_logs_nothing(
+    store: Path, collector: CollectorProcess
+) -> None:
     """A non-number raises TypeError naming the key, and no part of that call is logged."""
     run = emitter.init(project="p", store=store)
     with pytest.raises(TypeError, match="'bad'"):
@@ -28,7 +30,9 @@ def test_bad_value_raises_type_error_naming_key_and_logs_nothing(store: Path, co
     emitter.log({"ok": 2.0}, step=1)
     emitter.finish()
     wait_for(store, f"SELECT count(*) FROM metrics WHERE run_id = '{run.run_id}'", 1)
-    assert query(store, "SELECT key, step, value FROM metrics WHERE run_id = ?", run.run_id) == [("ok", 1, 2.0)]
+    assert query(store, "SELECT key, step, value FROM metrics WHERE run_id = ?", run.run_id) == [
+        ("ok", 1, 2.0)
+    ]
 
 
 def test_numpy_scalars_bools_ints_and_auto_steps(store: Path, collector: CollectorProcess) -> None:
@@ -40,30 +44,58 @@ def test_numpy_scalars_bools_ints_and_auto_steps(store: Path, collector: Collect
     emitter.log({"big": 10**400})
     emitter.finish()
     wait_for(store, f"SELECT count(*) FROM metrics WHERE run_id = '{run.run_id}'", 7)
-    rows = query(store, "SELECT key, step, value FROM metrics WHERE run_id = ? ORDER BY step, key", run.run_id)
+    rows = query(
+        store,
+        "SELECT key, step, value FROM metrics WHERE run_id = ? ORDER BY step, key",
+        run.run_id,
+    )
     assert rows == [
-        ("arr", 0, 2.5), ("b", 0, 1.0), ("f32", 0, 0.5), ("i64", 0, 7.0),
-        ("x", 10, 1.0), ("x", 11, 2.0), ("big", 12, math.inf),
+        ("arr", 0, 2.5),
+        ("b", 0, 1.0),
+        ("f32", 0, 0.5),
+        ("i64", 0, 7.0),
+        ("x", 10, 1.0),
+        ("x", 11, 2.0),
+        ("big", 12, math.inf),
     ]
 
 
 def test_params_config_and_text_are_stored(store: Path, collector: CollectorProcess) -> None:
     """Config and log_params land flattened in `params`; text in `events`."""
-    run = emitter.init(project="p", name="named", config={"opt": {"lr": 1e-3, "betas": [0.9, 0.99]}}, tags=["a"], store=store)
+    run = emitter.init(
+        project="p",
+        name="named",
+        config={"opt": {"lr": 1e-3, "betas": [0.9, 0.99]}},
+        tags=["a"],
+        store=store,
+    )
     emitter.log_params({"model": {"depth": 4, "act": "gelu"}})
     emitter.log_text("note", "hello", step=3)
     emitter.finish()
     wait_for(store, f"SELECT count(*) FROM params WHERE run_id = '{run.run_id}'", 4)
     params = dict(query(store, "SELECT key, value FROM params WHERE run_id = ?", run.run_id))
-    assert params == {"opt.lr": "0.001", "opt.betas": "[0.9,0.99]", "model.depth": "4", "model.act": '"gelu"'}
-    assert query(store, "SELECT value_num FROM params WHERE run_id = ? AND key = 'model.depth'", run.run_id) == [(4.0,)]
-    text = query(store, "SELECT step, body->>'text' FROM events WHERE run_id = ? AND kind = 'text'", run.run_id)
+    assert params == {
+        "opt.lr": "0.001",
+        "opt.betas": "[0.9,0.99]",
+        "model.depth": "4",
+        "model.act": '"gelu"',
+    }
+    assert query(
+        store, "SELECT value_num FROM params WHERE run_id = ? AND key = 'model.depth'", run.run_id
+    ) == [(4.0,)]
+    text = query(
+        store,
+        "SELECT step, body->>'text' FROM events WHERE run_id = ? AND kind = 'text'",
+        run.run_id,
+    )
     assert text == [(3, "hello")]
     runs = query(store, "SELECT name, project, status, tags FROM runs WHERE run_id = ?", run.run_id)
     assert runs == [("named", "p", "completed", ["a"])]
 
 
-def test_context_manager_marks_failed_and_reraises(store: Path, collector: CollectorProcess) -> None:
+def test_context_manager_marks_failed_and_reraises(
+    store: Path, collector: CollectorProcess
+) -> None:
     """An exception inside `with init(...)` marks the run failed and propagates."""
     with pytest.raises(ZeroDivisionError), emitter.init(project="p", store=store) as run:
         emitter.log({"x": 1.0})
@@ -83,9 +115,15 @@ def test_resumed_run_keeps_every_attempt(store: Path, collector: CollectorProces
     emitter.log({"loss": 0.95}, step=1)  # the step is logged again after a restart
     emitter.finish()
     wait_for(store, f"SELECT count(*) FROM metrics WHERE run_id = '{first.run_id}'", 3)
-    rows = query(store, "SELECT step, value, attempt FROM metrics WHERE run_id = ? ORDER BY attempt, step", first.run_id)
+    rows = query(
+        store,
+        "SELECT step, value, attempt FROM metrics WHERE run_id = ? ORDER BY attempt, step",
+        first.run_id,
+    )
     assert rows == [(0, 1.0, 1), (1, 0.9, 1), (1, 0.95, 2)]
-    assert query(store, "SELECT status, attempts FROM runs WHERE run_id = ?", first.run_id) == [("completed", 2)]
+    assert query(store, "SELECT status, attempts FROM runs WHERE run_id = ?", first.run_id) == [
+        ("completed", 2)
+    ]
 
 
 def test_log_before_init_is_a_no_op() -> None:
@@ -95,7 +133,9 @@ def test_log_before_init_is_a_no_op() -> None:
     assert emitter.finish() is None
 
 
-def test_explicit_emitter_instances_and_validation(store: Path, collector: CollectorProcess) -> None:
+def test_explicit_emitter_instances_and_validation(
+    store: Path, collector: CollectorProcess
+) -> None:
     """Emitter objects work without the module API; bad arguments are clear errors."""
     with pytest.raises(ValueError, match="project"):
         Emitter("", store=store)
@@ -111,10 +151,16 @@ def test_explicit_emitter_instances_and_validation(store: Path, collector: Colle
 
 def test_flatten_nested_params() -> None:
     """Nested dicts flatten with '.'; empty dicts are kept as values."""
-    assert flatten({"a": {"b": {"c": 1}}, "d": {}, "e": (1, 2)}) == {"a.b.c": 1, "d": {}, "e": [1, 2]}
+    assert flatten({"a": {"b": {"c": 1}}, "d": {}, "e": (1, 2)}) == {
+        "a.b.c": 1,
+        "d": {},
+        "e": [1, 2],
+    }
 
 
-def test_rank_and_run_id_come_from_torchrun_variables(monkeypatch: pytest.MonkeyPatch, store: Path) -> None:
+def test_rank_and_run_id_come_from_torchrun_variables(
+    monkeypatch: pytest.MonkeyPatch, store: Path
+) -> None:
     """RANK/WORLD_SIZE set the rank; all ranks derive one run id from TORCHELASTIC_RUN_ID."""
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "2")
@@ -130,3 +176,27 @@ def test_rank_and_run_id_come_from_torchrun_variables(monkeypatch: pytest.Monkey
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "none")
     with pytest.raises(RuntimeError, match="TRAINTAPE_RUN_ID"):
         Emitter("p", store=store)
+
+
+def test_unwritable_spool_keeps_batches_in_memory_until_the_collector_returns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No collector and a spool folder that cannot be written: nothing is dropped while the
+    process lives; once a collector starts, everything is delivered."""
+    store = tmp_path / "store"
+    blocked = tmp_path / "not-a-dir"
+    blocked.write_text("a file where the spool folder should be")
+    monkeypatch.setenv("TRAINTAPE_SPOOL_DIR", str(blocked / "spool"))
+    run = emitter.init(project="p", store=store, spool_after=0.2, resend_after=0.2)
+    for step in range(300):
+        emitter.log({"x": float(step)}, step=step)
+    import time
+
+    time.sleep(1.0)  # the keeper tries to spool, fails, and keeps the batches
+    coll = CollectorProcess(store).start()
+    try:
+        report = emitter.finish(timeout=30)
+        assert report.complete, report
+        wait_for(store, f"SELECT count(*) FROM metrics WHERE run_id = '{run.run_id}'", 300)
+    finally:
+        coll.close()

@@ -47,10 +47,12 @@ class FinishReport:
     spooled: int
     spool_path: Path | None
     rejected: int
+    lost: int = 0  # neither acknowledged nor spooled: only when the spool could not be written
 
     @property
     def complete(self) -> bool:
-        return self.spooled == 0 and self.rejected == 0
+        """Every event is in the collector's journal."""
+        return self.spooled == 0 and self.rejected == 0 and self.lost == 0
 
 
 class RunFinishedError(RuntimeError):
@@ -106,6 +108,7 @@ class Emitter:
         self._step = 0
         self._deferred = DeferredValues(self._emit)
         self._watchers: list[Any] = []
+        self._warned: set[str] = set()
         self._failed_by: str | None = None
         self._fork_child = False
         self._report: FinishReport | None = None
@@ -322,13 +325,21 @@ class Emitter:
                 to_spool = transport.take_for_spool()
             self._service_spool(to_spool)
 
-    def _service_spool(self, to_spool: list[tuple[bytes, bytes]]) -> None:
+    def _service_spool(self, to_spool: list[Any]) -> None:
         """Disk work, outside the lock, so the training thread never waits on it."""
         transport = self._transport
         assert transport is not None
-        try:
-            if to_spool:
+        if to_spool:
+            try:
                 transport.spool.append(to_spool)
+            except OSError as exc:
+                with self._lock:
+                    transport.unspool(to_spool)
+                self._warn_once(
+                    f"traintape: cannot write the spool {transport.spool.path} ({exc}); "
+                    "keeping unacknowledged batches in memory instead"
+                )
+        try:
             wanted, start = transport.replay_wanted()
             if wanted:
                 records = [
@@ -342,7 +353,12 @@ class Emitter:
             elif transport.settled and transport.spool.exists():
                 transport.spool.delete()
         except OSError as exc:
-            print(f"traintape: cannot write spool {transport.spool.path}: {exc}", file=sys.stderr)
+            self._warn_once(f"traintape: cannot read the spool {transport.spool.path}: {exc}")
+
+    def _warn_once(self, text: str) -> None:
+        if text.split("(")[0] not in self._warned:
+            self._warned.add(text.split("(")[0])
+            print(text, file=sys.stderr)
 
     # -- finishing -------------------------------------------------------------------------
 
@@ -357,6 +373,8 @@ class Emitter:
         for watcher in self._watchers:
             watcher.remove()
         self._deferred.poll(wait=True)  # what is still on its way from the GPU
+        if self._checkpoints is not None:  # queued checkpoint writes end before the run does
+            self._checkpoints.close(timeout)
         if not self._fork_child:  # a DataLoader worker's exit is not the run's end
             self._emit(RUN_END, None, {"status": status, "summary": plain(self.summary)})
         self.log = self._log_after_finish  # type: ignore[method-assign]
@@ -384,13 +402,16 @@ class Emitter:
             try:
                 transport.spool.append(to_spool)
             except OSError as exc:
+                transport.unspool(to_spool)
                 print(
-                    f"traintape: LOST {len(to_spool)} batches: cannot write spool: {exc}",
+                    f"traintape: LOST {sum(b.n for b in to_spool)} events of run {self.run_id}: "
+                    f"the collector did not take them and the spool cannot be written ({exc})",
                     file=sys.stderr,
                 )
         if transport.settled and transport.spool.exists():
             transport.spool.delete()
         spooled = transport.spooled_unacked
+        lost = transport.unacked_events
         transport.close()
         report = FinishReport(
             run_id=self.run_id,
@@ -398,6 +419,7 @@ class Emitter:
             spooled=spooled,
             spool_path=transport.spool.path if spooled else None,
             rejected=transport.stats.rejected_events,
+            lost=lost,
         )
         self._report = report
         if spooled:

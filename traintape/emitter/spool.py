@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 from traintape.schemas.records import frame_record, iter_records, split_payload
 from traintape.schemas.wire import decode_header
@@ -22,8 +23,9 @@ class SpoolFile:
     def __init__(self, path: Path) -> None:
         self.path = path
 
-    def append(self, batches: Iterable[tuple[bytes, bytes]]) -> None:
-        data = b"".join(frame_record(header, body) for header, body in batches)
+    def append(self, batches: Iterable[Any]) -> None:
+        """Appends batches (objects with .header and .body) and fsyncs."""
+        data = b"".join(frame_record(b.header, b.body) for b in batches)
         if not data:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)

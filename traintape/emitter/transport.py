@@ -12,7 +12,7 @@ is noticed without any extra protocol.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import zmq
 
@@ -40,7 +40,6 @@ class TransportStats:
     acked_events: int = 0
     rejected_events: int = 0
     spooled_events: int = 0
-    rejected_seqs: list[int] = field(default_factory=list)
 
 
 class Transport:
@@ -119,7 +118,6 @@ class Transport:
                 continue  # a second ack of a batch already settled
             if status == ACK_REJECTED:
                 self.stats.rejected_events += n
-                self.stats.rejected_seqs.append(seq0)
             else:
                 self.stats.acked_events += n
 
@@ -132,13 +130,14 @@ class Transport:
             if not self._try_send(batch):
                 return
 
-    def take_for_spool(self, force: bool = False) -> list[tuple[bytes, bytes]]:
+    def take_for_spool(self, force: bool = False) -> list[_Batch]:
         """Removes from memory the batches that waited too long or overflow the memory bound.
 
-        The caller writes them to the spool outside the lock.
+        The caller writes them to the spool outside the lock, and gives them back with
+        `unspool()` if that write fails.
         """
         now = time.monotonic()
-        taken: list[tuple[bytes, bytes]] = []
+        taken: list[_Batch] = []
         for seq0 in list(self._unacked):
             batch = self._unacked[seq0]
             overdue = now - batch.queued_at >= self.spool_after
@@ -148,8 +147,16 @@ class Transport:
             self._memory -= batch.size
             self._spooled[seq0] = batch.n
             self.stats.spooled_events += batch.n
-            taken.append((batch.header, batch.body))
+            taken.append(batch)
         return taken
+
+    def unspool(self, batches: list[_Batch]) -> None:
+        """Takes back batches whose spool write failed: memory over its bound beats losing them."""
+        for batch in batches:
+            if self._spooled.pop(batch.seq0, None) is not None:
+                self._unacked[batch.seq0] = batch
+                self._memory += batch.size
+                self.stats.spooled_events -= batch.n
 
     def replay_step(self, records: list[tuple[int, bytes, bytes, int]]) -> None:
         """Resends spooled records (next_offset, header, body, seq0) still unacked, in order."""
@@ -177,12 +184,12 @@ class Transport:
         self._replay_pos = 0
 
     @property
-    def pending_events(self) -> int:
-        return sum(b.n for b in self._unacked.values()) + sum(self._spooled.values())
-
-    @property
     def settled(self) -> bool:
         return not self._unacked and not self._spooled
+
+    @property
+    def unacked_events(self) -> int:
+        return sum(b.n for b in self._unacked.values())
 
     @property
     def spooled_unacked(self) -> int:
