@@ -40,10 +40,10 @@ class Journal:
     def _path(self, start: int) -> Path:
         return self.folder / f"{start:020d}.log"
 
-    def append(self, data: bytes) -> None:
-        """Appends framed records; not durable until `sync()`."""
-        self._file.write(data)
-        self.end += len(data)
+    def append(self, *parts: bytes) -> None:
+        """Appends framed records (whole, or as parts); not durable until `sync()`."""
+        self._file.writelines(parts)
+        self.end += sum(map(len, parts))
 
     def sync(self) -> None:
         self._file.flush()

@@ -28,6 +28,7 @@ class _Batch:
     body: bytes
     queued_at: float
     sent_at: float | None = None
+    sends: int = 0
 
     @property
     def size(self) -> int:
@@ -93,6 +94,7 @@ class Transport:
         except zmq.Again:
             return False
         batch.sent_at = time.monotonic()
+        batch.sends += 1
         self.stats.sent_batches += 1
         return True
 
@@ -122,11 +124,17 @@ class Transport:
                 self.stats.acked_events += n
 
     def resend_due(self) -> None:
-        """Sends what never left and resends what was not acked within `resend_after`."""
+        """Sends what never left and resends what was not acked in time.
+
+        The wait doubles with each resend of a batch (up to 16x `resend_after`): a collector that
+        is merely slow is not buried under duplicates while it catches up.
+        """
         now = time.monotonic()
         for batch in self._unacked.values():
-            if batch.sent_at is not None and now - batch.sent_at < self.resend_after:
-                continue
+            if batch.sent_at is not None:
+                wait = self.resend_after * (1 << min(batch.sends - 1, 4))
+                if now - batch.sent_at < wait:
+                    continue
             if not self._try_send(batch):
                 return
 

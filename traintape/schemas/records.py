@@ -22,9 +22,15 @@ _HLEN = struct.Struct("<I")
 PREFIX_SIZE = _PREFIX.size
 
 
+def frame_parts(header: bytes, body: bytes) -> tuple[bytes, bytes, bytes, bytes]:
+    """One record as parts for `writelines`: the body is neither copied nor joined to hash it."""
+    hlen = _HLEN.pack(len(header))
+    crc = zlib.crc32(body, zlib.crc32(header, zlib.crc32(hlen)))
+    return _PREFIX.pack(len(hlen) + len(header) + len(body), crc), hlen, header, body
+
+
 def frame_record(header: bytes, body: bytes) -> bytes:
-    payload = b"".join((_HLEN.pack(len(header)), header, body))
-    return _PREFIX.pack(len(payload), zlib.crc32(payload)) + payload
+    return b"".join(frame_parts(header, body))
 
 
 def split_payload(payload: bytes | memoryview) -> tuple[bytes, bytes]:

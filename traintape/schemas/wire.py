@@ -99,6 +99,12 @@ def decode_header(frame: bytes) -> BatchHeader:
     return BatchHeader(run_id, rank, source, seq0, n)
 
 
+_INT = frozenset((int,))
+_INT_OR_NONE = frozenset((int, type(None)))
+_DICT = frozenset((dict,))
+_KIND_CODES = frozenset(range(len(KIND_NAMES)))
+
+
 def decode_body(frame: bytes, n: int) -> BatchBody:
     try:
         cols = msgpack.unpackb(frame)
@@ -117,18 +123,18 @@ def decode_body(frame: bytes, n: int) -> BatchBody:
         if not isinstance(col, list) or len(col) != n:
             msg = f"body column {name!r} is not a list of {n}"
             raise WireError(msg)
-    n_kinds = len(KIND_NAMES)
-    for kind in set(kinds):
-        if type(kind) is not int or not 0 <= kind < n_kinds:
-            msg = f"unknown event kind {kind!r}"
-            raise WireError(msg)
-    if not all(type(t) is int for t in ts):
+    # One C-level pass per column (set of element types), not a Python loop per event.
+    kind_set = set(kinds)
+    if not _INT.issuperset(map(type, kind_set)) or not kind_set <= _KIND_CODES:
+        msg = f"unknown event kind in {sorted(map(repr, kind_set))}"
+        raise WireError(msg)
+    if not _INT.issuperset(map(type, ts)):
         msg = "timestamps must be ints (ns)"
         raise WireError(msg)
-    if not all(s is None or type(s) is int for s in steps):
+    if not _INT_OR_NONE.issuperset(map(type, steps)):
         msg = "steps must be ints or nil"
         raise WireError(msg)
-    if not all(isinstance(b, dict) for b in bodies):
+    if not _DICT.issuperset(map(type, bodies)):
         msg = "event bodies must be maps"
         raise WireError(msg)
     return BatchBody(kinds, ts, steps, bodies)
