@@ -6,9 +6,18 @@ wandb or tensorboard.
 """
 
 from traintape import emitter
+from traintape.checkpoints import CheckpointPolicy, load_checkpoint
 from traintape.emitter import Emitter, FinishReport
 from traintape.store import connect
 
 __version__ = "0.1.0"
 
-__all__ = ["Emitter", "FinishReport", "__version__", "connect", "emitter"]
+__all__ = [
+    "CheckpointPolicy",
+    "Emitter",
+    "FinishReport",
+    "__version__",
+    "connect",
+    "emitter",
+    "load_checkpoint",
+]

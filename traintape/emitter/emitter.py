@@ -306,6 +306,25 @@ class Emitter:
         transport.send(seq0, n, header, body)
         transport.poll_acks()
 
+    def send_now(self) -> int | None:
+        """Sends every queued event now (waiting for the I/O lock); returns the seq that all of
+        them are below, or None once the run is finished. For traintape's own threads."""
+        with self._lock:
+            if self._report is not None:
+                return None
+            self._flush_locked()
+            return self._seq
+
+    def acked_below(self) -> int | None:
+        """A seq below which the collector acknowledged every event (None without a link)."""
+        with self._lock:
+            transport = self._transport
+            if transport is None or transport.closed:
+                return None
+            transport.poll_acks()
+            oldest = transport.oldest_unsettled()
+            return self._seq if oldest is None else oldest
+
     def _keep(self) -> None:
         transport = self._transport
         assert transport is not None

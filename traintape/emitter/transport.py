@@ -195,6 +195,10 @@ class Transport:
     def settled(self) -> bool:
         return not self._unacked and not self._spooled
 
+    def oldest_unsettled(self) -> int | None:
+        """The first seq of the oldest batch not yet acknowledged (sent or spooled), if any."""
+        return min((*self._unacked, *self._spooled), default=None)
+
     @property
     def unacked_events(self) -> int:
         return sum(b.n for b in self._unacked.values())
