@@ -10,7 +10,8 @@ Views
     metrics_by_step  per (run_id, step, key) across ranks: mean, min, max, count
     params           latest value per (run_id, key): value (JSON text), value_num (when numeric)
     events           every event but metric values: kind, body (JSON text)
-    checkpoints      one row per checkpoint event
+    checkpoints      one row per checkpoint event: action (saved, deleted, failed), path, bytes,
+                     sha256, metrics, blocked_s, write_s, is_best, error, monitor, mode, reason
     system           system samples: host, device, key, value
     attempts         one row per (run_id, rank, attempt): source, started
 """
@@ -30,8 +31,11 @@ class StoreNotFoundError(FileNotFoundError):
 
 
 def _glob(store: Path, table: str) -> str:
+    # Every file of a table is written from one Arrow schema (schemas/tables.py), so DuckDB binds
+    # from the first file. union_by_name would read the footer of every file at each bind of each
+    # view (seconds per query at 1,000 runs); a change of a table's schema must migrate old files.
     path = str(store / "tables" / table / "*" / "*.parquet").replace("'", "''")
-    return f"read_parquet('{path}', union_by_name = true)"
+    return f"read_parquet('{path}')"
 
 
 def view_sql(store: Path) -> list[str]:
@@ -45,10 +49,11 @@ def view_sql(store: Path) -> list[str]:
         f"""CREATE OR REPLACE VIEW metrics AS
             SELECT m.run_id, m.rank, m.step, m.ts::TIMESTAMPTZ AS ts, m.key, m.value, a.attempt, m.source, m.seq
             FROM {m} m LEFT JOIN attempts a USING (run_id, rank, source)""",
-        """CREATE OR REPLACE VIEW metrics_by_step AS
+        # From the files, not the metrics view: no attempts join on every row.
+        f"""CREATE OR REPLACE VIEW metrics_by_step AS
            SELECT run_id, step, key, avg(value) AS mean, min(value) AS min, max(value) AS max,
                   count(*) AS count
-           FROM metrics GROUP BY run_id, step, key""",
+           FROM {m} GROUP BY run_id, step, key""",
         f"""CREATE OR REPLACE VIEW params AS
             SELECT run_id, key, arg_max(value, ts) AS value, arg_max(value_num, ts) AS value_num,
                    max(ts)::TIMESTAMPTZ AS ts
@@ -80,20 +85,31 @@ def view_sql(store: Path) -> list[str]:
                   CAST(json_extract(e.body, '$.write_s') AS DOUBLE) AS write_s,
                   CAST(json_extract(e.body, '$.is_best') AS BOOLEAN) AS is_best,
                   json_extract_string(e.body, '$.error') AS error,
-                  a.attempt
+                  json_extract_string(e.body, '$.monitor') AS monitor,
+                  json_extract_string(e.body, '$.mode') AS mode,
+                  json_extract_string(e.body, '$.reason') AS reason,
+                  a.attempt, e.source, e.seq
            FROM events e LEFT JOIN attempts a USING (run_id, rank, source)
            WHERE e.kind = 'checkpoint'""",
+        # The events files are read once (ev): each of their scans opens every run's folder.
         """CREATE OR REPLACE VIEW runs AS
-           WITH starts AS (
+           WITH ev AS MATERIALIZED (
+               SELECT run_id, rank, source, ts, kind, body FROM events
+               WHERE kind IN ('run_start', 'run_end')),
+           att AS MATERIALIZED (  -- the attempts view, over ev
+               SELECT run_id, rank, source,
+                      dense_rank() OVER (PARTITION BY run_id, rank ORDER BY ts) AS attempt
+               FROM ev WHERE kind = 'run_start'),
+           starts AS (
                SELECT e.run_id, e.rank, e.ts, e.body, a.attempt
-               FROM events e JOIN attempts a USING (run_id, rank, source)
+               FROM ev e JOIN att a USING (run_id, rank, source)
                WHERE e.kind = 'run_start'),
            latest AS (
                SELECT run_id, max(attempt) AS attempt FROM starts GROUP BY run_id),
            ends AS (
                SELECT e.run_id, e.rank, a.attempt, e.ts,
                       json_extract_string(e.body, '$.status') AS status
-               FROM events e JOIN attempts a USING (run_id, rank, source)
+               FROM ev e JOIN att a USING (run_id, rank, source)
                WHERE e.kind = 'run_end'),
            state AS (
                SELECT s.run_id,
@@ -143,6 +159,11 @@ def connect(store: str | os.PathLike[str] | None = None) -> duckdb.DuckDBPyConne
         )
         raise StoreNotFoundError(msg)
     con = duckdb.connect(":memory:")
+    # Files are immutable once in place (new data, merges: new names), so their footers can be
+    # cached: views over the same glob then read each footer once per connection.
+    con.execute("SET parquet_metadata_cache = true")
+    # For traintape.history, which reads one run's folder directly instead of every run's.
+    con.execute("SET VARIABLE traintape_store = " + "'" + str(path).replace("'", "''") + "'")
     for sql in view_sql(path):
         con.execute(sql)
     return con
