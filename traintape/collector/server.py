@@ -27,10 +27,11 @@ from traintape.collector.deadletter import DeadLetters
 from traintape.collector.dedup import Deduplicator
 from traintape.collector.journal import Journal
 from traintape.collector.materializer import Materializer
+from traintape.collector.sink_runner import SinkRunners
 from traintape.collector.system import SystemSampler
 from traintape.paths import default_address
 from traintape.schemas.events import METRICS
-from traintape.schemas.records import frame_record, split_payload
+from traintape.schemas.records import frame_parts, frame_record, split_payload
 from traintape.schemas.wire import (
     ACK_REJECTED,
     ACK_STORED,
@@ -91,6 +92,7 @@ class Collector:
         materialize_interval: float = 0.5,
         system_interval: float = 1.0,
         quiet: bool = False,
+        sinks: list[Any] | None = None,
     ) -> None:
         self.store = store
         self.binds = binds or [default_address(store)]
@@ -121,6 +123,12 @@ class Collector:
         }
         self._recover()
         self.materializer = Materializer(store, self.journal, materialize_interval)
+        # Each sink (traintape.sinks.config.SinkConfig) follows the journal in its own thread.
+        self.sinks = (
+            SinkRunners(store, self.journal, list(sinks), self._log, lambda: self.stats["events"])
+            if sinks
+            else None
+        )
         # Batches made inside the collector (system samples); journaled by the ingest loop, the
         # journal's only writer.
         self._local: queue.SimpleQueue[tuple[bytes, bytes]] = queue.SimpleQueue()
@@ -164,6 +172,8 @@ class Collector:
 
     def serve(self) -> None:
         self.materializer.start()
+        if self.sinks is not None:
+            self.sinks.start()
         if self.sampler is not None:
             self.sampler.start()
         self._log(f"serving {self.store} on {', '.join(self.binds)} (pid {os.getpid()})")
@@ -195,7 +205,7 @@ class Collector:
             self._admit([b"", header_frame, body_frame], journal_data, [])
         if journal_data:
             try:
-                self.journal.append(b"".join(journal_data))
+                self.journal.append(*journal_data)
                 self.journal.sync()
             except OSError as exc:
                 # Disk full or failing: acknowledge nothing of this group (emitters keep and
@@ -235,7 +245,7 @@ class Collector:
         new = self.dedup.admit((header.run_id, header.rank, header.source), header.seq0, header.n)
         self.stats["batches"] += 1
         if new == [(header.seq0, header.seq_end)]:
-            journal_data.append(frame_record(header_frame, body_frame))
+            journal_data.extend(frame_parts(header_frame, body_frame))
             self.stats["events"] += header.n
         else:
             kept = 0
@@ -263,6 +273,7 @@ class Collector:
             "materialized_bytes": self.materializer.position,
             "materializer_lag_bytes": self.journal.durable_end - self.materializer.position,
             "materializer_error": self.materializer.last_error,
+            "sinks": self.sinks.status() if self.sinks is not None else {},
         }
 
     def write_status(self) -> None:
@@ -284,6 +295,8 @@ class Collector:
         self._ctx.term()
         self.journal.close()
         self.materializer.stop()
+        if self.sinks is not None:
+            self.sinks.stop()  # each catches up for at most its drain_timeout
         self.dead.close()
         self.write_status()
         for address in self.binds:

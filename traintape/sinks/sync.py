@@ -1,0 +1,143 @@
+"""`traintape sync RUN --to tensorboard|mlflow|wandb`: a stored run replayed into a backend.
+
+It reads the journal from its start (read-only, so a collector may be running), keeps the
+run's batches, and sends them through the same projection and sink as the collector does, with
+the sink in replay mode: TensorBoard writes a fresh folder and swaps it in, MLflow sends only
+the rows the run does not hold yet, W&B offline replaces the run's offline folders by one
+(online: sends only steps past the run's last). Running it twice leaves one copy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from traintape.schemas.records import iter_records, split_payload
+from traintape.schemas.wire import WireError, decode_body, decode_header
+from traintape.sinks._base import SinkRejected
+from traintape.sinks.config import SinkConfig
+from traintape.sinks.projection import Op, Projection
+
+_NEVER = 1e12  # seconds: in a replay every rank's values are there; steps wait for all of them
+
+
+class SyncError(RuntimeError):
+    """The run cannot be synced (not found, ambiguous); the message says why."""
+
+
+@dataclass
+class SyncResult:
+    run_id: str
+    sink: str
+    events: int = 0
+    operations: int = 0
+    rejected: int = 0
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+def journal_records(store: Path) -> Iterator[tuple[int, int, bytes]]:
+    """Every whole record of the store's journal, read-only (a live collector may append)."""
+    folder = store / "journal"
+    segments = sorted(folder.glob("*.log"))
+    if not segments:
+        msg = f"no journal in {store}: is it a traintape store?"
+        raise SyncError(msg)
+    for path in segments:
+        start = int(path.stem)
+        with open(path, "rb") as f:
+            for pos, nxt, payload in iter_records(f):
+                yield start + pos, start + nxt, payload
+
+
+def resolve_run(store: Path, run: str) -> str:
+    """A run id from an id, a unique id prefix, or a unique run name."""
+    ids: set[str] = set()
+    for _, _, payload in journal_records(store):
+        try:
+            ids.add(decode_header(split_payload(payload)[0]).run_id)
+        except WireError:
+            continue
+    if run in ids:
+        return run
+    prefixed = sorted(i for i in ids if i.startswith(run))
+    if len(prefixed) == 1:
+        return prefixed[0]
+    named: list[str] = []
+    try:
+        from traintape.store import connect
+
+        con = connect(store)
+        try:
+            named = [
+                r[0]
+                for r in con.execute("SELECT run_id FROM runs WHERE name = ?", [run]).fetchall()
+            ]
+        finally:
+            con.close()
+    except Exception:  # no tables yet: ids and prefixes are all there is
+        named = []
+    if len(named) == 1:
+        return named[0]
+    if len(prefixed) > 1 or len(named) > 1:
+        msg = f"{run!r} matches several runs: {', '.join(sorted(set(prefixed) | set(named)))}"
+        raise SyncError(msg)
+    msg = f"no run {run!r} in {store} (give a run id, a unique prefix of one, or a run name)"
+    raise SyncError(msg)
+
+
+def sync_run(
+    store: Path,
+    run_id: str,
+    config: SinkConfig,
+    progress: Callable[[str], None] | None = None,
+) -> SyncResult:
+    """Replays run `run_id` of `store` into the sink `config` describes."""
+    result = SyncResult(run_id, config.name)
+    sink = config.create(store, replay=True)
+    projection = Projection(
+        config.runner_option("ranks"),
+        ordered_steps=config.sink_class.ordered_steps,
+        wait_ranks=_NEVER,
+    )
+    limit = config.runner_option("batch_events")
+    pending = 0
+
+    def deliver(ops: list[Op]) -> None:
+        for op in ops:
+            try:
+                if op[0] == "open":
+                    sink.open_run(op[1])
+                else:
+                    sink.write(op[1], op[2])
+            except SinkRejected as exc:
+                result.rejected += 1
+                if progress:
+                    progress(f"skipped a batch the backend refused: {exc}")
+            result.operations += 1
+
+    try:
+        for _, _, payload in journal_records(store):
+            header_frame, body_frame = split_payload(payload)
+            try:
+                header = decode_header(header_frame)
+                if header.run_id != run_id or not projection.wants(header):
+                    continue
+                projection.feed(header, decode_body(body_frame, header.n))
+            except (WireError, ValueError):
+                continue
+            result.events += header.n
+            pending += header.n
+            if pending >= limit:
+                deliver(projection.take_ops())
+                pending = 0
+                if progress:
+                    progress(f"{result.events} events sent")
+        projection.finish()
+        deliver(projection.take_ops())
+        sink.flush()
+        result.stats = sink.stats()
+    finally:
+        sink.close()
+    return result

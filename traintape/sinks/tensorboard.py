@@ -1,0 +1,400 @@
+"""TensorBoard sink: one log folder per run, written with TensorBoard's own protos and framing.
+
+Layout: `<dir>/<project>/<run name>/` (`<run name>-<run id>` when another run already took the
+name), holding `events.out.tfevents.<time>.<host>.<n>.<sink>` files:
+
+- metric values as scalar-plugin tensors (float64, so values read back exactly as stored),
+  with the event's step and wall time; all values of one event share one TensorBoard Event;
+- text events as text-plugin summaries tagged by their key, checkpoint events as text under the
+  tag `checkpoints`;
+- at the run's end, its params (config + log_params) as the HPARAMS tab's session info, its
+  status, and its summary as `summary/<key>` scalars. The HPARAMS tab takes the metric columns
+  from the run's scalar tags, so their final values show there.
+
+Exactly once, also across a collector crash: `flush()` returns the size of every open event
+file; the runner stores that with its cursor, and `restore()` after a restart truncates those
+files back to it and deletes files this sink created after it, before the batch after the
+cursor is written again. Each (re)start opens a new event file, as TensorBoard expects.
+
+`traintape sync` writes a run into a fresh folder and swaps it in at the end, so syncing twice
+leaves one copy.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import shutil
+import socket
+import struct
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from traintape.schemas.events import CHECKPOINT, METRICS, PARAMS, RUN_END, TEXT
+from traintape.sinks._base import Event, Option, RunInfo, Sink, flatten, safe_name
+
+MARKER = ".traintape-run"
+PARAMS_FILE = "traintape-params.json"
+_D = struct.Struct("<d")
+_Q = struct.Struct("<Q")
+_I = struct.Struct("<I")
+# TensorProto{dtype: DT_DOUBLE, double_val: [8 bytes]} as field 8 (tensor) of Summary.Value.
+_TENSOR_PREFIX = b"\x42\x0c\x08\x02\x32\x08"
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _crc32c() -> Any:
+    try:
+        import google_crc32c  # a C implementation, ~400x faster than the pure-Python fallback
+
+        return google_crc32c.value
+    except ImportError:
+        from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import crc32c
+
+        return crc32c
+
+
+class _EventFile:
+    """One tfevents file: records framed as TensorBoard's RecordWriter frames them."""
+
+    def __init__(self, path: Path, crc: Any) -> None:
+        from tensorboard.compat.proto import event_pb2
+
+        self.path = path
+        self._crc = crc
+        self._f = open(path, "ab")
+        self.tags: set[str] = set()  # tags whose summary metadata this file already holds
+        self.write(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
+
+    def _masked(self, data: bytes) -> int:
+        x = self._crc(data)
+        return ((((x >> 15) | (x << 17)) & 0xFFFFFFFF) + 0xA282EAD8) & 0xFFFFFFFF
+
+    def write_bytes(self, data: bytes) -> None:
+        header = _Q.pack(len(data))
+        self._f.write(
+            b"".join((header, _I.pack(self._masked(header)), data, _I.pack(self._masked(data))))
+        )
+
+    def write(self, event: Any) -> None:
+        self.write_bytes(event.SerializeToString())
+
+    def flush(self) -> int:
+        self._f.flush()
+        return self._f.tell()
+
+    def close(self) -> None:
+        if not self._f.closed:
+            self._f.flush()
+            os.fsync(self._f.fileno())
+            self._f.close()
+
+
+class _Run:
+    def __init__(self, info: RunInfo, folder: Path, file: _EventFile) -> None:
+        self.info = info
+        self.folder = folder
+        self.file = file
+        self.params: dict[str, Any] = {}
+        self.last_step = 0
+        self.prefix: dict[str, bytes] = {}  # tag -> encoded Summary.Value up to the double
+
+
+class TensorBoardSink(Sink):
+    type = "tensorboard"
+    module = "tensorboard"
+    extra = "tensorboard"
+    value_option = "dir"
+    options = {
+        "dir": Option(str, None, "root of the per-run log folders (default: <store>/tensorboard)"),
+        "hparams": Option(bool, True, "write params and final metrics for the HPARAMS tab"),
+    }
+
+    def __init__(self, name: str, options: Any, store: Path, *, replay: bool = False) -> None:
+        super().__init__(name, options, store, replay=replay)
+        self.root = Path(self.config["dir"] or store / "tensorboard").expanduser().resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._crc = _crc32c()
+        self._host = safe_name(socket.gethostname())
+        # Files are named by sink and store, so restore() never touches another collector's.
+        self._tag = (
+            f"{safe_name(name)}-{hashlib.sha1(str(store.resolve()).encode()).hexdigest()[:8]}"
+        )
+        self._runs: dict[str, _Run] = {}
+        self._next_file = 0
+        self._swaps: list[tuple[Path, Path]] = []  # replay: (fresh folder, final folder)
+        self._complete = False  # replay: flushed after the last write, so the swap may happen
+        self.values_written = 0
+
+    # -- crash recovery ------------------------------------------------------------------------
+
+    def restore(self, checkpoint: Any) -> None:
+        if not checkpoint:
+            return
+        self._next_file = int(checkpoint.get("next_file", 0))
+        sizes = checkpoint.get("files", {})
+        for path_text, size in sizes.items():
+            path = Path(path_text)
+            if path.exists() and path.stat().st_size > size:
+                with open(path, "r+b") as f:
+                    f.truncate(size)
+        for path in self.root.rglob(f"events.out.tfevents.*.{self._tag}"):
+            n = _file_number(path)
+            if n is not None and n >= self._next_file and str(path) not in sizes:
+                path.unlink()
+
+    # -- the sink calls ------------------------------------------------------------------------
+
+    def open_run(self, run: RunInfo) -> None:
+        self._complete = False
+        if run.run_id in self._runs:
+            self._runs[run.run_id].info = run
+            return
+        folder = self._folder(run)
+        target = folder
+        if self.replay:
+            folder = folder.with_name(f"{folder.name}.sync-{os.getpid()}")
+            shutil.rmtree(folder, ignore_errors=True)
+            self._swaps.append((folder, target))
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / MARKER).write_text(run.run_id)
+        stamp = int(time.time())
+        path = (
+            folder / f"events.out.tfevents.{stamp:010d}.{self._host}.{self._next_file}.{self._tag}"
+        )
+        self._next_file += 1
+        state = _Run(run, folder, _EventFile(path, self._crc))
+        saved = folder / PARAMS_FILE
+        if saved.exists():
+            state.params = json.loads(saved.read_text())
+        else:
+            self._add_params(state, flatten(run.config))
+        self._runs[run.run_id] = state
+
+    def write(self, run: RunInfo, events: Sequence[Event]) -> None:
+        self._complete = False
+        state = self._runs.get(run.run_id)
+        if state is None:
+            self.open_run(run)
+            state = self._runs[run.run_id]
+        for event in events:
+            kind = event.kind
+            if kind == METRICS:
+                self._scalars(state, event.step or 0, event.ts, event.body)
+            elif kind == PARAMS:
+                self._add_params(state, event.body)
+            elif kind == TEXT:
+                key = str(event.body.get("key") or "text")
+                self._text(state, key, str(event.body.get("text", "")), event)
+            elif kind == CHECKPOINT:
+                self._text(state, "checkpoints", _describe_checkpoint(event.body), event)
+            elif kind == RUN_END:
+                self._end(state, event)
+
+    def flush(self) -> dict[str, Any]:
+        files = {str(r.file.path): r.file.flush() for r in self._runs.values()}
+        self._complete = True
+        return {"files": files, "next_file": self._next_file}
+
+    def close(self) -> None:
+        for state in list(self._runs.values()):
+            state.file.close()
+        self._runs.clear()
+        for fresh, final in self._swaps:
+            if self._complete:
+                _swap_in(fresh, final)
+            else:  # a replay that failed half-way leaves the earlier copy as it was
+                shutil.rmtree(fresh, ignore_errors=True)
+        self._swaps.clear()
+
+    def stats(self) -> dict[str, Any]:
+        return {"dir": str(self.root), "values_written": self.values_written}
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def _folder(self, run: RunInfo) -> Path:
+        folder = self.root / safe_name(run.project) / safe_name(run.name)
+        marker = folder / MARKER
+        if marker.exists() and marker.read_text().strip() != run.run_id:
+            folder = folder.with_name(f"{folder.name}-{safe_name(run.run_id)}")
+        return folder
+
+    def _scalars(self, state: _Run, step: int, ts: int, values: dict[str, Any]) -> None:
+        tags = state.file.tags
+        prefix = state.prefix
+        pack = _D.pack
+        parts = []
+        for key, value in values.items():
+            if key in tags:
+                head = prefix.get(key)
+                if head is None:
+                    head = prefix[key] = _value_prefix(key)
+            else:  # TensorBoard keeps the metadata of a tag's first value in each file
+                head = _value_prefix(key, _scalar_metadata())
+                tags.add(key)
+            parts.append(head)
+            parts.append(pack(float(value)))
+        # Event{wall_time (1): double, step (2): varint, summary (5): Summary{value (1)...}}
+        summary = b"".join(parts)
+        state.file.write_bytes(
+            b"".join(
+                (
+                    b"\x09",
+                    pack(ts / 1e9),
+                    b"\x10",
+                    _varint(max(step, 0)),
+                    b"\x2a",
+                    _varint(len(summary)),
+                    summary,
+                )
+            )
+        )
+        self.values_written += len(values)
+        if step > state.last_step:
+            state.last_step = step
+
+    def _add_params(self, state: _Run, params: dict[str, Any]) -> None:
+        changed = {k: v for k, v in params.items() if state.params.get(k, _MISSING) != v}
+        if not changed:
+            return
+        state.params.update(changed)
+        path = state.folder / PARAMS_FILE
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state.params, default=str))
+        os.replace(tmp, path)
+
+    def _text(self, state: _Run, tag: str, text: str, event: Event) -> None:
+        from tensorboard.compat.proto import event_pb2, summary_pb2
+        from tensorboard.plugins.text import metadata as text_metadata
+
+        if event.rank not in (None, 0):
+            tag = f"{tag}/rank{event.rank}"
+        value = summary_pb2.Summary.Value(tag=tag)
+        value.tensor.dtype = 7  # DT_STRING
+        value.tensor.string_val.append(text.encode("utf-8"))
+        value.tensor.tensor_shape.dim.add(size=1)
+        if tag not in state.file.tags:
+            value.metadata.CopyFrom(text_metadata.create_summary_metadata("", ""))
+            state.file.tags.add(tag)
+        step = event.step if event.step is not None else state.last_step
+        state.file.write(
+            event_pb2.Event(
+                wall_time=event.ts / 1e9, step=step, summary=summary_pb2.Summary(value=[value])
+            )
+        )
+
+    def _end(self, state: _Run, event: Event) -> None:
+        from tensorboard.compat.proto import event_pb2, summary_pb2
+        from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2, summary_v2
+        from tensorboard.plugins.hparams import metadata as hp_metadata
+
+        status = event.body.get("status", "completed")
+        summary = event.body.get("summary") or {}
+        numbers = {
+            f"summary/{k}": v
+            for k, v in flatten(summary).items()
+            if type(v) in (int, float) and not isinstance(v, bool)
+        }
+        if numbers:
+            self._scalars(state, state.last_step, event.ts, numbers)
+        if self.config["hparams"]:
+            hparams = {k: _hparam_value(v) for k, v in state.params.items()}
+            start = summary_v2.hparams_pb(
+                hparams, trial_id=state.info.name, start_time_secs=state.info.started_ns / 1e9
+            )
+            end_info = plugin_data_pb2.SessionEndInfo(
+                status=api_pb2.STATUS_SUCCESS if status == "completed" else api_pb2.STATUS_FAILURE,
+                end_time_secs=event.ts / 1e9,
+            )
+            end = summary_pb2.Summary()
+            end.value.add(
+                tag=hp_metadata.SESSION_END_INFO_TAG,
+                metadata=hp_metadata.create_summary_metadata(
+                    plugin_data_pb2.HParamsPluginData(session_end_info=end_info)
+                ),
+                tensor=hp_metadata.NULL_TENSOR,
+            )
+            for summ in (start, end):
+                state.file.write(
+                    event_pb2.Event(wall_time=event.ts / 1e9, step=state.last_step, summary=summ)
+                )
+        state.file.close()
+        del self._runs[state.info.run_id]
+
+
+_MISSING = object()
+
+
+def _value_prefix(tag: str, metadata: bytes = b"") -> bytes:
+    """Summary.Value{tag (1), metadata (9), tensor (8): DT_DOUBLE scalar} up to the double."""
+    raw = tag.encode("utf-8")
+    inner = b"\x0a" + _varint(len(raw)) + raw + metadata
+    return b"\x0a" + _varint(len(inner) + len(_TENSOR_PREFIX) + 8) + inner + _TENSOR_PREFIX
+
+
+@functools.cache
+def _scalar_metadata() -> bytes:
+    """The scalar plugin's SummaryMetadata, encoded as field 9 of a Summary.Value."""
+    from tensorboard.plugins.scalar import metadata as scalar_metadata
+
+    data = scalar_metadata.create_summary_metadata("", "").SerializeToString()
+    return b"\x4a" + _varint(len(data)) + data
+
+
+def _hparam_value(value: Any) -> bool | float | str:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, default=str)
+
+
+def _describe_checkpoint(body: dict[str, Any]) -> str:
+    parts = [f"{body.get('action', 'saved')} `{body.get('path', '?')}`"]
+    if body.get("bytes") is not None:
+        parts.append(f"{body['bytes']} bytes")
+    if body.get("sha256"):
+        parts.append(f"sha256 {str(body['sha256'])[:16]}")
+    if body.get("is_best"):
+        parts.append("best")
+    if body.get("error"):
+        parts.append(f"error: {body['error']}")
+    metrics = body.get("metrics")
+    if isinstance(metrics, dict) and metrics:
+        parts.append(", ".join(f"{k}={v}" for k, v in metrics.items()))
+    return "; ".join(parts)
+
+
+def _file_number(path: Path) -> int | None:
+    try:
+        return int(path.name.split(".")[-2])
+    except (IndexError, ValueError):
+        return None
+
+
+def _swap_in(fresh: Path, final: Path) -> None:
+    """Replaces `final` by `fresh` (a folder written by `traintape sync`)."""
+    if final.exists():
+        old = final.with_name(f"{final.name}.old-{os.getpid()}")
+        os.replace(final, old)
+        os.replace(fresh, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(fresh, final)
