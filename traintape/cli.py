@@ -49,6 +49,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         binds or None,
         materialize_interval=interval,
         system_interval=args.system_interval,
+        compact_settle=args.compact_settle,
         sinks=config.sinks,
     )
 
@@ -560,6 +561,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=1.0,
         metavar="S",
         help="seconds between CPU/RAM/GPU samples of this host (default 1; 0 turns them off)",
+    )
+    p.add_argument(
+        "--compact-settle",
+        type=float,
+        default=None,
+        metavar="S",
+        help="seconds after a run ends (and after start) before its Parquet files are merged "
+        "(default 30)",
     )
     p.set_defaults(func=_cmd_serve)
 

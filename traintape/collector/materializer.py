@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from traintape.collector.compaction import Compactor
 from traintape.collector.journal import Journal
 from traintape.collector.tables import TableBuilder
 from traintape.schemas import tables
@@ -43,7 +44,13 @@ def ensure_empty_tables(store: Path) -> None:
 
 
 class Materializer:
-    def __init__(self, store: Path, journal: Journal, interval: float = 0.5) -> None:
+    def __init__(
+        self,
+        store: Path,
+        journal: Journal,
+        interval: float = 0.5,
+        compact_settle: float | None = None,
+    ) -> None:
         self.store = store
         self.journal = journal
         self.interval = interval
@@ -58,6 +65,11 @@ class Materializer:
             target=self._run, name="traintape-materializer", daemon=True
         )
         ensure_empty_tables(store)
+        self.compactor = (
+            Compactor(store) if compact_settle is None else Compactor(store, settle=compact_settle)
+        )
+        # First: rolling back an interrupted compaction can restore part files.
+        self.compactor.recover(self.position)
         self._remove_uncommitted()
 
     def _load_cursor(self) -> int:
@@ -101,6 +113,7 @@ class Materializer:
     def catch_up(self) -> None:
         while self.journal.durable_end > self.position:
             self._materialize_chunk(self.journal.durable_end)
+        self.compactor.run_due(self.position)
 
     def _materialize_chunk(self, end: int) -> None:
         start = self.position
@@ -120,7 +133,8 @@ class Materializer:
                 break
         if stop == start:
             return
-        for (table, run_id), data in builder.build().items():
+        built = builder.build()
+        for (table, run_id), data in built.items():
             folder = tables_dir(self.store) / table / _safe(run_id)
             folder.mkdir(parents=True, exist_ok=True)
             path = folder / f"part-{start:020d}-{stop:020d}.parquet"
@@ -132,6 +146,7 @@ class Materializer:
             self.rows_written += data.num_rows
         self._save_cursor(stop)
         self.position = stop
+        self.compactor.note_chunk(built)
 
 
 def _safe(run_id: str) -> str:

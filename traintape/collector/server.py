@@ -91,6 +91,7 @@ class Collector:
         *,
         materialize_interval: float = 0.5,
         system_interval: float = 1.0,
+        compact_settle: float | None = None,
         quiet: bool = False,
         sinks: list[Any] | None = None,
     ) -> None:
@@ -122,7 +123,7 @@ class Collector:
             "dead_letters": 0,
         }
         self._recover()
-        self.materializer = Materializer(store, self.journal, materialize_interval)
+        self.materializer = Materializer(store, self.journal, materialize_interval, compact_settle)
         # Each sink (traintape.sinks.config.SinkConfig) follows the journal in its own thread.
         self.sinks = (
             SinkRunners(store, self.journal, list(sinks), self._log, lambda: self.stats["events"])

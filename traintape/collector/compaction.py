@@ -1,0 +1,445 @@
+"""Compaction: merges a run's small Parquet files into one, never losing or duplicating a row.
+
+The materializer writes one `part-<start>-<end>.parquet` per run and table per chunk, so a long
+run ends up with thousands of small files and every query opens them all. Compaction replaces a
+contiguous set of them by `compact-<first start>-<last end>.parquet` holding the same rows (metrics
+sorted by key, rank, step, so one metric of one run is one row-group range of one file).
+
+One compaction is a small transaction, safe against SIGKILL at any instant:
+
+1. write the merged rows to `compact-A-B.parquet.tmp`, fsync, check its row count;
+2. write the intent `state/compaction.json` (table, folder, inputs, merged name), tmp + rename;
+3. hide each input from the readers' glob: `X.parquet` -> `X.parquet.compacted`;
+4. rename the merged file into place, fsync the folder;
+5. delete the hidden inputs, fsync the folder;
+6. delete the intent.
+
+Recovery (`recover()`, run when the collector starts and before each compaction) reads a leftover
+intent: if the merged file is in place the transaction rolls forward (the hidden inputs are
+deleted); otherwise it rolls back (inputs renamed back, the tmp deleted). Either way the folder
+ends up with exactly the rows it had.
+
+Readers glob `tables/<t>/<run>/*.parquet` at each query, so no order of renames is atomic for
+them. Hiding the inputs before the merged file appears means a query that runs during steps 3-4
+(a few renames, microseconds to milliseconds) can see *fewer* rows of that run, never twice the
+same row: a transiently short answer that the next query corrects, rather than silently doubled
+counts and means that nothing flags. A query that listed a file just before it was renamed can
+also fail with "file not found"; `traintape.history` retries such a query.
+
+The materializer's own startup rule (files whose journal range starts at or past its cursor are
+uncommitted leftovers) applies to compacted files too, and compaction only ever touches files
+whose range ends at or below the cursor, so the two never delete each other's files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+TARGET_BYTES = 64 << 20
+"""A file at least this big is left as it is; a merge reads at most about this many bytes."""
+
+MIN_FILES_PERIODIC = 16
+"""A live run's folder is compacted by the periodic sweep once it has this many small files."""
+
+SETTLE_S = 30.0
+"""Seconds a run's folders are left as they are after its end (and after the collector starts)
+before they are merged: whoever queries a run the moment it ends reads it undisturbed."""
+
+SWEEP_INTERVAL_S = 300.0
+"""Seconds between sweeps over every run folder (ended runs are compacted at once)."""
+
+ROW_GROUP_ROWS = 64 * 1024
+"""Most rows per Parquet row group in merged files."""
+
+MIN_GROUP_ROWS = 4096
+"""Row groups of sorted tables start at a new key once they hold this many rows: a query for
+one metric then reads only that metric's row groups (DuckDB skips the others by their min/max
+statistics), while metrics logged rarely still share a group and keep the footer small."""
+
+SORT_KEYS: dict[str, list[tuple[str, str]]] = {
+    "metrics": [("key", "ascending"), ("rank", "ascending"), ("step", "ascending")],
+    "system": [("key", "ascending"), ("ts", "ascending")],
+}
+"""How merged rows are ordered per table (other tables keep the journal's order)."""
+
+INTENT = Path("state") / "compaction.json"
+HIDDEN = ".compacted"
+PAUSE_ENV = "TRAINTAPE_TEST_COMPACTION_PAUSE"
+"""Tests only: `SECONDS[:STEP]` prints a `traintape compaction step: ...` line on stderr after
+each step and sleeps SECONDS after each step (or only after those whose text contains STEP), so a
+test can SIGKILL the process at a known point."""
+
+
+@dataclass(frozen=True)
+class DataFile:
+    path: Path
+    start: int
+    end: int
+    size: int
+
+
+def data_files(folder: Path) -> list[DataFile]:
+    """The `part-*` and `compact-*` Parquet files of one run folder, oldest range first."""
+    found = []
+    for path in folder.glob("*.parquet"):
+        start, end = journal_range(path.name)
+        if start is not None and end is not None:
+            found.append(DataFile(path, start, end, path.stat().st_size))
+    return sorted(found, key=lambda f: f.start)
+
+
+def journal_range(name: str) -> tuple[int | None, int | None]:
+    """(start, end) of `part-S-E.parquet` / `compact-S-E.parquet[...]`, else (None, None)."""
+    prefix, _, rest = name.partition("-")
+    if prefix not in ("part", "compact"):
+        return None, None
+    bounds = rest.split(".")[0].split("-")
+    try:
+        return int(bounds[0]), int(bounds[1])
+    except (IndexError, ValueError):
+        return None, None
+
+
+def plan(files: list[DataFile], committed: int, min_files: int) -> list[list[DataFile]]:
+    """Groups of files to merge: contiguous small files past the last big one, each group under
+    TARGET_BYTES, only ranges already committed by the materializer."""
+    files = [f for f in files if f.end <= committed]
+    tail: list[DataFile] = []
+    for f in files:
+        if f.size >= TARGET_BYTES:
+            tail = []
+        else:
+            tail.append(f)
+    if len(tail) < min_files:
+        return []
+    groups: list[list[DataFile]] = [[]]
+    total = 0
+    for f in tail:
+        if groups[-1] and total + f.size > TARGET_BYTES:
+            groups.append([])
+            total = 0
+        groups[-1].append(f)
+        total += f.size
+    return [g for g in groups if len(g) >= 2]
+
+
+def merged_table(table: str, paths: Iterable[Path]) -> pa.Table:
+    data = pa.concat_tables([pq.ParquetFile(p).read() for p in paths], promote_options="default")
+    return sort_for_storage(table, data)
+
+
+def sort_for_storage(table: str, data: pa.Table) -> pa.Table:
+    keys = SORT_KEYS.get(table)
+    return data.sort_by(keys) if keys else data
+
+
+def write_parquet(data: pa.Table, path: Path, table: str | None = None) -> None:
+    """Writes and fsyncs `path` (the caller renames it into place); a table sorted by key
+    (`SORT_KEYS`) gets row groups that start at key boundaries."""
+    bounds = _row_groups(data) if table in SORT_KEYS else None
+    if bounds is None:
+        pq.write_table(data, path, compression="zstd", row_group_size=ROW_GROUP_ROWS)
+    else:
+        with pq.ParquetWriter(path, data.schema, compression="zstd") as writer:
+            for lo, hi in zip(bounds, bounds[1:]):
+                writer.write_table(data.slice(lo, hi - lo), row_group_size=ROW_GROUP_ROWS)
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def _row_groups(data: pa.Table) -> list[int]:
+    """Row offsets where groups start (and the end): at a key change once a group has
+    MIN_GROUP_ROWS rows, and every ROW_GROUP_ROWS rows within a key."""
+    keys = data.column("key").combine_chunks().dictionary_encode().indices.to_numpy()
+    changes = (np.flatnonzero(keys[1:] != keys[:-1]) + 1).tolist() if len(keys) else []
+    bounds = [0]
+    for at in [*changes, len(keys)]:
+        while at - bounds[-1] > ROW_GROUP_ROWS:
+            bounds.append(bounds[-1] + ROW_GROUP_ROWS)
+        if at - bounds[-1] >= MIN_GROUP_ROWS or at == len(keys):
+            bounds.append(at)
+    return [b for i, b in enumerate(bounds) if i == 0 or b > bounds[i - 1]]
+
+
+class Compactor:
+    """Compacts the run folders of a store; used from the materializer thread only.
+
+    `note_chunk()` learns from each materialized chunk which folders grew and which runs ended;
+    `run_due()` compacts the ended runs at once, and sweeps: at its first call every folder (any
+    with 2 small files or more, e.g. a run that ended while no collector ran), then every
+    `sweep_interval` seconds the folders that grew since (those with MIN_FILES_PERIODIC small
+    files: live runs, the collector's system samples).
+    """
+
+    def __init__(
+        self,
+        store: Path,
+        *,
+        sweep_interval: float = SWEEP_INTERVAL_S,
+        settle: float = SETTLE_S,
+        log: Callable[[str], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.sweep_interval = sweep_interval
+        self.settle = settle
+        self._log = log or _stderr
+        self._started = time.monotonic()
+        # (table or "*", folder) -> when it became due: compacted `settle` seconds later.
+        self._pending: dict[tuple[str, str], float] = {}
+        self._touched: set[tuple[str, str]] = set()  # (table, folder) written since the sweep
+        self._last_sweep: float | None = None  # the first sweep, at startup, merges any 2 files
+        self.merges = 0
+        self.last_error: str | None = None
+
+    # -- the transaction and its recovery ---------------------------------------------------
+
+    def recover(self, committed: int) -> None:
+        """Finishes or undoes an interrupted compaction; deletes merged files no commit covers.
+
+        Run at startup, before the materializer removes its own uncommitted files: a rollback
+        can bring back part files, which that rule must then see.
+        """
+        self.resolve_intent()
+        for path in self.store.glob("tables/*/*/compact-*"):
+            start = journal_range(path.name)[0]
+            if path.name.endswith(".tmp") or start is None or start >= committed:
+                path.unlink(missing_ok=True)  # a merge that never committed / a reset cursor
+            elif path.name.endswith(HIDDEN):
+                self._log(f"{path} is hidden but no compaction intent names it; left as is")
+
+    def resolve_intent(self, quiet: bool = False) -> None:
+        """Rolls a leftover intent forward (merged file in place) or back (it is not)."""
+        intent_path = self.store / INTENT
+        intent = _read_json(intent_path)
+        if intent is None:
+            return
+        folder = self.store / "tables" / intent["table"] / intent["folder"]
+        merged = folder / intent["merged"]
+        if merged.exists():
+            for name in intent["inputs"]:
+                (folder / name).unlink(missing_ok=True)
+                (folder / (name + HIDDEN)).unlink(missing_ok=True)
+            action = "finished"
+        else:
+            for name in intent["inputs"]:
+                hidden = folder / (name + HIDDEN)
+                if hidden.exists():
+                    os.replace(hidden, folder / name)
+            if not quiet:  # after a crash: merge again soon (a failure waits for a sweep)
+                self._pending[intent["table"], intent["folder"]] = time.monotonic()
+            action = "rolled back"
+        (folder / (intent["merged"] + ".tmp")).unlink(missing_ok=True)
+        _fsync_dir(folder)
+        intent_path.unlink()
+        _fsync_dir(intent_path.parent)
+        if not quiet:
+            self._log(f"{action} an interrupted compaction of {intent['table']}/{intent['folder']}")
+
+    def compact_folder(self, table: str, folder_name: str, committed: int, min_files: int) -> int:
+        """Merges what `plan()` picks in one run folder; returns the number of merges done."""
+        self.resolve_intent()
+        folder = self.store / "tables" / table / folder_name
+        done = 0
+        for group in plan(data_files(folder), committed, min_files):
+            self._merge(table, folder, group)
+            done += 1
+        return done
+
+    def _merge(self, table: str, folder: Path, group: list[DataFile]) -> None:
+        """One compaction transaction (the module docstring's steps 1-6)."""
+        merged = folder / f"compact-{group[0].start:020d}-{group[-1].end:020d}.parquet"
+        tmp = merged.with_name(merged.name + ".tmp")
+        try:
+            data = merged_table(table, (f.path for f in group))
+            expected = sum(pq.ParquetFile(f.path).metadata.num_rows for f in group)
+            write_parquet(data, tmp, table)
+            written = pq.ParquetFile(tmp).metadata.num_rows
+            if written != expected or data.num_rows != expected:
+                msg = f"merged {written} rows for {expected} in {folder}: compaction abandoned"
+                raise RuntimeError(msg)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        _pause("merged file written")
+        intent = {
+            "table": table,
+            "folder": folder.name,
+            "merged": merged.name,
+            "inputs": [f.path.name for f in group],
+            "rows": expected,
+        }
+        _write_json(self.store / INTENT, intent)
+        _pause("intent written")
+        try:
+            for f in group:
+                os.replace(f.path, f.path.with_name(f.path.name + HIDDEN))
+                _pause(f"hid {f.path.name}")
+            os.replace(tmp, merged)
+            _fsync_dir(folder)
+            _pause("merged file in place")
+            for f in group:
+                f.path.with_name(f.path.name + HIDDEN).unlink()
+            _fsync_dir(folder)
+            _pause("inputs deleted")
+        finally:
+            # Done: drops the intent. Failed midway (a rename refused): rolls back or forward
+            # now, exactly as a restart would, so the folder is whole before anything else runs.
+            self.resolve_intent(quiet=True)
+        self.merges += 1
+
+    # -- when to compact --------------------------------------------------------------------
+
+    def note_chunk(self, built: dict[tuple[str, str], pa.Table]) -> None:
+        """Remembers the folders a just-materialized chunk wrote to, and the runs it ended."""
+        for (table, run_id), data in built.items():
+            self._touched.add((table, _safe(run_id)))
+            if table == "events" and "run_end" in data.column("kind").to_pylist():
+                self._pending.setdefault(("*", _safe(run_id)), time.monotonic())
+
+    def run_due(self, committed: int) -> None:
+        """Compacts ended runs now; every sweep interval, the folders written to since the last
+        sweep that have MIN_FILES_PERIODIC small files; at the first call, every folder.
+
+        Never raises: the files stay valid whatever fails here; a folder that failed is tried
+        again at a later sweep.
+        """
+        now = time.monotonic()
+        first = self._last_sweep is None and now - self._started >= self.settle
+        sweep = first or (
+            self._last_sweep is not None and now - self._last_sweep >= self.sweep_interval
+        )
+        ready = sorted(k for k, since in self._pending.items() if now - since >= self.settle)
+        if not ready and not sweep:
+            return
+        due: list[tuple[str, str, int]] = []
+        for table, folder in ready:
+            del self._pending[table, folder]
+            for name in _table_names(self.store) if table == "*" else [table]:
+                due.append((name, folder, 2))
+        if first:  # whatever was left uncompacted while no collector ran
+            due += [(t, f, 2) for t, f in self._all_folders()]
+        elif sweep:
+            due += [(t, f, MIN_FILES_PERIODIC) for t, f in sorted(self._touched)]
+        if sweep:
+            self._touched = set()
+            self._last_sweep = time.monotonic()
+        errors = []
+        for table, folder, min_files in due:
+            if not (self.store / "tables" / table / folder).is_dir():
+                continue
+            try:
+                self.compact_folder(table, folder, committed, min_files)
+            except Exception as exc:  # disk full, a damaged file: log, keep materializing
+                errors.append(f"{table}/{folder}: {type(exc).__name__}: {exc}")
+                self._touched.add((table, folder))
+        self.last_error = "; ".join(errors) or None
+        if errors:
+            self._log(f"compaction failed (those files are unchanged): {self.last_error}")
+
+    def _all_folders(self) -> list[tuple[str, str]]:
+        return [
+            (table, folder.name)
+            for table in _table_names(self.store)
+            for folder in sorted((self.store / "tables" / table).iterdir())
+            if folder.is_dir() and not folder.name.startswith("_")
+        ]
+
+    def compact_all(self, committed: int, min_files: int = 2) -> int:
+        """Compacts every run folder of every table; returns the number of merges."""
+        return sum(self.compact_folder(t, f, committed, min_files) for t, f in self._all_folders())
+
+
+def committed_position(store: Path) -> int:
+    """The materializer's cursor: every file range below it is committed."""
+    state = _read_json(store / "state" / "materializer.json")
+    return int(state["position"]) if state else 0
+
+
+def _table_names(store: Path) -> list[str]:
+    root = store / "tables"
+    return sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+
+
+def _safe(run_id: str) -> str:
+    from traintape.collector.materializer import _safe as safe
+
+    return safe(run_id)
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+
+
+def _write_json(path: Path, value: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(value, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _pause(step: str) -> None:
+    setting = os.environ.get(PAUSE_ENV)
+    if setting:
+        seconds, _, only = setting.partition(":")
+        print(f"traintape compaction step: {step}", file=sys.stderr, flush=True)
+        if only in step:
+            time.sleep(float(seconds))
+
+
+def _stderr(text: str) -> None:
+    print(f"traintape collector: {text}", file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m traintape.collector.compaction --store DIR`: compacts a store offline."""
+    from traintape.paths import resolve_store
+
+    p = argparse.ArgumentParser(prog="python -m traintape.collector.compaction")
+    p.add_argument("--store", default=None)
+    p.add_argument("--min-files", type=int, default=2)
+    args = p.parse_args(argv)
+    store = resolve_store(args.store)
+    with open(store / "collector.lock", "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"a collector serves {store}; it compacts by itself", file=sys.stderr)
+            return 2
+        committed = committed_position(store)
+        compactor = Compactor(store)
+        compactor.recover(committed)
+        merges = compactor.compact_all(committed, args.min_files)
+    print(f"{merges} merges")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
