@@ -287,8 +287,8 @@ def live_checkpoints(con: Any, run_id: str, rank: int | None) -> list[Checkpoint
 
 
 def resolve_run(con: Any, run: str | None) -> str:
-    """A run id from an id, a unique id prefix or a run name; None: the run that saved the most
-    recent checkpoint."""
+    """A run id from an id, a unique id prefix or a run name (`traintape.history.resolve_run`);
+    None: the run that saved the most recent checkpoint."""
     if run is None:
         row = con.execute(
             "SELECT run_id FROM checkpoints WHERE action = 'saved' ORDER BY ts DESC LIMIT 1"
@@ -297,30 +297,15 @@ def resolve_run(con: Any, run: str | None) -> str:
             msg = "no checkpoint in this store: save one with emitter.save_checkpoint()"
             raise CheckpointNotFoundError(msg)
         return str(row[0])
-    ids = [
-        r[0]
-        for r in con.execute(
-            "SELECT run_id FROM runs UNION SELECT run_id FROM checkpoints"
-        ).fetchall()
-    ]
-    if run in ids:
-        return run
-    prefixed = [i for i in ids if i.startswith(run)]
-    if len(prefixed) == 1:
-        return prefixed[0]
-    named = [
-        r[0]
-        for r in con.execute(
-            "SELECT run_id FROM runs WHERE name = ? ORDER BY started DESC", [run]
-        ).fetchall()
-    ]
-    if len(named) == 1:
-        return named[0]
-    if len(prefixed) > 1 or len(named) > 1:
-        msg = f"run {run!r} is ambiguous: it matches {sorted(set(prefixed + named))}"
-        raise CheckpointError(msg)
-    msg = f"no run {run!r} in this store (give a run id, a unique id prefix or a run name)"
-    raise CheckpointNotFoundError(msg)
+    from traintape.history import AmbiguousRunError, RunNotFoundError
+    from traintape.history import resolve_run as resolve_any
+
+    try:
+        return resolve_any(con, run)
+    except RunNotFoundError as exc:
+        raise CheckpointNotFoundError(str(exc)) from None
+    except AmbiguousRunError as exc:
+        raise CheckpointError(str(exc)) from None
 
 
 def list_checkpoints(

@@ -48,6 +48,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from traintape.durable import fsync_dir, write_json_atomic
+
 TARGET_BYTES = 64 << 20
 """A file at least this big is left as it is; a merge reads at most about this many bytes."""
 
@@ -242,9 +244,9 @@ class Compactor:
                 self._pending[intent["table"], intent["folder"]] = time.monotonic()
             action = "rolled back"
         (folder / (intent["merged"] + ".tmp")).unlink(missing_ok=True)
-        _fsync_dir(folder)
+        fsync_dir(folder)
         intent_path.unlink()
-        _fsync_dir(intent_path.parent)
+        fsync_dir(intent_path.parent)
         if not quiet:
             self._log(f"{action} an interrupted compaction of {intent['table']}/{intent['folder']}")
 
@@ -281,18 +283,18 @@ class Compactor:
             "inputs": [f.path.name for f in group],
             "rows": expected,
         }
-        _write_json(self.store / INTENT, intent)
+        write_json_atomic(self.store / INTENT, intent, durable=True)
         _pause("intent written")
         try:
             for f in group:
                 os.replace(f.path, f.path.with_name(f.path.name + HIDDEN))
                 _pause(f"hid {f.path.name}")
             os.replace(tmp, merged)
-            _fsync_dir(folder)
+            fsync_dir(folder)
             _pause("merged file in place")
             for f in group:
                 f.path.with_name(f.path.name + HIDDEN).unlink()
-            _fsync_dir(folder)
+            fsync_dir(folder)
             _pause("inputs deleted")
         finally:
             # Done: drops the intent. Failed midway (a rename refused): rolls back or forward
@@ -384,25 +386,6 @@ def _read_json(path: Path) -> Any:
         return json.loads(path.read_text())
     except FileNotFoundError:
         return None
-
-
-def _write_json(path: Path, value: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(value, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _pause(step: str) -> None:

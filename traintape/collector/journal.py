@@ -13,6 +13,7 @@ from bisect import bisect_right
 from collections.abc import Iterator
 from pathlib import Path
 
+from traintape.durable import fsync_dir
 from traintape.schemas.records import iter_records, valid_length
 
 SEGMENT_BYTES = 64 << 20
@@ -27,7 +28,7 @@ class Journal:
         if not self._starts:
             self._starts = [0]
             self._path(0).touch()
-            _fsync_dir(folder)
+            fsync_dir(folder)
         last = self._starts[-1]
         with open(self._path(last), "r+b") as f:
             good = valid_length(f)
@@ -68,7 +69,7 @@ class Journal:
         self._segment_start = self.end
         self._starts.append(self.end)
         self._file = open(self._path(self.end), "ab")
-        _fsync_dir(self.folder)
+        fsync_dir(self.folder)
 
     def close(self) -> None:
         if not self._file.closed:
@@ -94,11 +95,3 @@ class Journal:
 
     def size_bytes(self) -> int:
         return self.end
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

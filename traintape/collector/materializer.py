@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 from traintape.collector.compaction import Compactor
 from traintape.collector.journal import Journal
 from traintape.collector.tables import TableBuilder
+from traintape.durable import write_json_atomic
 from traintape.schemas import tables
 from traintape.schemas.records import split_payload
 from traintape.schemas.wire import WireError, decode_body, decode_header
@@ -79,9 +80,9 @@ class Materializer:
             return 0
 
     def _save_cursor(self, position: int) -> None:
-        tmp = self._cursor_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"position": position}))
-        os.replace(tmp, self._cursor_path)
+        # Not fsync'd: an older cursor after a crash only means re-materializing (the files
+        # past it are removed at start), never a row twice.
+        write_json_atomic(self._cursor_path, {"position": position})
 
     def _remove_uncommitted(self) -> None:
         for path in tables_dir(self.store).glob("*/*/part-*"):

@@ -10,7 +10,6 @@ before the process exits 0.
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import queue
 import signal
@@ -29,6 +28,7 @@ from traintape.collector.journal import Journal
 from traintape.collector.materializer import Materializer
 from traintape.collector.sink_runner import SinkRunners
 from traintape.collector.system import SystemSampler
+from traintape.durable import write_json_atomic
 from traintape.paths import default_address
 from traintape.schemas.events import METRICS
 from traintape.schemas.records import frame_parts, frame_record, split_payload
@@ -278,10 +278,7 @@ class Collector:
         }
 
     def write_status(self) -> None:
-        path = self.store / "state" / "collector.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.status(), indent=1))
-        os.replace(tmp, path)
+        write_json_atomic(self.store / "state" / "collector.json", self.status(), indent=1)
 
     def stop(self) -> None:
         self._stop.set()

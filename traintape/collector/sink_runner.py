@@ -18,7 +18,6 @@ At shutdown each runner gets `drain_timeout` seconds to catch up, then stops whe
 from __future__ import annotations
 
 import json
-import os
 import sys
 import threading
 import time
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from traintape.collector.journal import Journal
+from traintape.durable import write_json_atomic
 from traintape.schemas.events import RUN_START
 from traintape.schemas.records import split_payload
 from traintape.schemas.wire import WireError, decode_body, decode_header
@@ -351,9 +351,7 @@ class SinkRunner:
             "projection": unit.projection,
             "checkpoint": checkpoint,
         }
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state))
-        os.replace(tmp, self.path)
+        write_json_atomic(self.path, state)
         self._committed = unit.projection
         self.events_passed += unit.events - self.events
         self.position = unit.end

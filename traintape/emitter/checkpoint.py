@@ -63,6 +63,7 @@ from traintape.checkpoints import (
     monitored_value,
     select_for_deletion,
 )
+from traintape.durable import fsync_dir
 from traintape.emitter.emitter import RunFinishedError, _check_step
 from traintape.emitter.values import coerce_scalar
 from traintape.schemas.events import CHECKPOINT
@@ -279,14 +280,6 @@ class _HashingFile:
         return self._hash.hexdigest()
 
 
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class _Manifest:
     """The files one run and rank keep in a folder, in save order.
 
@@ -438,14 +431,14 @@ class CheckpointWriter:
 
     def close(self, timeout: float = 30.0) -> None:
         """Waits for every queued write (however long: the last checkpoint matters more than a
-        quick exit), then up to min(timeout, 5) s for deletions to be acknowledged."""
+        quick exit), then up to `timeout` s for deletions to be acknowledged."""
         if self._closed:
             return
         self._closed = True
         thread = self._thread
         if os.getpid() != self._pid or thread is None or not thread.is_alive():
             return
-        self._jobs.put(_Stop(max(0.0, min(timeout, 5.0))))
+        self._jobs.put(_Stop(max(0.0, timeout)))
         if thread is not threading.current_thread():
             thread.join()
 
@@ -533,7 +526,7 @@ class CheckpointWriter:
                 listed = True
                 os.replace(tmp, final)
                 replaced = True
-            _fsync_dir(self.dir)
+            fsync_dir(self.dir)
         except Exception as exc:
             self._release(job)
             if listed:
@@ -642,7 +635,7 @@ class CheckpointWriter:
     def _unlink(self, name: str) -> None:
         try:
             (self.dir / name).unlink(missing_ok=True)
-            _fsync_dir(self.dir)
+            fsync_dir(self.dir)
         except OSError as exc:
             print(f"traintape: cannot delete checkpoint {self.dir / name}: {exc}", file=sys.stderr)
             return

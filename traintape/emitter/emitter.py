@@ -391,6 +391,7 @@ class Emitter:
             return self._report
         for watcher in self._watchers:
             watcher.remove()
+        deadline = time.monotonic() + timeout  # one budget for everything below
         self._deferred.poll(wait=True)  # what is still on its way from the GPU
         if self._checkpoints is not None:  # queued checkpoint writes end before the run does
             self._checkpoints.close(timeout)
@@ -402,7 +403,6 @@ class Emitter:
         keeper = self._keeper
         if keeper is not None and keeper.is_alive() and keeper is not threading.current_thread():
             keeper.join()
-        deadline = time.monotonic() + timeout
         with self._lock:
             self._flush_locked()
             transport = self._transport or self._open_transport()

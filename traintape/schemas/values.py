@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
+from collections.abc import Mapping
 from typing import Any
 
 
@@ -30,3 +32,31 @@ def _finite(value: Any) -> Any:
     if isinstance(value, bytes):
         return value.hex()
     return value
+
+
+def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dicts become dotted keys: {"opt": {"lr": 1e-3}} -> {"opt.lr": 1e-3}."""
+    out: dict[str, Any] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = plain(value)
+    return out
+
+
+def plain(value: Any) -> Any:
+    """A msgpack- and JSON-friendly version of a config or body value."""
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return value
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [plain(v) for v in value]
+    if isinstance(value, numbers.Number) and not isinstance(value, complex):
+        return float(value) if not isinstance(value, numbers.Integral) else int(value)
+    item = getattr(value, "item", None)
+    if callable(item) and getattr(value, "size", None) == 1:
+        return plain(item())
+    return str(value)

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
 
+from traintape.schemas.values import flatten  # noqa: F401  (the sinks flatten params alike)
+
 
 class SinkError(RuntimeError):
     """A sink cannot be configured or started; the message names the sink and what to change."""
@@ -172,18 +174,6 @@ class Sink:
     def stats(self) -> dict[str, Any]:
         """Backend counters shown by `traintape status` (values dropped, truncated, ...)."""
         return {}
-
-
-def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested dicts become dotted keys, as the emitter flattens `log_params`."""
-    out: dict[str, Any] = {}
-    for key, value in params.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping) and value:
-            out.update(flatten(value, f"{name}."))
-        else:
-            out[name] = value
-    return out
 
 
 def safe_name(text: str) -> str:

@@ -52,39 +52,21 @@ def journal_records(store: Path) -> Iterator[tuple[int, int, bytes]]:
 
 
 def resolve_run(store: Path, run: str) -> str:
-    """A run id from an id, a unique id prefix, or a unique run name."""
-    ids: set[str] = set()
-    for _, _, payload in journal_records(store):
-        try:
-            ids.add(decode_header(split_payload(payload)[0]).run_id)
-        except WireError:
-            continue
-    if run in ids:
-        return run
-    prefixed = sorted(i for i in ids if i.startswith(run))
-    if len(prefixed) == 1:
-        return prefixed[0]
-    named: list[str] = []
-    try:
-        from traintape.store import connect
+    """A run id from an id, a unique id prefix, or a run name (`traintape.history.resolve_run`)."""
+    from traintape.history import RunLookupError
+    from traintape.history import resolve_run as resolve_any
+    from traintape.store import StoreNotFoundError, connect
 
+    try:
         con = connect(store)
-        try:
-            named = [
-                r[0]
-                for r in con.execute("SELECT run_id FROM runs WHERE name = ?", [run]).fetchall()
-            ]
-        finally:
-            con.close()
-    except Exception:  # no tables yet: ids and prefixes are all there is
-        named = []
-    if len(named) == 1:
-        return named[0]
-    if len(prefixed) > 1 or len(named) > 1:
-        msg = f"{run!r} matches several runs: {', '.join(sorted(set(prefixed) | set(named)))}"
-        raise SyncError(msg)
-    msg = f"no run {run!r} in {store} (give a run id, a unique prefix of one, or a run name)"
-    raise SyncError(msg)
+    except StoreNotFoundError as exc:
+        raise SyncError(str(exc)) from None
+    try:
+        return resolve_any(con, run)
+    except RunLookupError as exc:
+        raise SyncError(str(exc)) from None
+    finally:
+        con.close()
 
 
 def sync_run(

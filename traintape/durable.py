@@ -1,0 +1,38 @@
+"""Small file-system moves that every durable part of traintape makes the same way."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+
+def fsync_dir(folder: Path) -> None:
+    """Makes a rename or a new file in `folder` survive a power loss."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_json_atomic(
+    path: Path, value: Any, *, durable: bool = False, indent: int | None = None
+) -> None:
+    """Replaces `path` by a temp file and a rename: readers see the old or the new, never half.
+
+    With `durable`, the data and the rename are fsync'd too (an intent that recovery relies on);
+    without, a crash may leave the previous version, which is fine for cursors that only move
+    forward over idempotent work.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(value, f, indent=indent)
+        if durable:
+            f.flush()
+            os.fsync(f.fileno())
+    os.replace(tmp, path)
+    if durable:
+        fsync_dir(path.parent)
