@@ -183,6 +183,9 @@ def measure(
             methods[name]()
     for r in range(repeats):
         for name in names[r % len(names) :] + names[: r % len(names)]:
+            # Every method starts with no write-back of an earlier method's gigabyte under way:
+            # otherwise whichever runs after a save pays for the kernel flushing that save.
+            os.sync()
             results[name].append(methods[name]())
     return results, len(sources)
 
