@@ -17,6 +17,13 @@ from traintape import emitter
 from traintape.paths import default_address
 
 REPO = Path(__file__).resolve().parents[1]
+WORKER = REPO / "tests" / "workers" / "log_steps.py"
+"""A training-process stand-in logging deterministic values (see its docstring)."""
+
+
+def worker_argv(store: Path, *args: object) -> list[str]:
+    """The command line of a `log_steps.py` worker on `store`, e.g. ("--steps", 500)."""
+    return [sys.executable, str(WORKER), "--store", str(store), *map(str, args)]
 
 
 class CollectorProcess:

@@ -15,10 +15,8 @@ from pathlib import Path
 import pytest
 import zmq
 
-from tests.conftest import REPO, CollectorProcess, query, wait_for
+from tests.conftest import REPO, WORKER, CollectorProcess, query, wait_for, worker_argv
 from tests.workers.log_steps import expected_value
-
-WORKER = REPO / "tests" / "workers" / "log_steps.py"
 
 
 def _bits(x: float) -> bytes:
@@ -29,7 +27,7 @@ def _run_worker(
     store: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 180
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, str(WORKER), "--store", str(store), *args],
+        worker_argv(store, *args),
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -113,18 +111,15 @@ def test_collector_sigkilled_mid_run_loses_and_duplicates_nothing(store: Path) -
     coll = CollectorProcess(store).start()
     env = {**os.environ, "TRAINTAPE_RUN_ID": "killed-collector"}
     worker = subprocess.Popen(
-        [
-            sys.executable,
-            str(WORKER),
-            "--store",
-            str(store),
+        worker_argv(
+            store,
             "--steps",
             "20000",
             "--pause-every",
             "200",
             "--pause",
             "0.02",
-        ],
+        ),
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,
@@ -151,18 +146,15 @@ def test_emitters_started_before_the_collector_deliver_everything(store: Path) -
     """Emitters that start logging before any collector runs get everything stored once it starts."""
     env = {**os.environ, "TRAINTAPE_RUN_ID": "early-bird"}
     worker = subprocess.Popen(
-        [
-            sys.executable,
-            str(WORKER),
-            "--store",
-            str(store),
+        worker_argv(
+            store,
             "--steps",
             "3000",
             "--pause-every",
             "100",
             "--pause",
             "0.05",
-        ],
+        ),
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,

@@ -17,9 +17,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import REPO, CollectorProcess, query
+from tests.conftest import REPO, CollectorProcess, query, worker_argv
 
-WORKER = REPO / "tests" / "workers" / "log_steps.py"
 STEPS = 600
 METRICS = 5
 
@@ -132,11 +131,8 @@ def test_every_value_arrives_once_across_a_server_outage(tmp_path: Path, mlflow_
             env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": "2", "TRAINTAPE_RUN_ID": "mlrun"}
             procs.append(
                 subprocess.Popen(
-                    [
-                        sys.executable,
-                        str(WORKER),
-                        "--store",
-                        str(store),
+                    worker_argv(
+                        store,
                         "--steps",
                         str(STEPS),
                         "--metrics",
@@ -145,7 +141,7 @@ def test_every_value_arrives_once_across_a_server_outage(tmp_path: Path, mlflow_
                         "20",
                         "--pause",
                         "0.1",
-                    ],
+                    ),
                     env=env,
                     cwd=REPO,
                 )

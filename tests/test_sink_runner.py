@@ -11,10 +11,9 @@ import textwrap
 import time
 from pathlib import Path
 
-from tests.conftest import REPO, CollectorProcess, query
+from tests.conftest import REPO, CollectorProcess, query, worker_argv
 from tests.test_sink_tensorboard import read_scalars
 
-WORKER = REPO / "tests" / "workers" / "log_steps.py"
 STEPS = 3000
 METRICS = 10
 
@@ -38,16 +37,13 @@ def _ingest(store: Path, *extra: str) -> tuple[float, CollectorProcess]:
     collector = CollectorProcess(store, "--system-interval", "0", *extra).start()
     t0 = time.perf_counter()
     done = subprocess.run(
-        [
-            sys.executable,
-            str(WORKER),
-            "--store",
-            str(store),
+        worker_argv(
+            store,
             "--steps",
             str(STEPS),
             "--metrics",
             str(METRICS),
-        ],
+        ),
         cwd=REPO,
         env={**os.environ, "TRAINTAPE_RUN_ID": "fast"},
         timeout=120,

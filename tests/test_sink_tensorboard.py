@@ -6,15 +6,12 @@ from __future__ import annotations
 import math
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-from tests.conftest import REPO, CollectorProcess, query
+from tests.conftest import REPO, CollectorProcess, query, worker_argv
 from traintape.schemas.events import METRICS, RUN_END
 from traintape.sinks import Event, RunInfo, SinkConfig
-
-WORKER = REPO / "tests" / "workers" / "log_steps.py"
 
 
 def read_scalars(folder: Path) -> dict[str, list[tuple[int, float, float]]]:
@@ -46,11 +43,8 @@ def _workers(store: Path, run_id: str, steps: int, pause: float) -> list[subproc
         env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": "2", "TRAINTAPE_RUN_ID": run_id}
         procs.append(
             subprocess.Popen(
-                [
-                    sys.executable,
-                    str(WORKER),
-                    "--store",
-                    str(store),
+                worker_argv(
+                    store,
                     "--steps",
                     str(steps),
                     "--metrics",
@@ -59,7 +53,7 @@ def _workers(store: Path, run_id: str, steps: int, pause: float) -> list[subproc
                     "10",
                     "--pause",
                     str(pause),
-                ],
+                ),
                 env=env,
                 cwd=REPO,
             )

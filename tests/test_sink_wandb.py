@@ -8,16 +8,14 @@ import math
 import os
 import struct
 import subprocess
-import sys
 import zlib
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import REPO, CollectorProcess, query
+from tests.conftest import REPO, CollectorProcess, query, worker_argv
 
-WORKER = REPO / "tests" / "workers" / "log_steps.py"
 STEPS = 300
 
 
@@ -88,11 +86,8 @@ def test_offline_history_matches_the_store_for_rank0_and_mean(tmp_path: Path, mo
     try:
         procs = [
             subprocess.Popen(
-                [
-                    sys.executable,
-                    str(WORKER),
-                    "--store",
-                    str(store),
+                worker_argv(
+                    store,
                     "--steps",
                     str(STEPS),
                     "--metrics",
@@ -101,7 +96,7 @@ def test_offline_history_matches_the_store_for_rank0_and_mean(tmp_path: Path, mo
                     "50",
                     "--pause",
                     "0.05",
-                ],
+                ),
                 env={**os.environ, "RANK": str(r), "WORLD_SIZE": "2", "TRAINTAPE_RUN_ID": "wbrun"},
                 cwd=REPO,
             )

@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, CollectorProcess, query
+from tests.conftest import REPO, CollectorProcess, query, worker_argv
 from tests.test_sink_tensorboard import read_scalars
 from tests.test_sink_wandb import offline_run
 from traintape.cli import main
 
-WORKER = REPO / "tests" / "workers" / "log_steps.py"
 STEPS = 200
 METRICS = 4
 
@@ -27,16 +25,13 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     try:
         procs = [
             subprocess.Popen(
-                [
-                    sys.executable,
-                    str(WORKER),
-                    "--store",
-                    str(store),
+                worker_argv(
+                    store,
                     "--steps",
                     str(STEPS),
                     "--metrics",
                     str(METRICS),
-                ],
+                ),
                 env={
                     **os.environ,
                     "RANK": str(r),
