@@ -200,3 +200,52 @@ def test_unwritable_spool_keeps_batches_in_memory_until_the_collector_returns(
         wait_for(store, f"SELECT count(*) FROM metrics WHERE run_id = '{run.run_id}'", 300)
     finally:
         coll.close()
+
+
+def _log_in_worker() -> None:
+    emitter.log({"from_worker": 7.0}, step=0)
+
+
+def test_multiprocessing_worker_logs_arrive_although_it_exits_with_os_exit(
+    store: Path, collector: CollectorProcess
+) -> None:
+    """A forked multiprocessing worker (as a DataLoader's) delivers what it logged before exit."""
+    import multiprocessing
+
+    run = emitter.init(project="p", store=store)
+    proc = multiprocessing.get_context("fork").Process(target=_log_in_worker)
+    proc.start()
+    proc.join(60)
+    assert proc.exitcode == 0
+    emitter.finish()
+    wait_for(store, f"SELECT count(*) FROM metrics WHERE run_id = '{run.run_id}'", 1)
+    assert query(store, "SELECT key, value FROM metrics WHERE run_id = ?", run.run_id) == [
+        ("from_worker", 7.0)
+    ]
+
+
+def test_replay_leaves_the_spool_of_a_live_emitter_alone(tmp_path: Path) -> None:
+    """`traintape replay` skips a spool its emitter still holds; after finish() it delivers it."""
+    import time
+
+    from traintape.emitter.replay import replay
+    from traintape.paths import default_address, spool_dir
+
+    store = tmp_path / "store"
+    run = emitter.init(project="p", store=store, spool_after=0.1, resend_after=0.1)
+    for step in range(100):
+        emitter.log({"x": float(step)}, step=step)
+    deadline = time.monotonic() + 10
+    while not list(spool_dir(store).glob("*.spool")):
+        assert time.monotonic() < deadline, "nothing was spooled"
+        time.sleep(0.05)
+    coll = CollectorProcess(store, "--system-interval", "0").start()
+    try:
+        result = replay(spool_dir(store), default_address(store), timeout=10)
+        assert (result.skipped, result.events) == (1, 0)
+        report = emitter.finish(timeout=20)  # the live emitter replays its own spool
+        assert report.complete, report
+        wait_for(store, f"SELECT count(*) FROM metrics WHERE run_id = '{run.run_id}'", 100)
+        assert not list(spool_dir(store).glob("*.spool"))
+    finally:
+        coll.close()

@@ -195,7 +195,8 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         return 1
     print(
         f"replayed {result.files} spool files: {result.batches} batches, {result.events} events "
-        f"acknowledged ({result.rejected_events} rejected)"
+        f"acknowledged ({result.rejected_events} rejected, {result.skipped} files skipped: "
+        "their emitters still run)"
     )
     return 0
 

@@ -148,6 +148,13 @@ class Emitter:
             return
         self._fork_child = True
         self._reset_io()
+        # multiprocessing children (DataLoader workers) end with os._exit, which skips atexit,
+        # after running multiprocessing's own finalizers: one of those delivers what the child
+        # logged. (It is registered from an after-fork hook because the child's bootstrap
+        # clears the finalizers it inherited, then runs those hooks.)
+        mp_util = sys.modules.get("multiprocessing.util")
+        if mp_util is not None:
+            mp_util.register_after_fork(self, _finalize_in_mp_child)
 
     def _run_start_body(self) -> dict[str, Any]:
         return {
@@ -432,6 +439,7 @@ class Emitter:
         spooled = transport.spooled_unacked
         lost = transport.unacked_events
         transport.close()
+        transport.spool.release()  # `traintape replay` may take what is left
         report = FinishReport(
             run_id=self.run_id,
             acked=transport.stats.acked_events,
@@ -495,6 +503,10 @@ class Emitter:
 
 def _metrics_builder(keys: list[str]) -> Any:
     return lambda values: dict(zip(keys, values))
+
+
+def _finalize_in_mp_child(em: Emitter) -> None:
+    sys.modules["multiprocessing.util"].Finalize(None, em._at_exit, exitpriority=0)
 
 
 def _check_step(step: Any) -> int:

@@ -30,6 +30,7 @@ class ReplayResult:
     batches: int = 0
     events: int = 0
     rejected_events: int = 0
+    skipped: int = 0
 
 
 def replay(
@@ -49,6 +50,12 @@ def replay(
     sock.connect(address)
     try:
         for spool in files:
+            if spool.in_use():
+                result.skipped += 1
+                progress(
+                    f"{spool.path.name}: skipped, its emitter is still running (it replays it)"
+                )
+                continue
             _replay_file(sock, spool, timeout, result)
             result.files += 1
             progress(f"{spool.path.name}: delivered; {result.events} events so far")

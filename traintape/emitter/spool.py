@@ -4,10 +4,14 @@ One file per emitting process (`<run_id>.<rank>.<source>.spool`), framed like th
 (records.py), so `traintape replay` can deliver it after the process is gone. Resending a spooled
 batch that did arrive after all is harmless: the collector drops duplicates by (run_id, rank,
 source, seq).
+
+While its emitter lives, a spool file is held with a shared flock, so `traintape replay` leaves
+it alone (the emitter replays it itself); the lock goes with the process, however it ends.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -22,6 +26,7 @@ class SpoolFile:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._lock_fd: int | None = None
 
     def append(self, batches: Iterable[Any]) -> None:
         """Appends batches (objects with .header and .body) and fsyncs."""
@@ -33,6 +38,29 @@ class SpoolFile:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        if self._lock_fd is None:
+            self._lock_fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            fcntl.flock(self._lock_fd, fcntl.LOCK_SH)
+
+    def release(self) -> None:
+        """Lets `traintape replay` take the file (the emitter is done with it)."""
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def in_use(self) -> bool:
+        """Whether a live emitter still holds this file."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+        return False
 
     def exists(self) -> bool:
         return self.path.exists()
@@ -49,6 +77,7 @@ class SpoolFile:
                 yield nxt, header, body
 
     def delete(self) -> None:
+        self.release()
         self.path.unlink(missing_ok=True)
 
 
