@@ -33,7 +33,7 @@ from traintape.schemas.records import split_payload
 from traintape.schemas.wire import WireError, decode_body, decode_header
 from traintape.sinks._base import RunInfo, Sink, SinkRejected, safe_name
 from traintape.sinks.config import SinkConfig
-from traintape.sinks.projection import Op, Projection
+from traintape.sinks.projection import Op, Projection, apply
 
 LOG_EVERY_S = 30.0
 SWITCH_INTERVAL_S = 0.0005
@@ -334,10 +334,7 @@ class SinkRunner:
                 raise _Abandon
             op = ops[unit.done]
             try:
-                if op[0] == "open":
-                    sink.open_run(op[1])
-                else:
-                    sink.write(op[1], op[2])
+                apply(sink, op)
             except SinkRejected as exc:
                 self.rejected_batches += 1
                 self._log(f"sink {self.name}: batch skipped, the backend refused it: {exc}")

@@ -36,6 +36,14 @@ from traintape.sinks._base import RANK_POLICIES, Event, RunInfo
 Op = tuple[Any, ...]
 
 
+def apply(sink: Any, op: Op) -> None:
+    """Hands one operation to a sink: ("open", RunInfo) or (kind, events)."""
+    if op[0] == "open":
+        sink.open_run(op[1])
+    else:
+        sink.write(op[1], op[2])
+
+
 def _mean(values: list[float]) -> float:
     try:
         return math.fsum(values) / len(values)

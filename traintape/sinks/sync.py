@@ -18,7 +18,7 @@ from traintape.schemas.records import iter_records, split_payload
 from traintape.schemas.wire import WireError, decode_body, decode_header
 from traintape.sinks._base import SinkRejected
 from traintape.sinks.config import SinkConfig
-from traintape.sinks.projection import Op, Projection
+from traintape.sinks.projection import Op, Projection, apply
 
 _NEVER = 1e12  # seconds: in a replay every rank's values are there; steps wait for all of them
 
@@ -89,10 +89,7 @@ def sync_run(
     def deliver(ops: list[Op]) -> None:
         for op in ops:
             try:
-                if op[0] == "open":
-                    sink.open_run(op[1])
-                else:
-                    sink.write(op[1], op[2])
+                apply(sink, op)
             except SinkRejected as exc:
                 result.rejected += 1
                 if progress:
