@@ -58,7 +58,7 @@ class CollectorProcess:
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                cwd=REPO,
+                cwd=self.store.parent,  # whatever a backend writes to its cwd stays out of the repo
             )
         if wait:
             deadline = time.monotonic() + 30
@@ -102,8 +102,11 @@ def collector(store: Path) -> Iterator[CollectorProcess]:
 
 
 @pytest.fixture(autouse=True)
-def _fresh_emitter_state(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """No run leaks from one test to the next, and no test sees the developer's variables."""
+def _fresh_emitter_state(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+    """No run leaks from one test to the next, no test sees the developer's variables, and
+    nothing a test or a backend writes to the working directory (MLflow's ./mlruns) lands in
+    the repository."""
+    monkeypatch.chdir(tmp_path)
     for var in (
         "TRAINTAPE_STORE",
         "TRAINTAPE_ADDRESS",
