@@ -78,6 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds between CPU/RAM/GPU samples of this host (default 1; 0 turns them off)",
     )
     p.add_argument(
+        "--curve",
+        action="store_true",
+        help="CURVE on every tcp:// bind, loopback too (tcp:// binds off this host always use "
+        "it); the public key emitters need is printed and kept in <store>/keys/",
+    )
+    p.add_argument(
         "--compact-settle",
         type=float,
         default=None,

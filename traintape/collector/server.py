@@ -44,6 +44,13 @@ from traintape.schemas.wire import (
     encode_body,
     encode_header,
 )
+from traintape.security import (
+    SERVER_KEY_ENV,
+    allowed_clients,
+    is_remote_tcp,
+    serve_curve,
+    start_authenticator,
+)
 
 MAX_MESSAGES_PER_GROUP = 2048
 _NUMBER = frozenset((int, float, bool))
@@ -92,6 +99,7 @@ class Collector:
         materialize_interval: float = 0.5,
         system_interval: float = 1.0,
         compact_settle: float | None = None,
+        curve: bool = False,
         quiet: bool = False,
         sinks: list[Any] | None = None,
     ) -> None:
@@ -138,18 +146,50 @@ class Collector:
         )
         self._stop = threading.Event()
         self._ctx = zmq.Context()
-        self._sock = self._ctx.socket(zmq.ROUTER)
-        self._sock.setsockopt(zmq.LINGER, 0)
-        self._sock.setsockopt(zmq.RCVHWM, 100_000)
-        self._sock.setsockopt(zmq.SNDHWM, 100_000)
-        self._sock.setsockopt(zmq.ROUTER_MANDATORY, 0)
-        for address in self.binds:
+        self._auth: Any = None
+        self._sockets: list[zmq.Socket] = []
+        # One ROUTER for the plain binds (ipc, loopback tcp) and one for the CURVE binds (tcp
+        # leaving the host, or every tcp bind with curve=True): CURVE is a socket's property.
+        secure = [a for a in self.binds if is_remote_tcp(a) or (curve and a.startswith("tcp://"))]
+        plain = [a for a in self.binds if a not in secure]
+        try:
+            if plain:
+                self._sockets.append(self._router(plain, secure=False))
+            if secure:
+                self._auth = start_authenticator(self._ctx, store)
+                self._sockets.append(self._router(secure, secure=True))
+        except CollectorError:
+            self._close_sockets()
+            raise
+
+    def _router(self, addresses: list[str], secure: bool) -> zmq.Socket:
+        sock = self._ctx.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.RCVHWM, 100_000)
+        sock.setsockopt(zmq.SNDHWM, 100_000)
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 0)
+        if secure:
+            public = serve_curve(sock, self.store)
+            who = "the clients in keys/clients/" if allowed_clients(self.store) else "any client"
+            self._log(
+                f"CURVE on {', '.join(addresses)} for {who}; emitters need "
+                f"{SERVER_KEY_ENV}={public.decode()}"
+            )
+        for address in addresses:
             try:
-                self._sock.bind(address)
+                sock.bind(address)
             except zmq.ZMQError as exc:
-                self._sock.close(linger=0)
+                sock.close(linger=0)
                 msg = f"cannot bind {address}: {exc}"
                 raise CollectorError(msg) from exc
+        return sock
+
+    def _close_sockets(self) -> None:
+        for sock in self._sockets:
+            sock.close(linger=0)
+        if self._auth is not None:
+            self._auth.stop()
+        self._ctx.term()
 
     def _log(self, text: str) -> None:
         if not self.quiet:
@@ -179,7 +219,8 @@ class Collector:
             self.sampler.start()
         self._log(f"serving {self.store} on {', '.join(self.binds)} (pid {os.getpid()})")
         poller = zmq.Poller()
-        poller.register(self._sock, zmq.POLLIN)
+        for sock in self._sockets:
+            poller.register(sock, zmq.POLLIN)
         last_status = 0.0
         try:
             while not self._stop.is_set():
@@ -194,13 +235,14 @@ class Collector:
 
     def _ingest_group(self) -> None:
         journal_data: list[bytes] = []
-        acks: list[tuple[bytes, bytes]] = []
-        for _ in range(MAX_MESSAGES_PER_GROUP):
-            try:
-                frames = self._sock.recv_multipart(flags=zmq.NOBLOCK)
-            except zmq.Again:
-                break
-            self._admit(frames, journal_data, acks)
+        acks: dict[zmq.Socket, list[tuple[bytes, bytes]]] = {s: [] for s in self._sockets}
+        for sock, sock_acks in acks.items():
+            for _ in range(MAX_MESSAGES_PER_GROUP):
+                try:
+                    frames = sock.recv_multipart(flags=zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                self._admit(frames, journal_data, sock_acks)
         while not self._local.empty():
             header_frame, body_frame = self._local.get()
             self._admit([b"", header_frame, body_frame], journal_data, [])
@@ -218,11 +260,12 @@ class Collector:
                 self.dedup = Deduplicator()
                 self._recover()
                 return
-        for identity, ack in acks:
-            try:
-                self._sock.send_multipart((identity, ack), flags=zmq.NOBLOCK)
-            except zmq.ZMQError:
-                pass  # the emitter went away; it resends, and gets a duplicate's ack
+        for sock, sock_acks in acks.items():
+            for identity, ack in sock_acks:
+                try:
+                    sock.send_multipart((identity, ack), flags=zmq.NOBLOCK)
+                except zmq.ZMQError:
+                    pass  # the emitter went away; it resends, and gets a duplicate's ack
 
     def _admit(
         self, frames: list[bytes], journal_data: list[bytes], acks: list[tuple[bytes, bytes]]
@@ -289,8 +332,7 @@ class Collector:
             self.sampler.stop()
         # Whatever already arrived is journaled and acknowledged before the socket closes.
         self._ingest_group()
-        self._sock.close(linger=0)
-        self._ctx.term()
+        self._close_sockets()
         self.journal.close()
         self.materializer.stop()
         if self.sinks is not None:

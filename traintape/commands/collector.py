@@ -38,6 +38,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         materialize_interval=interval,
         system_interval=args.system_interval,
         compact_settle=args.compact_settle,
+        curve=args.curve,
         sinks=config.sinks,
     )
 

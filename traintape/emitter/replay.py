@@ -16,6 +16,7 @@ import zmq
 
 from traintape.emitter.spool import SpoolFile, spool_files
 from traintape.schemas.wire import ACK_REJECTED, decode_ack, decode_header
+from traintape.security import SecurityError, configure_client
 
 WINDOW = 256
 
@@ -47,6 +48,12 @@ def replay(
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
+    try:
+        configure_client(sock, address)
+    except SecurityError as exc:
+        sock.close(linger=0)
+        ctx.term()
+        raise ReplayError(str(exc)) from None
     sock.connect(address)
     try:
         for spool in files:

@@ -18,6 +18,7 @@ import zmq
 
 from traintape.emitter.spool import SpoolFile
 from traintape.schemas.wire import ACK_REJECTED, decode_ack
+from traintape.security import SecurityError, configure_client
 
 
 @dataclass(slots=True)
@@ -70,6 +71,12 @@ class Transport:
         self._sock.setsockopt(zmq.RCVHWM, 100_000)
         self._sock.setsockopt(zmq.RECONNECT_IVL, 100)
         self._sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+        try:
+            configure_client(self._sock, address)  # CURVE for a collector off this host
+        except SecurityError:
+            self._sock.close(linger=0)
+            self._ctx.term()
+            raise
         self._sock.connect(address)
         self._unacked: dict[int, _Batch] = {}  # seq0 -> batch; insertion order is seq order
         self._memory = 0
