@@ -26,6 +26,25 @@ def worker_argv(store: Path, *args: object) -> list[str]:
     return [sys.executable, str(WORKER), "--store", str(store), *map(str, args)]
 
 
+def start_ranks(
+    store: Path, run_id: str, *args: object, world_size: int = 2
+) -> list[subprocess.Popen[bytes]]:
+    """`world_size` workers started as the ranks of one job (RANK, WORLD_SIZE, one run id)."""
+    return [
+        subprocess.Popen(
+            worker_argv(store, *args),
+            env={
+                **os.environ,
+                "RANK": str(rank),
+                "WORLD_SIZE": str(world_size),
+                "TRAINTAPE_RUN_ID": run_id,
+            },
+            cwd=REPO,
+        )
+        for rank in range(world_size)
+    ]
+
+
 class CollectorProcess:
     """A `traintape serve` subprocess on `store`; stop() is SIGTERM, kill() is SIGKILL."""
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import REPO, CollectorProcess, query, worker_argv
+from tests.conftest import CollectorProcess, query, start_ranks
 
 STEPS = 600
 METRICS = 5
@@ -127,25 +127,18 @@ def test_every_value_arrives_once_across_a_server_outage(tmp_path: Path, mlflow_
     ).start()
     procs: list[subprocess.Popen] = []
     try:
-        for rank in (0, 1):
-            env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": "2", "TRAINTAPE_RUN_ID": "mlrun"}
-            procs.append(
-                subprocess.Popen(
-                    worker_argv(
-                        store,
-                        "--steps",
-                        str(STEPS),
-                        "--metrics",
-                        str(METRICS),
-                        "--pause-every",
-                        "20",
-                        "--pause",
-                        "0.1",
-                    ),
-                    env=env,
-                    cwd=REPO,
-                )
-            )
+        procs = start_ranks(
+            store,
+            "mlrun",
+            "--steps",
+            STEPS,
+            "--metrics",
+            METRICS,
+            "--pause-every",
+            20,
+            "--pause",
+            0.1,
+        )
         _wait(lambda: _sink_status(store).get("batches", 0) >= 2, 60, "first batches in MLflow")
         mlflow_server.stop()
         down = time.monotonic()

@@ -4,12 +4,11 @@ in the event files exactly once, also across a collector killed with SIGKILL mid
 from __future__ import annotations
 
 import math
-import os
 import subprocess
 import time
 from pathlib import Path
 
-from tests.conftest import REPO, CollectorProcess, query, worker_argv
+from tests.conftest import CollectorProcess, query, start_ranks
 from traintape.schemas.events import METRICS, RUN_END
 from traintape.sinks import Event, RunInfo, SinkConfig
 
@@ -38,27 +37,9 @@ def _same(a: float, b: float) -> bool:
 
 
 def _workers(store: Path, run_id: str, steps: int, pause: float) -> list[subprocess.Popen]:
-    procs = []
-    for rank in (0, 1):
-        env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": "2", "TRAINTAPE_RUN_ID": run_id}
-        procs.append(
-            subprocess.Popen(
-                worker_argv(
-                    store,
-                    "--steps",
-                    str(steps),
-                    "--metrics",
-                    "6",
-                    "--pause-every",
-                    "10",
-                    "--pause",
-                    str(pause),
-                ),
-                env=env,
-                cwd=REPO,
-            )
-        )
-    return procs
+    return start_ranks(
+        store, run_id, "--steps", steps, "--metrics", 6, "--pause-every", 10, "--pause", pause
+    )
 
 
 def test_two_ranks_match_the_store_exactly_across_a_sigkill(tmp_path: Path):

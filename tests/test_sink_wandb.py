@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import struct
-import subprocess
 import zlib
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import REPO, CollectorProcess, query, worker_argv
+from tests.conftest import CollectorProcess, query, start_ranks
 
 STEPS = 300
 
@@ -84,24 +82,9 @@ def test_offline_history_matches_the_store_for_rank0_and_mean(tmp_path: Path, mo
     store = tmp_path / "store"
     collector = CollectorProcess(store, "--sink", "wandb=offline", "--system-interval", "0").start()
     try:
-        procs = [
-            subprocess.Popen(
-                worker_argv(
-                    store,
-                    "--steps",
-                    str(STEPS),
-                    "--metrics",
-                    "5",
-                    "--pause-every",
-                    "50",
-                    "--pause",
-                    "0.05",
-                ),
-                env={**os.environ, "RANK": str(r), "WORLD_SIZE": "2", "TRAINTAPE_RUN_ID": "wbrun"},
-                cwd=REPO,
-            )
-            for r in (0, 1)
-        ]
+        procs = start_ranks(
+            store, "wbrun", "--steps", STEPS, "--metrics", 5, "--pause-every", 50, "--pause", 0.05
+        )
         for p in procs:
             assert p.wait(120) == 0
         assert collector.stop() == 0

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, CollectorProcess, query, worker_argv
+from tests.conftest import CollectorProcess, query, start_ranks
 from tests.test_sink_tensorboard import read_scalars
 from tests.test_sink_wandb import offline_run
 from traintape.cli import main
@@ -23,25 +21,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     store = tmp_path_factory.mktemp("sync") / "store"
     collector = CollectorProcess(store, "--system-interval", "0").start()
     try:
-        procs = [
-            subprocess.Popen(
-                worker_argv(
-                    store,
-                    "--steps",
-                    str(STEPS),
-                    "--metrics",
-                    str(METRICS),
-                ),
-                env={
-                    **os.environ,
-                    "RANK": str(r),
-                    "WORLD_SIZE": "2",
-                    "TRAINTAPE_RUN_ID": "syncrun",
-                },
-                cwd=REPO,
-            )
-            for r in (0, 1)
-        ]
+        procs = start_ranks(store, "syncrun", "--steps", STEPS, "--metrics", METRICS)
         for p in procs:
             assert p.wait(120) == 0
         assert collector.stop() == 0

@@ -24,9 +24,17 @@ from traintape.schemas.wire import (
 def test_batch_round_trips_with_nan_and_none_steps() -> None:
     """Header and columnar body decode to what was encoded; NaN stays NaN."""
     header = decode_header(encode_header("run", 3, "src", 10, 2))
-    assert (header.run_id, header.rank, header.source, header.seq0, header.n) == ("run", 3, "src", 10, 2)
+    assert (header.run_id, header.rank, header.source, header.seq0, header.n) == (
+        "run",
+        3,
+        "src",
+        10,
+        2,
+    )
     assert header.seq_end == 12
-    body = decode_body(encode_body((METRICS, PARAMS), (1, 2), (5, None), ({"x": math.nan}, {"lr": 0.1})), 2)
+    body = decode_body(
+        encode_body((METRICS, PARAMS), (1, 2), (5, None), ({"x": math.nan}, {"lr": 0.1})), 2
+    )
     assert body.kinds == [METRICS, PARAMS] and body.steps == [5, None]
     assert math.isnan(body.bodies[0]["x"]) and body.bodies[1] == {"lr": 0.1}
 

@@ -20,6 +20,10 @@ from traintape.commands.history import (
     _cmd_tail,
 )
 from traintape.commands.output import format_duration, print_rows
+from traintape.schemas.events import RUN_STATUSES
+
+RUN_STATUSES_SHOWN = ("running", *RUN_STATUSES)
+"""What `runs.status` can say: `running` until a run_end, then a run_end status."""
 
 __all__ = ["build_parser", "format_duration", "main", "print_rows"]
 
@@ -30,6 +34,13 @@ def _store_arg(p: argparse.ArgumentParser) -> None:
         default=None,
         help="store folder (default: $TRAINTAPE_STORE, else ./traintape-store)",
     )
+
+
+def _run_filter_args(p: argparse.ArgumentParser) -> None:
+    """Which runs a listing covers: the same three filters for runs, best and importance."""
+    p.add_argument("--project", help="only runs of this project")
+    p.add_argument("--status", choices=RUN_STATUSES_SHOWN, help="only runs in this state")
+    p.add_argument("--tag", help="only runs carrying this tag")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,9 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("runs", help="one line per run: status, duration, steps, last metrics")
     _store_arg(p)
-    p.add_argument("--project")
-    p.add_argument("--status", choices=("running", "completed", "failed", "killed"))
-    p.add_argument("--tag")
+    _run_filter_args(p)
     p.add_argument("--format", choices=("table", "csv", "json"), default="table")
     p.set_defaults(func=_cmd_runs)
 
@@ -158,9 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     _store_arg(p)
     p.add_argument("--metric", required=True)
     p.add_argument("--mode", choices=("min", "max"), default="min")
-    p.add_argument("--project")
-    p.add_argument("--status", choices=("running", "completed", "failed", "killed"))
-    p.add_argument("--tag")
+    _run_filter_args(p)
     p.add_argument("--top", type=int, default=10, help="rows to list (default 10)")
     p.add_argument("--format", choices=("table", "csv", "json"), default="table")
     p.set_defaults(func=_cmd_best)
@@ -169,9 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     _store_arg(p)
     p.add_argument("--metric", required=True)
     p.add_argument("--mode", choices=("min", "max"), default="min")
-    p.add_argument("--project")
-    p.add_argument("--status", choices=("running", "completed", "failed", "killed"))
-    p.add_argument("--tag")
+    _run_filter_args(p)
     p.add_argument("--format", choices=("table", "csv", "json"), default="table")
     p.set_defaults(func=_cmd_importance)
 
