@@ -25,7 +25,9 @@ def main() -> int:
     env = {**os.environ, "TRAINTAPE_STORE": str(store), "OMP_NUM_THREADS": "1"}
 
     print(f"[demo] starting the collector on {store}", flush=True)
-    collector = subprocess.Popen([sys.executable, "-m", "traintape.collector", "serve", "--store", str(store)], env=env)
+    collector = subprocess.Popen(
+        [sys.executable, "-m", "traintape.collector", "serve", "--store", str(store)], env=env
+    )
     try:
         status = store / "state" / "collector.json"
         deadline = time.monotonic() + 30
@@ -35,8 +37,17 @@ def main() -> int:
                 return 1
             time.sleep(0.05)
         print("[demo] training 2 CPU ranks under torchrun (gloo)", flush=True)
-        train = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                 str(HERE / "ddp_train.py"), "--steps", str(args.steps)]
+        train = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            str(HERE / "ddp_train.py"),
+            "--steps",
+            str(args.steps),
+        ]
         subprocess.run(train, env=env, check=True)
     finally:
         print("[demo] stopping the collector (SIGTERM: it flushes everything first)", flush=True)
@@ -58,7 +69,9 @@ def main() -> int:
 
     print_rows([d[0] for d in cur.description], cur.fetchall())
     print(f"\n[demo] explore it: .venv/bin/traintape runs --store {store}")
-    print(f'[demo]             .venv/bin/traintape query "SELECT * FROM metrics LIMIT 5" --store {store}')
+    print(
+        f'[demo]             .venv/bin/traintape query "SELECT * FROM metrics LIMIT 5" --store {store}'
+    )
     return 0
 
 

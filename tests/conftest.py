@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -19,6 +20,29 @@ from traintape.paths import default_address
 REPO = Path(__file__).resolve().parents[1]
 WORKER = REPO / "tests" / "workers" / "log_steps.py"
 """A training-process stand-in logging deterministic values (see its docstring)."""
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (for torchrun's rendezvous, an mlflow server)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun_argv(script: Path, *args: object, nproc: int = 2) -> list[str]:
+    """`torchrun --standalone` of `script` with `nproc` ranks on a free port."""
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        str(nproc),
+        "--master-port",
+        str(free_port()),
+        str(script),
+        *map(str, args),
+    ]
 
 
 def worker_argv(store: Path, *args: object) -> list[str]:

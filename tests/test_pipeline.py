@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import socket
 import struct
 import subprocess
 import sys
@@ -15,7 +14,15 @@ from pathlib import Path
 import pytest
 import zmq
 
-from tests.conftest import REPO, WORKER, CollectorProcess, query, wait_for, worker_argv
+from tests.conftest import (
+    REPO,
+    WORKER,
+    CollectorProcess,
+    query,
+    torchrun_argv,
+    wait_for,
+    worker_argv,
+)
 from tests.workers.log_steps import expected_value
 
 
@@ -63,12 +70,6 @@ def _assert_exact(store: Path, run_id: str, ranks: int, steps: int, metrics: int
     assert dupes == [(0,)]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_torchrun_two_ranks_store_every_value_bit_exact(
     store: Path, collector: CollectorProcess
@@ -76,22 +77,7 @@ def test_torchrun_two_ranks_store_every_value_bit_exact(
     """A 2-rank torchrun/gloo run of 5,000 steps x 10 metrics per rank stores exactly 100,000 rows, bit-exact."""
     env = {**os.environ, "TRAINTAPE_RUN_ID": "ddp-e2e", "OMP_NUM_THREADS": "1"}
     subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc-per-node",
-            "2",
-            "--master-port",
-            str(_free_port()),
-            str(WORKER),
-            "--store",
-            str(store),
-            "--steps",
-            "5000",
-            "--dist",
-        ],
+        torchrun_argv(WORKER, "--store", store, "--steps", 5000, "--dist"),
         cwd=REPO,
         env=env,
         check=True,

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import math
+import os
+import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from tests.conftest import CollectorProcess, query, wait_for
+from tests.conftest import REPO, CollectorProcess, query, torchrun_argv, wait_for
 from traintape import emitter
 from traintape.emitter.deferred import DeferredValues, _Pending
 from traintape.schemas.events import METRICS
@@ -145,6 +147,63 @@ def test_watch_logs_global_norm_and_nonfinite_counts(
         run.run_id,
     )
     assert hist == [(2 * 8, 64)]
+
+
+def test_watch_keeps_logging_after_a_backward_pass_that_raised(
+    store: Path, collector: CollectorProcess
+) -> None:
+    """A backward pass that fails midway runs no callbacks; the next passes are still watched."""
+    run = emitter.init(project="t", store=store)
+    model = _tiny_model()
+    emitter.watch(model, every=1)
+    x = torch.randn(16, 4)
+    hidden = model[1](model[0](x))
+    hidden.register_hook(lambda g: (_ for _ in ()).throw(RuntimeError("boom")))
+    with pytest.raises(RuntimeError, match="boom"):
+        model[2](hidden).pow(2).mean().backward()  # the last layer's grads came first
+    for step in range(2):
+        model.zero_grad()
+        model(x).pow(2).mean().backward()
+        emitter.log({"loss": 0.0}, step=step)
+    emitter.finish()
+    wait_for(
+        store,
+        "SELECT list(step ORDER BY step) FROM metrics "
+        f"WHERE run_id = '{run.run_id}' AND key = 'grad/global_norm'",
+        [0, 1],
+    )
+
+
+def test_watch_under_ddp_reads_gradients_after_the_all_reduce(
+    store: Path, collector: CollectorProcess
+) -> None:
+    """2 ranks, different data: watch()'s norms are those of the averaged gradients, equal on
+    both ranks and to what the training code reads after backward()."""
+    subprocess.run(
+        torchrun_argv(REPO / "tests" / "workers" / "ddp_watch.py", "--store", store),
+        cwd=REPO,
+        env={**os.environ, "TRAINTAPE_RUN_ID": "ddp-watch", "OMP_NUM_THREADS": "1"},
+        check=True,
+        timeout=300,
+        capture_output=True,
+    )
+    wait_for(
+        store,
+        "SELECT count(*) FROM metrics WHERE run_id = 'ddp-watch' AND key IN "
+        "('grad/global_norm', 'expected/global_norm')",
+        2 * 2 * 4,
+    )
+    rows = query(
+        store,
+        "SELECT rank, step, max(value) FILTER (key = 'grad/global_norm'), "
+        "max(value) FILTER (key = 'expected/global_norm') FROM metrics "
+        "WHERE run_id = 'ddp-watch' GROUP BY ALL ORDER BY step, rank",
+    )
+    assert [r[:2] for r in rows] == [(rank, step) for step in range(4) for rank in range(2)]
+    for rank, step, watched, expected in rows:
+        assert watched == pytest.approx(expected, rel=1e-6), (rank, step)  # float32 norms
+    for step in range(4):
+        assert rows[2 * step][2] == pytest.approx(rows[2 * step + 1][2], rel=1e-9)
 
 
 @cuda

@@ -267,9 +267,9 @@ class Emitter:
         self, model: Any, every: int = 1, per_layer: bool = False, histograms: bool = False
     ) -> Any:
         """Logs gradient norms and NaN/Inf counts of `model` every `every` backward passes,
-        computed on its device without a sync (see traintape.emitter.watch). Returns the watcher;
+        computed on its device without a sync (see traintape.emitter.gradients). Returns the watcher;
         `.remove()` stops it."""
-        from traintape.emitter.watch import GradientWatcher
+        from traintape.emitter.gradients import GradientWatcher
 
         watcher = GradientWatcher(self, model, every, per_layer, histograms)
         self._watchers.append(watcher)

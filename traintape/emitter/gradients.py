@@ -1,7 +1,10 @@
 """`emitter.watch(model)`: training-health metrics computed on the device, logged without a sync.
 
+(Not named watch.py: importing a submodule sets the package attribute of its name, and
+`traintape.emitter.watch` must stay the function.)
+
 At the end of every `every`-th backward pass (an autograd engine callback, so the gradients are
-complete, after DDP's all-reduce) it logs, at the emitter's current step:
+complete and, under DDP, averaged) it logs, at the emitter's current step:
 
     grad/global_norm        L2 norm of all gradients (fused `_foreach_norm`)
     grad/nonfinite          count of NaN/Inf gradient elements
@@ -37,19 +40,26 @@ class GradientWatcher:
             msg = "watch(): the model has no parameters that require grad"
             raise ValueError(msg)
         self.backward_passes = 0
-        self._queued = False
+        self._queued_for: object = _NOT_QUEUED  # the backward pass a callback is queued for
         self._handles = [p.register_hook(self._on_grad) for _, p in self.params]
 
     def _on_grad(self, grad: Any) -> None:
         # The first gradient of a backward pass queues one callback for the end of that pass.
-        if not self._queued:
-            from torch.autograd import Variable
+        # Keyed by the pass, not a flag: a pass that raised never runs its callbacks.
+        task = _graph_task_id()
+        if task != self._queued_for:
+            self._queued_for = task
+            _queue_callback(self._after_other_callbacks)
 
-            self._queued = True
-            Variable._execution_engine.queue_callback(self._on_backward_end)
+    def _after_other_callbacks(self) -> None:
+        # DDP queues its finalize_backward (wait for the all-reduces, copy the averaged buckets
+        # into .grad) once all its buckets are ready: after this callback was queued. Callbacks
+        # queued while callbacks run go to the end of the list, so queueing once more puts the
+        # reading after DDP's, and after any other hook's that queued during the pass.
+        _queue_callback(self._on_backward_end)
 
     def _on_backward_end(self) -> None:
-        self._queued = False
+        self._queued_for = _NOT_QUEUED
         self.backward_passes += 1
         if (self.backward_passes - 1) % self.every == 0:
             self.log_stats()
@@ -111,6 +121,23 @@ class GradientWatcher:
         for handle in self._handles:
             handle.remove()
         self._handles = []
+
+
+_NOT_QUEUED = object()
+
+
+def _graph_task_id() -> int | None:
+    """Which backward pass is running (None on a torch without this private function)."""
+    import torch
+
+    get = getattr(torch._C, "_current_graph_task_id", None)
+    return get() if get is not None else None
+
+
+def _queue_callback(callback: Any) -> None:
+    from torch.autograd import Variable
+
+    Variable._execution_engine.queue_callback(callback)
 
 
 def _now() -> int:
