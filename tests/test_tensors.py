@@ -13,7 +13,7 @@ import torch
 
 from tests.conftest import REPO, CollectorProcess, query, torchrun_argv, wait_for
 from traintape import emitter
-from traintape.emitter.deferred import DeferredValues, _Pending
+from traintape.emitter.deferred import DeferredValues, _Pending, _Slot
 from traintape.schemas.events import METRICS
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU")
@@ -32,6 +32,7 @@ def test_cpu_tensors_numpy_scalars_and_numbers_land_with_values_and_steps(
                 "bf16": torch.tensor(2.0, dtype=torch.bfloat16),
                 "grad": torch.tensor(3.0, requires_grad=True) * 2,
                 "np": np.float32(step),
+                "i64": torch.tensor(step, dtype=torch.int64),
                 "n": step,
             },
             step=10 + step,
@@ -39,7 +40,7 @@ def test_cpu_tensors_numpy_scalars_and_numbers_land_with_values_and_steps(
     with pytest.raises(TypeError, match="'vec'"):
         emitter.log({"vec": torch.ones(3), "ok": 1.0})
     emitter.finish()
-    wait_for(store, f"SELECT count(*) FROM metrics WHERE run_id = '{run.run_id}'", 18)
+    wait_for(store, f"SELECT count(*) FROM metrics WHERE run_id = '{run.run_id}'", 21)
     rows = query(
         store,
         "SELECT step, key, value FROM metrics WHERE run_id = ? ORDER BY step, key",
@@ -54,6 +55,7 @@ def test_cpu_tensors_numpy_scalars_and_numbers_land_with_values_and_steps(
             "bf16": 2.0,
             "grad": 6.0,
             "np": float(s),
+            "i64": float(s),
             "n": float(s),
         }.items()
     )
@@ -76,9 +78,11 @@ def test_deferred_values_emit_in_order_once_ready_with_their_step_and_time() -> 
     emitted: list[tuple[int, int | None, dict[str, float], int]] = []
     dv = DeferredValues(lambda kind, step, body, ts: emitted.append((kind, step, body, ts)))
     events = [_FakeEvent() for _ in range(3)]
+    key = (1, torch.float32, torch.device("cpu"))
     for i, ev in enumerate(events):
-        host = torch.tensor([float(i)], dtype=torch.float64)
-        dv._queue.append(_Pending(100 + i, i, METRICS, lambda v: {"x": v[0]}, host, host, ev))
+        host = torch.tensor([float(i)], dtype=torch.float32)
+        slot = _Slot(host, ev, key)
+        dv._queue.append(_Pending(100 + i, i, METRICS, lambda v: {"x": v[0]}, slot, host))
     assert dv.poll() == 0
     events[1].done = True
     assert dv.poll() == 0  # the head is not ready: order is kept
@@ -87,6 +91,7 @@ def test_deferred_values_emit_in_order_once_ready_with_their_step_and_time() -> 
     assert emitted == [(METRICS, 0, {"x": 0.0}, 100), (METRICS, 1, {"x": 1.0}, 101)]
     assert dv.poll(wait=True) == 1 and emitted[-1] == (METRICS, 2, {"x": 2.0}, 102)
     assert len(dv) == 0
+    assert len(dv._free[key]) == 3  # each buffer and event is reused once read
 
 
 def _tiny_model() -> torch.nn.Module:

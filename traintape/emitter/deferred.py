@@ -1,11 +1,12 @@
 """Tensor values that must not stall the GPU: copied to pinned host memory behind a CUDA event.
 
 `emitter.log({"loss": loss})` with a CUDA tensor must not call `.item()` (a device sync that
-drains the GPU pipeline, which W&B, MLflow and TensorBoard all do). Instead the values are cast to
-float64 on the device, stacked, and copied `non_blocking` into a reused pinned buffer; a CUDA event
-recorded after the copy says when the host can read them. Completed entries are emitted, in
-order, with the step and timestamp of the `log` call: from later `log` calls, from the emitter's
-keeper thread, and (waiting on the events) from `finish()`.
+drains the GPU pipeline, which W&B, MLflow and TensorBoard all do). Instead the values are copied
+`non_blocking`, in their own dtype, into a reused pinned buffer, and a reused CUDA event recorded
+after the copy says when the host can read them. For one loss that is one asynchronous copy and
+no kernel. Completed entries are emitted, in order, with the step and timestamp of the `log`
+call: from later `log` calls, from the emitter's keeper thread, and (waiting on the events) from
+`finish()`.
 
 CPU tensors are read at once (that is no device sync). Tensors on other devices (MPS, XLA) are
 read with `.tolist()`, which does synchronise: said here so nobody is surprised.
@@ -35,14 +36,22 @@ def is_tensor(value: Any) -> bool:
 
 
 @dataclass(slots=True)
+class _Slot:
+    """A pinned host buffer and the event that says when the copy into it has landed."""
+
+    host: Any
+    event: Any
+    key: tuple[int, Any, Any]  # (numel, dtype, device): what it can be reused for
+
+
+@dataclass(slots=True)
 class _Pending:
     ts: int
     step: int | None
     kind: int
     build: Build
-    host: Any  # pinned CPU tensor the values land in
+    slot: _Slot
     device_values: Any  # kept alive until the copy completed
-    event: Any
 
 
 class DeferredValues:
@@ -50,34 +59,31 @@ class DeferredValues:
         self._emit = emit
         self._queue: deque[_Pending] = deque()
         self._lock = threading.Lock()
-        self._pool: dict[int, list[Any]] = {}
+        self._free: dict[tuple[int, Any, Any], list[_Slot]] = {}
 
     def __len__(self) -> int:
         return len(self._queue)
 
     def add(self, ts: int, step: int | None, kind: int, values: Any, build: Build) -> None:
         """Emits `build(values)` once the 1-D tensor `values` can be read without a sync."""
-        device = values.device.type
-        if device == "cpu":
-            self._emit(kind, step, build(values.detach().double().tolist()), ts)
-            return
-        if device != "cuda":
-            self._emit(kind, step, build(values.detach().double().tolist()), ts)
+        values = values.detach()
+        if values.device.type != "cuda":
+            self._emit(kind, step, build(_floats(values.tolist())), ts)
             return
         torch = torch_module()
         assert torch is not None
-        device_values = values.detach().to(torch.float64)
-        host = self._buffer(device_values.numel(), torch)
-        host.copy_(device_values, non_blocking=True)
-        event = torch.cuda.Event()
-        event.record(torch.cuda.current_stream(device_values.device))
-        self._queue.append(_Pending(ts, step, kind, build, host, device_values, event))
+        slot = self._slot((values.numel(), values.dtype, values.device), torch)
+        slot.host.copy_(values, non_blocking=True)
+        slot.event.record(torch.cuda.current_stream(values.device))
+        self._queue.append(_Pending(ts, step, kind, build, slot, values))
 
-    def _buffer(self, n: int, torch: Any) -> Any:
-        free = self._pool.get(n)
+    def _slot(self, key: tuple[int, Any, Any], torch: Any) -> _Slot:
+        free = self._free.get(key)
         if free:
             return free.pop()
-        return torch.empty(n, dtype=torch.float64, pin_memory=True)
+        # An event belongs to the device it was first recorded on: slots are kept per device.
+        host = torch.empty(key[0], dtype=key[1], pin_memory=True)
+        return _Slot(host, torch.cuda.Event(), key)
 
     def poll(self, wait: bool = False) -> int:
         """Emits every entry whose copy has completed (all of them, waiting, with `wait`)."""
@@ -89,12 +95,12 @@ class DeferredValues:
             while queue:
                 head = queue[0]
                 if wait:
-                    head.event.synchronize()
-                elif not head.event.query():
+                    head.slot.event.synchronize()
+                elif not head.slot.event.query():
                     break
                 queue.popleft()
-                values = head.host.tolist()
-                self._pool.setdefault(len(values), []).append(head.host)
+                values = _floats(head.slot.host.tolist())
+                self._free.setdefault(head.slot.key, []).append(head.slot)
                 self._emit(head.kind, head.step, head.build(values), head.ts)
                 emitted += 1
         finally:
@@ -102,8 +108,16 @@ class DeferredValues:
         return emitted
 
 
+def _floats(values: list[Any]) -> list[float]:
+    # Integer and bool tensors are numbers too; metrics are stored as doubles.
+    return [float(v) for v in values]
+
+
 def split_tensors(metrics: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Separates one-element tensors from the other values; TypeError for bigger tensors."""
+    """Separates one-element device tensors from the other values; TypeError for bigger tensors.
+
+    A CPU tensor is read here (`.item()` waits on no device) and goes with the plain values.
+    """
     plain: dict[str, Any] = {}
     tensors: dict[str, Any] = {}
     for key, value in metrics.items():
@@ -116,7 +130,10 @@ def split_tensors(metrics: dict[str, Any]) -> tuple[dict[str, Any], dict[str, An
             if value.is_complex():
                 msg = f"metric {key!r}: complex tensors are not numbers traintape stores"
                 raise TypeError(msg)
-            tensors[key] = value
+            if value.device.type == "cpu":
+                plain[key] = value.item()
+            else:
+                tensors[key] = value
         else:
             plain[key] = value
     return plain, tensors

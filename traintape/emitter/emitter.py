@@ -236,8 +236,12 @@ class Emitter:
         for key, value in tensors.items():
             by_device.setdefault(value.device, []).append(key)
         for keys in by_device.values():
-            stacked = torch.stack([tensors[k].detach().reshape(()).to(torch.float64) for k in keys])
-            self._deferred.add(ts, step, METRICS, stacked, _metrics_builder(keys))
+            group = [tensors[k].detach().reshape(()) for k in keys]
+            if len({t.dtype for t in group}) > 1:  # no promotion to a dtype that loses values
+                group = [t.to(torch.float64) for t in group]
+            # One tensor (the usual loss) is a view: no kernel, only the copy to the host.
+            values = group[0].reshape(1) if len(group) == 1 else torch.stack(group)
+            self._deferred.add(ts, step, METRICS, values, _metrics_builder(keys))
 
     # -- the other event kinds -------------------------------------------------------------
 
