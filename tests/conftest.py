@@ -72,9 +72,10 @@ def start_ranks(
 class CollectorProcess:
     """A `traintape serve` subprocess on `store`; stop() is SIGTERM, kill() is SIGKILL."""
 
-    def __init__(self, store: Path, *extra: str) -> None:
+    def __init__(self, store: Path, *extra: str, env: dict[str, str] | None = None) -> None:
         self.store = store
         self.extra = extra
+        self.env = env  # the whole environment of the process; None: this one's
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = store.parent / f"{store.name}-collector.log"
 
@@ -102,6 +103,7 @@ class CollectorProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=self.store.parent,  # whatever a backend writes to its cwd stays out of the repo
+                env=self.env,
             )
         if wait:
             deadline = time.monotonic() + 30

@@ -263,6 +263,56 @@ def test_collector_samples_cpu_and_ram_without_a_driver_and_joins_runs(tmp_path:
         coll.close()
 
 
+def test_nvml_samples_per_gpu_and_per_rank_process_memory(tmp_path: Path) -> None:
+    """Through a stand-in pynvml (tests/fakes) in a real collector: GPU readings land in the
+    system view, and a process's GPU memory is joined to the rank whose pid it is."""
+    store = tmp_path / "store"
+    fakes = str(REPO / "tests" / "fakes")
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([fakes, os.environ.get("PYTHONPATH", "")]),
+        "FAKE_NVML_PIDS": f"{os.getpid()},4194300",  # this process (rank 0) and a stranger
+    }
+    coll = CollectorProcess(store, "--system-interval", "0.2", env=env).start()
+    try:
+        run = emitter.init(project="nvml", store=store)
+        wait_for(
+            store,
+            f"SELECT count(*) > 0 FROM system WHERE device = 'pid{os.getpid()}' "
+            f"AND run_id = '{run.run_id}' AND key = 'gpu_mem_bytes'",
+            True,
+        )
+        emitter.finish()
+        gpu = dict(
+            query(store, "SELECT key, max(value) FROM system WHERE device = 'gpu0' GROUP BY key")
+        )
+        assert gpu == {
+            "util_percent": 87.0,
+            "mem_used_bytes": 30.0 * 2**30,
+            "mem_total_bytes": 80.0 * 2**30,
+            "temperature_c": 61.0,
+            "sm_clock_mhz": 1980.0,
+            "mem_clock_mhz": 2619.0,
+        }  # no power_w: this board reports none, and that is no error
+        ours = query(
+            store,
+            "SELECT DISTINCT run_id, rank, key, value FROM system "
+            "WHERE device = ? AND run_id IS NOT NULL ORDER BY key",  # NULL: sampled before init
+            f"pid{os.getpid()}",
+        )
+        assert ours == [
+            (run.run_id, 0, "gpu_index", 0.0),
+            (run.run_id, 0, "gpu_mem_bytes", float(2**30)),
+        ]
+        stranger = query(
+            store, "SELECT DISTINCT run_id, rank FROM system WHERE device = 'pid4194300'"
+        )
+        assert stranger == [(None, None)]
+        assert "sampling failed" not in coll.log.read_text()
+    finally:
+        coll.close()
+
+
 def test_environment_is_recorded_at_init(store: Path, collector: CollectorProcess) -> None:
     """host, pid, argv, Python, torch versions, git state and a config hash are in the run."""
     run = emitter.init(project="env", config={"lr": 0.1}, store=store)

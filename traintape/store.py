@@ -12,7 +12,7 @@ Views
     events           every event but metric values: kind, body (JSON text)
     checkpoints      one row per checkpoint event: action (saved, deleted, failed), path, bytes,
                      sha256, metrics, blocked_s, write_s, is_best, error, monitor, mode, reason
-    system           system samples: host, device, key, value
+    system           system samples: host, device, key, value, run_id, rank
     attempts         one row per (run_id, rank, attempt): source, started
 """
 
@@ -59,21 +59,37 @@ def view_sql(store: Path) -> list[str]:
                    max(ts)::TIMESTAMPTZ AS ts
             FROM {p} GROUP BY run_id, key""",
         # System samples are the collector's, per host; each is joined to the runs that were
-        # active on that host at that moment (a sample with no run active has run_id NULL).
+        # active on that host at that moment (a sample with no run active has run_id NULL). A
+        # process's GPU memory (device pid<N>) is joined to the rank whose run_start has that pid
+        # on that host, within that run's lifetime (pids are reused).
         f"""CREATE OR REPLACE VIEW system AS
             WITH starts AS (
-                SELECT run_id, json_extract_string(body, '$.environment.host') AS host,
-                       min(ts) AS started
-                FROM events WHERE kind = 'run_start' GROUP BY ALL),
+                SELECT run_id, rank, json_extract_string(body, '$.environment.host') AS host,
+                       'pid' || json_extract_string(body, '$.environment.pid') AS pid_device,
+                       ts AS started
+                FROM events WHERE kind = 'run_start'),
+            ends AS (SELECT run_id, max(ts) AS ended FROM events WHERE kind = 'run_end' GROUP BY ALL),
             active AS (
-                SELECT s.run_id, s.host, s.started,
-                       (SELECT max(e.ts) FROM events e
-                        WHERE e.kind = 'run_end' AND e.run_id = s.run_id) AS ended
-                FROM starts s)
-            SELECT s.ts::TIMESTAMPTZ AS ts, s.host, s.device, s.key, s.value, a.run_id
-            FROM {s} s LEFT JOIN active a
-              ON a.host = s.host AND s.ts::TIMESTAMPTZ >= a.started
-             AND (a.ended IS NULL OR s.ts::TIMESTAMPTZ <= a.ended)""",
+                SELECT s.run_id, s.host, min(s.started) AS started, any_value(e.ended) AS ended
+                FROM starts s LEFT JOIN ends e USING (run_id) GROUP BY ALL),
+            ranks AS (
+                SELECT s.run_id, s.rank, s.host, s.pid_device, s.started, e.ended
+                FROM starts s LEFT JOIN ends e USING (run_id)),
+            samples AS (
+                SELECT ts::TIMESTAMPTZ AS ts, host, device, key, value,
+                       starts_with(device, 'pid') AS per_process
+                FROM {s})
+            SELECT s.ts, s.host, s.device, s.key, s.value, a.run_id, NULL::INTEGER AS rank
+            FROM samples s LEFT JOIN active a
+              ON NOT s.per_process AND a.host = s.host AND s.ts >= a.started
+             AND (a.ended IS NULL OR s.ts <= a.ended)
+            WHERE NOT s.per_process
+            UNION ALL
+            SELECT s.ts, s.host, s.device, s.key, s.value, r.run_id, r.rank
+            FROM samples s LEFT JOIN ranks r
+              ON s.per_process AND r.host = s.host AND r.pid_device = s.device
+             AND s.ts >= r.started AND (r.ended IS NULL OR s.ts <= r.ended)
+            WHERE s.per_process""",
         """CREATE OR REPLACE VIEW checkpoints AS
            SELECT e.run_id, e.rank, e.step, e.ts,
                   json_extract_string(e.body, '$.path') AS path,

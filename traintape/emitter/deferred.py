@@ -82,7 +82,10 @@ class DeferredValues:
         if free:
             return free.pop()
         # An event belongs to the device it was first recorded on: slots are kept per device.
-        host = torch.empty(key[0], dtype=key[1], pin_memory=True)
+        try:
+            host = torch.empty(key[0], dtype=key[1], pin_memory=True)
+        except RuntimeError:  # pinned memory exhausted: a pageable copy waits, but still works
+            host = torch.empty(key[0], dtype=key[1])
         return _Slot(host, torch.cuda.Event(), key)
 
     def poll(self, wait: bool = False) -> int:
