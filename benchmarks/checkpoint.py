@@ -26,13 +26,9 @@ file goes to a temporary folder (`--dir` to choose where) that is removed afterw
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import shutil
-import signal
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 import warnings
@@ -41,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from collector_process import Collector
 
 from traintape import CheckpointPolicy, emitter
 
@@ -81,36 +78,6 @@ def make_state(nbytes: int) -> dict[str, Any]:
 def tensors(state: dict[str, Any]) -> list[torch.Tensor]:
     moments = [t for s in state["optim"]["state"].values() for t in s.values()]
     return [*state["model"].values(), *moments]
-
-
-class Collector:
-    """A `traintape serve` subprocess on a temporary store; stopped with SIGTERM."""
-
-    def __init__(self, store: Path) -> None:
-        self.store = store
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def __enter__(self) -> Collector:
-        self.store.mkdir(parents=True)
-        log = open(self.store.parent / "collector.log", "wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "traintape.collector", "serve", "--store", str(self.store)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        status = self.store / "state" / "collector.json"
-        deadline = time.monotonic() + 60
-        while not status.exists():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                msg = "the collector did not start; see collector.log"
-                raise RuntimeError(msg)
-            time.sleep(0.05)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(120)
 
 
 # -- one measurement per method: returns (blocked s, total s) ----------------------------------
@@ -209,10 +176,11 @@ def report(size: int, count: int, results: dict[str, list[tuple[float, float]]])
             f" {total[name] * 1e3:8.1f} {med[name] / copy_s:13.2f} {med[name] / save_s:19.3f}"
         )
     ours = med["traintape save_checkpoint"]
+    dcp = med.get("dcp.async_save")
     print(
         f"traintape blocked (medians): {ours / copy_s:.2f}x the bare copy (target <= 1.2), "
         f"{ours / save_s:.1%} of torch.save (target <= 10 % at 1 GB); "
-        f"dcp.async_save blocks {med.get('dcp.async_save', math.nan) / ours:.2f}x as long"
+        + (f"dcp.async_save blocks {dcp / ours:.2f}x as long" if dcp else "dcp.async_save not run")
     )
 
 

@@ -29,7 +29,6 @@ import logging
 import math
 import os
 import platform
-import signal
 import statistics
 import subprocess
 import sys
@@ -43,6 +42,8 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from collector_process import Collector
 
 N_FLOATS = 10
 LogFn = Callable[..., Any]
@@ -77,43 +78,6 @@ def progress(msg: str) -> None:
 
 
 # -- the collector and the tools, each as a session that yields its log function --------------
-
-
-class Collector:
-    """A `traintape serve` subprocess on `store`; leaving the block sends SIGTERM (SIGKILL if hung)."""
-
-    def __init__(self, store: Path) -> None:
-        self.store = store
-        self.log_path = store.parent / f"{store.name}-collector.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def __enter__(self) -> Collector:
-        self.store.mkdir(parents=True, exist_ok=True)
-        status = self.store / "state" / "collector.json"
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "traintape.collector", "serve", "--store", str(self.store)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + 60
-        while not status.exists():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.__exit__()
-                msg = f"collector did not start: {self.log_path.read_text()}"
-                raise RuntimeError(msg)
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(120)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
 
 
 @dataclass

@@ -30,7 +30,6 @@ import json
 import os
 import random
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -38,6 +37,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from collector_process import Collector
 
 REPO = Path(__file__).resolve().parents[1]
 SINKS = ("tensorboard", "mlflow", "wandb")
@@ -148,56 +149,6 @@ def run_workers(mode: str, folder: Path, procs: int, steps: int, metrics: int) -
                 child.wait(10)
 
 
-# -- the collector ----------------------------------------------------------------------------
-
-
-class Collector:
-    def __init__(self, store: Path, sinks: tuple[str, ...]) -> None:
-        self.store = store
-        self.status_path = store / "state" / "collector.json"
-        args = [
-            sys.executable,
-            "-m",
-            "traintape.collector",
-            "serve",
-            "--store",
-            str(store),
-            "--system-interval",
-            "0",
-        ]
-        for sink in sinks:
-            args += ["--sink", "wandb=offline" if sink == "wandb" else sink]
-        self.log = open(store.parent / f"{store.name}-collector.log", "wb")
-        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, cwd=REPO)
-        deadline = time.monotonic() + 60
-        while not self.status_path.exists():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                msg = f"collector did not start: {self.log.name}"
-                raise RuntimeError(msg)
-            time.sleep(0.05)
-
-    def status(self, newer_than: float = 0.0) -> dict[str, Any]:
-        """The collector's status file, waiting for one written after `newer_than` (time.time)."""
-        while True:
-            try:
-                status = json.loads(self.status_path.read_text())
-            except (OSError, ValueError):
-                status = {}
-            if status.get("updated", 0) > newer_than:
-                return status
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(120)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self.log.close()
-
-
 @dataclass
 class Result:
     mode: str
@@ -218,7 +169,10 @@ def measure_traintape(
 
     store = root / f"store-{'sinks' if sinks else 'plain'}-{procs}"
     store.mkdir(parents=True)
-    collector = Collector(store, sinks)
+    extra = ["--system-interval", "0"]
+    for sink in sinks:
+        extra += ["--sink", "wandb=offline" if sink == "wandb" else sink]
+    collector = Collector(store, *extra, cwd=REPO)
     try:
         reports = run_workers("traintape", store, procs, steps, metrics)
         t0 = min(r["t0"] for r in reports)

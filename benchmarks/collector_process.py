@@ -1,0 +1,65 @@
+"""The `traintape serve` process each benchmark runs beside what it measures (one copy for all).
+
+    with Collector(store, "--sink", "tensorboard") as collector:
+        ...
+        collector.status(newer_than=time.time())  # a status written after now
+
+Its output goes to <store>-collector.log beside the store; leaving the block (or stop()) sends
+SIGTERM and waits for the collector to drain, SIGKILL only if it hangs.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+
+class Collector:
+    def __init__(self, store: Path, *extra: str, cwd: Path | None = None) -> None:
+        self.store = store
+        self.status_path = store / "state" / "collector.json"
+        self.log_path = store.parent / f"{store.name}-collector.log"
+        store.mkdir(parents=True, exist_ok=True)
+        argv = [sys.executable, "-m", "traintape.collector", "serve", "--store", str(store)]
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [*argv, *extra], stdout=log, stderr=subprocess.STDOUT, cwd=cwd
+            )
+        deadline = time.monotonic() + 60
+        while not self.status_path.exists():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                msg = f"the collector did not start; its log:\n{self.log_path.read_text()}"
+                raise RuntimeError(msg)
+            time.sleep(0.02)
+
+    def __enter__(self) -> Collector:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def status(self, newer_than: float = 0.0) -> dict[str, Any]:
+        """The collector's status file, waiting for one written after `newer_than` (time.time)."""
+        while True:
+            try:
+                status = json.loads(self.status_path.read_text())
+            except (OSError, ValueError):
+                status = {}
+            if status.get("updated", 0) > newer_than:
+                return status
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(120)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
