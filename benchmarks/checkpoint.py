@@ -16,6 +16,11 @@ torch.save   plain `torch.save(state, path)`: the training thread is blocked thr
 dcp          `torch.distributed.checkpoint.async_save` (single process, default stager):
              blocked = until it returns; total = until its future is done.
 
+Then, for the largest size, what the background write costs a training loop that goes on
+beside it: a small MLP's steps/s alone and while traintape's writer thread runs (from the return
+of `save_checkpoint` until its handle resolves), on `--loop-threads` torch threads (default: all
+cores but one, leaving the writer a core, as a GPU job leaves its CPU cores mostly idle).
+
 Each save waits for the previous one to finish, so "blocked" is the cost of a save on its own,
 not of a save queued behind another (traintape then waits for a free snapshot slot). The state
 is a model's and an Adam optimizer's state_dicts of float32 tensors (see make_state).
@@ -157,6 +162,68 @@ def measure(
     return results, len(sources)
 
 
+def measure_beside(size: int, repeats: int, threads: int) -> None:
+    """Steps/s of an MLP loop alone vs while a checkpoint of `size` bytes is being written."""
+    state = make_state(size)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(512, 512), torch.nn.GELU(), torch.nn.Linear(512, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    x, y = torch.randn(80, 512), torch.randn(80, 1)
+
+    def step() -> None:
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    def steps_while(busy: Callable[[], bool]) -> tuple[float, float]:
+        n, t0 = 0, time.perf_counter()
+        while busy():
+            step()
+            n += 1
+        seconds = time.perf_counter() - t0
+        return n / seconds, seconds
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for _ in range(200):
+            step()
+        for i in range(2):  # warm-up: both snapshot slots allocated and faulted in
+            emitter.save_checkpoint(state, step=10_000 + i).result()
+        alone, during, writes, blocked = [], [], [], []
+        for r in range(repeats):
+            os.sync()
+            t0 = time.perf_counter()
+            handle = emitter.save_checkpoint(state, step=20_000 + r)
+            blocked.append(time.perf_counter() - t0)
+            rate, seconds = steps_while(lambda handle=handle: not handle.done())
+            during.append(rate)
+            writes.append(seconds)
+            handle.result()
+            os.sync()
+            end = time.perf_counter() + seconds  # the same length of time with no write
+            alone.append(steps_while(lambda end=end: time.perf_counter() < end)[0])
+    finally:
+        torch.set_num_threads(before)
+    med = statistics.median
+    print(
+        f"\n### A training loop beside the background write ({size / MB:,.0f} MiB state, "
+        f"{threads} torch thread(s), {repeats} rounds)\n"
+    )
+    print("| loop | median steps/s | worst | vs alone |")
+    print("|---|---:|---:|---:|")
+    print(f"| alone | {med(alone):,.0f} | {min(alone):,.0f} | |")
+    print(
+        f"| while traintape writes ({med(writes):.2f} s each) | {med(during):,.0f} | "
+        f"{min(during):,.0f} | {100 * (med(during) / med(alone) - 1):+.1f} % |"
+    )
+    print(
+        f"the loop was blocked {med(blocked) * 1e3:.1f} ms per save (the snapshot); a "
+        f"torch.save on the training thread would block it for the whole write"
+    )
+
+
 def report(size: int, count: int, results: dict[str, list[tuple[float, float]]]) -> None:
     blocked = {n: sorted(b for b, _ in v) for n, v in results.items()}
     med = {n: statistics.median(v) for n, v in blocked.items()}
@@ -190,6 +257,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="rounds per size (default 5)")
     parser.add_argument("--dir", help="where files are written (default: a temporary folder)")
     parser.add_argument("--no-dcp", action="store_true", help="leave out DCP async_save")
+    parser.add_argument(
+        "--loop-threads",
+        type=int,
+        default=max(1, (os.cpu_count() or 2) - 1),
+        help="torch threads of the loop beside a write (default: all cores but one)",
+    )
     args = parser.parse_args()
     sizes = [parse_size(s) for s in args.sizes.split(",")]
     warnings.filterwarnings("ignore")  # DCP warns that no process group is initialised
@@ -206,6 +279,7 @@ def main() -> None:
                 for size in sizes:
                     results, count = measure(size, args.repeats, root, not args.no_dcp)
                     report(size, count, results)
+                measure_beside(max(sizes), args.repeats, args.loop_threads)
             finally:
                 emitter.finish()
 
