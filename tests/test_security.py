@@ -3,21 +3,14 @@
 from __future__ import annotations
 
 import shutil
-import socket
 from pathlib import Path
 
 import pytest
 import zmq.auth
 
-from tests.conftest import CollectorProcess, query, wait_for
+from tests.conftest import CollectorProcess, free_port, query, wait_for
 from traintape import emitter
 from traintape.security import SecurityError, configure_client, is_remote_tcp
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _server_key(store: Path) -> str:
@@ -61,13 +54,20 @@ def test_a_remote_collector_without_a_key_is_a_clear_error(monkeypatch: pytest.M
         ctx.term()
 
 
+@pytest.mark.parametrize("how", ["flags", "yaml"])
 def test_curve_link_delivers_with_the_key_and_refuses_plain_text(
-    store: Path, monkeypatch: pytest.MonkeyPatch
+    store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
 ) -> None:
-    """With --curve, an emitter holding the server key delivers everything; one without it is
-    never answered (its events wait in the spool)."""
-    address = f"tcp://127.0.0.1:{_port()}"
-    coll = CollectorProcess(store, "--bind", address, "--curve", "--system-interval", "0").start()
+    """With --curve (or `curve: true` in the YAML file), an emitter holding the server key
+    delivers everything; one without it is never answered (its events wait in the spool)."""
+    address = f"tcp://127.0.0.1:{free_port()}"
+    if how == "flags":
+        args = ["--bind", address, "--curve", "--system-interval", "0"]
+    else:
+        config = tmp_path / "traintape.yaml"
+        config.write_text(f"bind: {address}\ncurve: true\nsystem_interval: 0\n")
+        args = ["--config", str(config)]
+    coll = CollectorProcess(store, *args).start()
     try:
         assert "TRAINTAPE_SERVER_KEY=" in coll.log.read_text()
         monkeypatch.setenv("TRAINTAPE_SERVER_KEY", _server_key(store))
@@ -91,7 +91,7 @@ def test_listed_clients_only(store: Path, tmp_path: Path, monkeypatch: pytest.Mo
     zmq.auth.create_certificates(str(certs), "stranger")
     (store / "keys" / "clients").mkdir(parents=True)
     shutil.copy(certs / "trainer.key", store / "keys" / "clients" / "trainer.key")
-    address = f"tcp://127.0.0.1:{_port()}"
+    address = f"tcp://127.0.0.1:{free_port()}"
     coll = CollectorProcess(store, "--bind", address, "--curve", "--system-interval", "0").start()
     try:
         monkeypatch.setenv("TRAINTAPE_SERVER_KEY", _server_key(store))

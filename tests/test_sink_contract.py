@@ -224,10 +224,26 @@ def test_yaml_file_with_env_overrides_and_cli_last(tmp_path: Path):
     assert by["mlflow"].options == {"tracking_uri": "http://x"}
 
 
+def test_yaml_serve_options_with_flags_over_them(tmp_path: Path):
+    """The file may set serve's options; a flag given on the command line wins."""
+    path = tmp_path / "traintape.yaml"
+    path.write_text(
+        "system_interval: 0.25\ncompact_settle: '5'\ncurve: yes\nmaterialize_interval: 2\n"
+    )
+    cfg = resolve([], path, environ={})
+    assert cfg.option("system_interval", None, 1.0) == 0.25
+    assert cfg.option("compact_settle", None, 30.0) == 5.0
+    assert cfg.option("curve", None, False) is True
+    assert cfg.option("allow_remote", None, False) is False  # not in the file: the default
+    assert cfg.option("materialize_interval", 0.1, 0.5) == 0.1  # --materialize-interval 0.1
+
+
 @pytest.mark.parametrize(
     ("yaml_text", "env", "error"),
     [
         ("sinks: {mlflow: {trackin_uri: x}}", {}, r"sinks\.mlflow\.trackin_uri: unknown option"),
+        ("curve: maybe", {}, r"curve: expected true or false"),
+        ("system_interval: often", {}, r"system_interval: expected a number"),
         ("sinks: {tensorboard: {ranks: avg}}", {}, r"sinks\.tensorboard\.ranks: ranks 'avg'"),
         ("sinks: {tensorboard: {batch_events: many}}", {}, r"batch_events: expected an integer"),
         ("sinks: {grafana: {}}", {}, r"sinks\.grafana: unknown sink type 'grafana'"),

@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--system-interval",
         type=float,
-        default=1.0,
+        default=None,
         metavar="S",
         help="seconds between CPU/RAM/GPU samples of this host (default 1; 0 turns them off)",
     )

@@ -23,22 +23,21 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         return 2
     store = resolve_store(args.store if args.store is not None else config.store)
     binds = args.bind or config.bind
+    # A store_true flag that is absent is False: then the file decides.
+    allow_remote = config.option("allow_remote", args.allow_remote or None, False)
     try:
         for address in binds or []:
-            check_bind_address(address, args.allow_remote)
+            check_bind_address(address, allow_remote)
     except CollectorError as exc:
         print(f"traintape serve: {exc}", file=sys.stderr)
         return 2
-    interval = args.materialize_interval
-    if interval is None:
-        interval = config.materialize_interval if config.materialize_interval is not None else 0.5
     return run(
         store,
         binds or None,
-        materialize_interval=interval,
-        system_interval=args.system_interval,
-        compact_settle=args.compact_settle,
-        curve=args.curve,
+        materialize_interval=config.option("materialize_interval", args.materialize_interval, 0.5),
+        system_interval=config.option("system_interval", args.system_interval, 1.0),
+        compact_settle=config.option("compact_settle", args.compact_settle, None),
+        curve=config.option("curve", args.curve or None, False),
         sinks=config.sinks,
     )
 

@@ -4,7 +4,9 @@ The YAML file (`traintape serve --config traintape.yaml`)::
 
     store: ./traintape-store          # optional, as --store
     bind: [ipc:///tmp/tt.sock]         # optional, as --bind
-    materialize_interval: 0.5          # optional, as --materialize-interval
+    materialize_interval: 0.5          # optional, as --materialize-interval; likewise
+    system_interval: 1.0               #   system_interval, compact_settle, curve (true: CURVE
+    curve: true                        #   on loopback tcp:// too) and allow_remote
     sinks:
       tensorboard:                     # a sink's name; its type too, unless `type:` says
         dir: ./tb-logs
@@ -46,7 +48,16 @@ SINK_TYPES: dict[str, str] = {
 }
 """Sink type -> its class, imported on demand (the modules import their backends lazily)."""
 
-TOP_LEVEL = ("store", "bind", "materialize_interval", "sinks")
+SERVE_OPTIONS: dict[str, type] = {
+    "materialize_interval": float,
+    "system_interval": float,
+    "compact_settle": float,
+    "curve": bool,
+    "allow_remote": bool,
+}
+"""`traintape serve` options a YAML file may set (its --flag of the same name overrides)."""
+
+TOP_LEVEL = ("store", "bind", *SERVE_OPTIONS, "sinks")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -84,7 +95,13 @@ class ServeConfig:
     sinks: list[SinkConfig] = field(default_factory=list)
     store: str | None = None
     bind: list[str] | None = None
-    materialize_interval: float | None = None
+    options: dict[str, Any] = field(default_factory=dict)  # SERVE_OPTIONS found in the file
+
+    def option(self, key: str, flag: Any, default: Any) -> Any:
+        """A serve option: the flag if given, else the file's value, else `default`."""
+        if flag is not None:
+            return flag
+        return self.options.get(key, default)
 
 
 def sink_class(type_name: str) -> type[Sink]:
@@ -196,10 +213,9 @@ def load_file(path: str | os.PathLike[str], entries: dict[str, _Entry]) -> Serve
             msg = f"{where}: bind: expected an address or a list of addresses"
             raise ConfigError(msg)
         serve.bind = binds
-    if data.get("materialize_interval") is not None:
-        serve.materialize_interval = _coerce(
-            data["materialize_interval"], float, f"{where}: materialize_interval"
-        )
+    for key, typ in SERVE_OPTIONS.items():
+        if data.get(key) is not None:
+            serve.options[key] = _coerce(data[key], typ, f"{where}: {key}")
     sinks = data.get("sinks") or {}
     if not isinstance(sinks, Mapping):
         msg = f"{where}: sinks: expected a mapping of sink name -> options"
