@@ -8,11 +8,11 @@ On the caller's thread (`CheckpointWriter.save`): take a free snapshot slot, cop
 `state` into that slot's CPU buffers (reused from save to save, keyed by the tensor's place in
 the state; pinned buffers and one stream sync for CUDA tensors, never a clone on the GPU), and
 rebuild the dicts, lists and tuples around them, so nothing the caller changes afterwards leaks
-into the file. Then queue the job and return.
+into the file (snapshot.py). Then queue the job and return.
 
 On the writer thread (`_write`): a temporary file in the destination folder (O_EXCL, flock'd
-while written) -> `torch.save` through a writer that hashes what it streams -> the slot is free
-again -> flush, fsync -> `os.replace` to the final name -> fsync of the folder -> manifest line
+while written) -> `torch.save` through a writer that hashes what it streams (checkpoint_files.py)
+-> the slot is free again -> flush, fsync -> `os.replace` to the final name -> fsync of the folder -> manifest line
 -> `checkpoint` event (action "saved") -> the handle resolves -> retention.
 
 In flight: the policy's `snapshots` slots (default 2) bound memory to that many copies of the
@@ -36,10 +36,7 @@ into a folder, each recorded as a "deleted" event with reason "leftover".
 
 from __future__ import annotations
 
-import copy
 import fcntl
-import hashlib
-import json
 import os
 import queue
 import re
@@ -54,8 +51,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from traintape.checkpoints import (
     CheckpointInfo,
     CheckpointPolicy,
@@ -64,7 +59,9 @@ from traintape.checkpoints import (
     select_for_deletion,
 )
 from traintape.durable import fsync_dir
+from traintape.emitter.checkpoint_files import HashingFile, Manifest
 from traintape.emitter.emitter import RunFinishedError, _check_step
+from traintape.emitter.snapshot import SnapshotSlot, Snapshotter
 from traintape.emitter.values import coerce_scalar
 from traintape.schemas.events import CHECKPOINT
 
@@ -72,7 +69,6 @@ SUFFIX = ".pt"
 TMP_NAME = re.compile(r"^\..+\.pt\.[0-9a-f]{8}\.tmp$")
 """`.<final name>.<8 hex>.tmp`: the temporary file of a write in progress (or of a crashed one)."""
 
-_IMMUTABLE = frozenset((type(None), bool, int, float, complex, str, bytes, range))
 _WRITE_BUFFER = 1 << 20
 _DELETE_POLL_S = 0.05
 
@@ -111,232 +107,13 @@ class CheckpointHandle:
         return f"<CheckpointHandle step {self.step} {state}>"
 
 
-# -- the snapshot (caller's thread) ----------------------------------------------------------
-
-
-class _Slot:
-    """One set of CPU buffers reused from save to save: place in the state -> (geometry, buffer,
-    pinned)."""
-
-    __slots__ = ("buffers",)
-
-    def __init__(self) -> None:
-        self.buffers: dict[tuple[Any, ...], tuple[tuple[Any, ...], Any, bool]] = {}
-
-
-class _Snapshotter:
-    """Copies one state into a slot: a real CPU copy of every tensor, fresh containers."""
-
-    def __init__(self, torch: Any, slot: _Slot) -> None:
-        self.torch = torch
-        self.slot = slot
-        self.old = slot.buffers
-        self.new: dict[tuple[Any, ...], tuple[tuple[Any, ...], Any, bool]] = {}
-        # Tensors that are views of the same memory (tied weights: state_dict() detaches each
-        # name separately) get one copy, so the file keeps them shared, as torch.save would.
-        self.shared: dict[int, tuple[tuple[Any, ...], Any]] = {}  # data_ptr -> (geometry, copy)
-        self.dst: list[Any] = []
-        self.src: list[Any] = []
-        self.streams: set[Any] = set()
-        self.immutable = _IMMUTABLE | {torch.dtype, torch.device, torch.layout, torch.Size}
-        self.tensor = torch.Tensor
-        self.parameter = torch.nn.Parameter
-        self.plain = (torch.Tensor, torch.nn.Parameter)
-        self.strided = torch.strided
-
-    def take(self, state: Any) -> Any:
-        torch = self.torch
-        with torch.no_grad():  # copy_ from tensors that require grad, without detach()
-            out = self._copy(state, ())
-            if self.dst:  # CPU tensors: one call copies them all, no Python loop per tensor
-                try:
-                    torch._foreach_copy_(self.dst, self.src)
-                except (AttributeError, RuntimeError, TypeError):
-                    for dst, src in zip(self.dst, self.src):
-                        dst.copy_(src)
-        for device in self.streams:  # device -> pinned copies were queued on these streams
-            torch.cuda.current_stream(device).synchronize()
-        self.slot.buffers = self.new  # buffers of places gone from the state are let go
-        return out
-
-    def _copy(self, obj: Any, path: tuple[Any, ...]) -> Any:
-        kind = type(obj)
-        if kind in self.immutable:
-            return obj
-        if isinstance(obj, self.tensor):
-            return self._tensor(obj, path)
-        if kind is dict:
-            return {k: self._copy(v, (*path, k)) for k, v in obj.items()}
-        if kind is list:
-            return [self._copy(v, (*path, i)) for i, v in enumerate(obj)]
-        if kind is tuple:
-            return tuple([self._copy(v, (*path, i)) for i, v in enumerate(obj)])
-        if isinstance(obj, dict):
-            new = copy.copy(obj)  # keeps the type and attributes (a state_dict's `_metadata`)
-            for k, v in obj.items():
-                new[k] = self._copy(v, (*path, k))
-            if getattr(obj, "__dict__", None):
-                new.__dict__.update(copy.deepcopy(obj.__dict__))
-            return new
-        if isinstance(obj, tuple):
-            items = [self._copy(v, (*path, i)) for i, v in enumerate(obj)]
-            return kind(*items) if hasattr(obj, "_fields") else kind(items)
-        if isinstance(obj, list):
-            new = copy.copy(obj)
-            new[:] = [self._copy(v, (*path, i)) for i, v in enumerate(obj)]
-            return new
-        if isinstance(obj, np.ndarray):
-            return obj.copy()
-        try:
-            return copy.deepcopy(obj)
-        except Exception:  # an object that cannot be copied is saved as it is when written
-            return obj
-
-    def _tensor(self, t: Any, path: tuple[Any, ...]) -> Any:
-        # This runs for every tensor (thousands with an optimizer's state): a few attribute
-        # reads and dict lookups; CPU copies are batched into one call at the end of take().
-        kind = type(t)
-        if (
-            kind not in self.plain
-            or t.layout is not self.strided
-            or t.is_meta
-            or t.is_quantized
-            or t.is_nested
-        ):
-            buf = _copy_other(t)
-        else:
-            cuda = t.is_cuda
-            geometry = (t.dtype, t.shape, t.stride(), cuda)
-            ptr = t.data_ptr()
-            seen = self.shared.get(ptr) if ptr else None
-            if seen is not None and seen[0] == geometry:
-                buf = seen[1]
-            else:
-                entry = self.old.get(path)
-                if entry is not None and entry[0] == geometry:
-                    buf, pinned = entry[1], entry[2]
-                else:
-                    buf, pinned = self._allocate(t, cuda)
-                self.new[path] = (geometry, buf, pinned)
-                self.shared[ptr] = (geometry, buf)
-                if cuda:
-                    buf.copy_(t, non_blocking=pinned)
-                    if pinned:
-                        self.streams.add(t.device)
-                else:
-                    self.dst.append(buf)
-                    self.src.append(t)
-        if kind is self.parameter:
-            return self.parameter(buf, requires_grad=t.requires_grad)
-        return buf
-
-    def _allocate(self, t: Any, cuda: bool) -> tuple[Any, bool]:
-        # empty_like keeps the strides of a dense tensor (channels_last stays a straight copy).
-        if cuda:
-            try:
-                return self.torch.empty_like(t, device="cpu", pin_memory=True), True
-            except RuntimeError:  # pinned memory exhausted or unavailable: pageable still works
-                pass
-        return self.torch.empty_like(t, device="cpu"), False
-
-
-def _copy_other(t: Any) -> Any:
-    """Sparse, quantized, nested or subclassed tensors: a fresh CPU copy each time, no reuse."""
-    try:
-        return t.detach().to("cpu", copy=True)
-    except Exception:
-        return copy.deepcopy(t)
-
-
-# -- the files -------------------------------------------------------------------------------
-
-
-class _HashingFile:
-    """What torch.save writes to: every byte goes to the file and into sha256 (which releases
-    the GIL on large buffers, as the file write does)."""
-
-    __slots__ = ("_file", "_hash", "bytes", "error")
-
-    def __init__(self, file: Any) -> None:
-        self._file = file
-        self._hash = hashlib.sha256()
-        self.bytes = 0
-        self.error: OSError | None = None  # torch.save reports a failed write as a RuntimeError
-
-    def write(self, data: Any) -> int:
-        self._hash.update(data)
-        try:
-            n = self._file.write(data)
-        except OSError as exc:
-            self.error = exc
-            raise
-        self.bytes += n
-        return n
-
-    def flush(self) -> None:
-        self._file.flush()
-
-    def hexdigest(self) -> str:
-        return self._hash.hexdigest()
-
-
-class _Manifest:
-    """The files one run and rank keep in a folder, in save order.
-
-    Append-only JSON lines (fsync'd), compacted when opened: a line torn by a crash is dropped
-    then, as are entries whose file is gone.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.live: dict[str, dict[str, Any]] = {}
-        try:
-            text = path.read_text()
-        except FileNotFoundError:
-            return
-        for line in text.splitlines():
-            try:
-                record = json.loads(line)
-                name = record["name"]
-            except (ValueError, KeyError, TypeError):
-                continue
-            self.live.pop(name, None)
-            if record.pop("action", None) == "saved":
-                self.live[name] = record
-        self.live = {n: r for n, r in self.live.items() if (path.parent / n).exists()}
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "w") as f:
-            for record in self.live.values():
-                f.write(json.dumps({"action": "saved", **record}) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-
-    def saved(self, record: dict[str, Any]) -> None:
-        self.live[record["name"]] = record
-        self._append({"action": "saved", **record})
-
-    def deleted(self, name: str) -> None:
-        self.live.pop(name, None)
-        self._append({"action": "deleted", "name": name})
-
-    def _append(self, record: dict[str, Any]) -> None:
-        try:
-            with open(self.path, "a") as f:
-                f.write(json.dumps(record) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-        except OSError as exc:  # retention of later attempts suffers, this run does not
-            print(f"traintape: cannot write {self.path}: {exc}", file=sys.stderr)
-
-
 # -- the writer ------------------------------------------------------------------------------
 
 
 @dataclass
 class _Job:
     snapshot: Any
-    slot: _Slot | None
+    slot: SnapshotSlot | None
     step: int
     base: str
     metrics: dict[str, Any]
@@ -374,14 +151,14 @@ class CheckpointWriter:
         self.suffix = rank_part + SUFFIX
         self.manifest_name = f".traintape-{emitter.run_id}{rank_part}.jsonl"
         self._torch = torch
-        self._free: queue.Queue[_Slot] = queue.Queue()
+        self._free: queue.Queue[SnapshotSlot] = queue.Queue()
         for _ in range(policy.snapshots):
-            self._free.put(_Slot())
+            self._free.put(SnapshotSlot())
         self._jobs: queue.Queue[_Job | _Stop] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
         self._closed = False
-        self._manifest: _Manifest | None = None
+        self._manifest: Manifest | None = None
         self._deleting: dict[str, int | None] = {}  # name -> seq its event must be acked past
 
     # -- the caller's side -----------------------------------------------------------------
@@ -404,7 +181,7 @@ class CheckpointWriter:
         start = time.perf_counter()
         slot = self._free.get()  # waits while `snapshots` earlier saves are still in flight
         try:
-            snapshot = _Snapshotter(self._torch, slot).take(state)
+            snapshot = Snapshotter(self._torch, slot).take(state)
         except Exception as exc:
             slot.buffers = {}
             self._free.put(slot)
@@ -470,10 +247,10 @@ class CheckpointWriter:
         if slot is not None:
             self._free.put(slot)
 
-    def _prepare(self) -> _Manifest:
+    def _prepare(self) -> Manifest:
         self.dir.mkdir(parents=True, exist_ok=True)
         if self._manifest is None:
-            self._manifest = _Manifest(self.dir / self.manifest_name)
+            self._manifest = Manifest(self.dir / self.manifest_name)
             self._remove_leftovers()
         return self._manifest
 
@@ -493,7 +270,7 @@ class CheckpointWriter:
                     fcntl.flock(fd, fcntl.LOCK_EX)  # a cleanup elsewhere sees this write is alive
                 except OSError:
                     pass  # a file system without locks: the write matters more
-                out = _HashingFile(f)
+                out = HashingFile(f)
                 try:
                     self._torch.save(job.snapshot, out)
                 except Exception:
@@ -568,7 +345,7 @@ class CheckpointWriter:
         job.handle._future.set_result(info)
         self._retain(manifest)
 
-    def _free_name(self, base: str, manifest: _Manifest) -> str:
+    def _free_name(self, base: str, manifest: Manifest) -> str:
         """`base` + suffix, or with -v1, -v2, ...: a file is never overwritten."""
         name, version = base + self.suffix, 0
         while name in manifest.live or name in self._deleting or (self.dir / name).exists():
@@ -601,7 +378,7 @@ class CheckpointWriter:
 
     # -- retention -------------------------------------------------------------------------
 
-    def _retain(self, manifest: _Manifest) -> None:
+    def _retain(self, manifest: Manifest) -> None:
         policy = self.policy
         names = [n for n in manifest.live if n not in self._deleting]
         values = [monitored_value(manifest.live[n]["metrics"], policy.monitor) for n in names]

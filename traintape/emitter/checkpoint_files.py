@@ -1,0 +1,90 @@
+"""The files of the checkpoint writer: a hashing file wrapper torch.save writes through, and the
+append-only manifest of the checkpoints one run and rank keep in a folder."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+
+class HashingFile:
+    """What torch.save writes to: every byte goes to the file and into sha256 (which releases
+    the GIL on large buffers, as the file write does)."""
+
+    __slots__ = ("_file", "_hash", "bytes", "error")
+
+    def __init__(self, file: Any) -> None:
+        self._file = file
+        self._hash = hashlib.sha256()
+        self.bytes = 0
+        self.error: OSError | None = None  # torch.save reports a failed write as a RuntimeError
+
+    def write(self, data: Any) -> int:
+        self._hash.update(data)
+        try:
+            n = self._file.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+        self.bytes += n
+        return n
+
+    def flush(self) -> None:
+        self._file.flush()
+
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()
+
+
+class Manifest:
+    """The files one run and rank keep in a folder, in save order.
+
+    Append-only JSON lines (fsync'd), compacted when opened: a line torn by a crash is dropped
+    then, as are entries whose file is gone.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.live: dict[str, dict[str, Any]] = {}
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            return
+        for line in text.splitlines():
+            try:
+                record = json.loads(line)
+                name = record["name"]
+            except (ValueError, KeyError, TypeError):
+                continue
+            self.live.pop(name, None)
+            if record.pop("action", None) == "saved":
+                self.live[name] = record
+        self.live = {n: r for n, r in self.live.items() if (path.parent / n).exists()}
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "w") as f:
+            for record in self.live.values():
+                f.write(json.dumps({"action": "saved", **record}) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    def saved(self, record: dict[str, Any]) -> None:
+        self.live[record["name"]] = record
+        self._append({"action": "saved", **record})
+
+    def deleted(self, name: str) -> None:
+        self.live.pop(name, None)
+        self._append({"action": "deleted", "name": name})
+
+    def _append(self, record: dict[str, Any]) -> None:
+        try:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as exc:  # retention of later attempts suffers, this run does not
+            print(f"traintape: cannot write {self.path}: {exc}", file=sys.stderr)
