@@ -179,6 +179,25 @@ def test_watch_keeps_logging_after_a_backward_pass_that_raised(
     )
 
 
+def test_a_failing_watcher_stops_itself_and_training_goes_on(
+    store: Path, collector: CollectorProcess, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """An exception in watch()'s statistics is reported once, not raised from backward()."""
+    emitter.init(project="t", store=store)
+    model = _tiny_model()
+    watcher = emitter.watch(model, every=1)
+
+    def broken() -> None:
+        raise RuntimeError("no norms today")
+
+    monkeypatch.setattr(watcher, "log_stats", broken)
+    for _ in range(3):
+        model(torch.randn(2, 4)).sum().backward()  # raises nothing
+    emitter.finish()
+    assert isinstance(watcher.error, RuntimeError) and watcher.backward_passes == 1
+    assert capsys.readouterr().err.count("watch() stopped: RuntimeError: no norms today") == 1
+
+
 def test_watch_under_ddp_reads_gradients_after_the_all_reduce(
     store: Path, collector: CollectorProcess
 ) -> None:

@@ -17,6 +17,7 @@ The values stay on the device and go through the deferred path (deferred.py): no
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from traintape.schemas.events import HISTOGRAM, METRICS
@@ -40,6 +41,7 @@ class GradientWatcher:
             msg = "watch(): the model has no parameters that require grad"
             raise ValueError(msg)
         self.backward_passes = 0
+        self.error: Exception | None = None  # what stopped the watcher, if anything did
         self._queued_for: object = _NOT_QUEUED  # the backward pass a callback is queued for
         self._handles = [p.register_hook(self._on_grad) for _, p in self.params]
 
@@ -62,7 +64,16 @@ class GradientWatcher:
         self._queued_for = _NOT_QUEUED
         self.backward_passes += 1
         if (self.backward_passes - 1) % self.every == 0:
-            self.log_stats()
+            try:
+                self.log_stats()
+            except Exception as exc:  # the recorder failing must not fail the backward pass
+                self.error = exc
+                self.remove()
+                print(
+                    f"traintape: watch() stopped: {type(exc).__name__}: {exc} "
+                    "(training goes on; the error is in the watcher's .error)",
+                    file=sys.stderr,
+                )
 
     def log_stats(self) -> None:
         import torch
