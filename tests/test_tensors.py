@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -352,3 +353,25 @@ def test_environment_is_recorded_at_init(store: Path, collector: CollectorProces
     assert env[0] == socket.gethostname() and env[1] == platform.python_version()
     assert env[2] == torch.__version__ and env[3] == os.getpid()
     assert env[4] == hashlib.sha1(json.dumps({"lr": 0.1}, sort_keys=True).encode()).hexdigest()
+
+
+def test_gpu_names_come_from_nvml_without_initialising_cuda(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The environment names the GPUs through NVML (here the stand-in) and leaves CUDA alone."""
+    import importlib.util
+
+    from traintape.emitter.environment import torch_state
+
+    spec = importlib.util.spec_from_file_location("pynvml", REPO / "tests" / "fakes" / "pynvml.py")
+    assert spec is not None and spec.loader is not None
+    fake = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fake)
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    state = torch_state()
+    assert state["gpus"] == ["NVIDIA H100 80GB HBM3"]
+    assert state["cuda_visible_devices"] == "0"
+    assert state["torch"] == torch.__version__
+    if not torch.cuda.is_available():
+        assert not torch.cuda.is_initialized()

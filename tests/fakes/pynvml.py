@@ -36,6 +36,10 @@ def nvmlDeviceGetHandleByIndex(index: int) -> int:
     return index
 
 
+def nvmlDeviceGetName(handle: int) -> str:
+    return "NVIDIA H100 80GB HBM3"
+
+
 def nvmlDeviceGetUtilizationRates(handle: int) -> SimpleNamespace:
     return SimpleNamespace(gpu=87, memory=40)
 

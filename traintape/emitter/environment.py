@@ -112,13 +112,44 @@ def torch_state() -> dict[str, Any]:
     try:
         if torch.backends.cudnn.is_available():
             state["cudnn"] = torch.backends.cudnn.version()
-        if torch.cuda.is_available():
+        # Asking torch for a name initialises CUDA in this process (a fork can then no longer
+        # use it): only when the script did that already; otherwise NVML, which does not.
+        if torch.cuda.is_initialized():
             state["gpus"] = [
                 torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())
             ]
     except Exception:  # a broken driver must not stop training from starting
         pass
+    if "gpus" not in state:
+        names = nvml_gpu_names()
+        if names:
+            state["gpus"] = names
+    if os.environ.get("CUDA_VISIBLE_DEVICES") is not None:
+        state["cuda_visible_devices"] = os.environ["CUDA_VISIBLE_DEVICES"]
     return state
+
+
+def nvml_gpu_names() -> list[str] | None:
+    """Names of the host's NVIDIA GPUs through NVML (nvidia-ml-py), or None without it/a driver."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+    except Exception:
+        return None
+    try:
+        names = []
+        for i in range(pynvml.nvmlDeviceGetCount()):
+            name = pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(i))
+            names.append(name.decode() if isinstance(name, bytes) else str(name))
+        return names
+    except Exception:
+        return None
+    finally:
+        try:
+            pynvml.nvmlShutdown()
+        except Exception:
+            pass
 
 
 def config_hash(config: dict[str, Any]) -> str:
