@@ -13,6 +13,11 @@ complete and, under DDP, averaged) it logs, at the emitter's current step:
     histogram events        of weights and gradients (64 bins), with histograms=True
 
 The values stay on the device and go through the deferred path (deferred.py): no `.item()`.
+
+"Every backward pass" counts passes, not optimizer steps: with gradient accumulation over K
+micro-batches, `every=K` watches the complete gradients once per step. With AMP's GradScaler the
+gradients are still scaled when backward ends, so the norms are the scaled ones, and a NaN/Inf
+count above zero on a step the scaler skips is what the scaler saw too.
 """
 
 from __future__ import annotations
