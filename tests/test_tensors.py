@@ -112,7 +112,7 @@ def test_watch_logs_global_norm_and_nonfinite_counts(
     for step in range(4):
         model.zero_grad()
         loss = model(x).pow(2).mean()
-        if step == 2:
+        if step == 3:
             loss = loss * torch.tensor(math.nan)
         loss.backward()
         grads = [p.grad for p in model.parameters()]
@@ -131,13 +131,13 @@ def test_watch_logs_global_norm_and_nonfinite_counts(
         "SELECT step, key, value FROM metrics WHERE run_id = ? AND key IN ('grad/global_norm', 'grad/nonfinite') ORDER BY step, key",
         run.run_id,
     )
-    assert [r[:2] for r in rows] == [
-        (0, "grad/global_norm"),
-        (0, "grad/nonfinite"),
-        (2, "grad/global_norm"),
-        (2, "grad/nonfinite"),
+    assert [r[:2] for r in rows] == [  # every=2: the 2nd and 4th backward passes
+        (1, "grad/global_norm"),
+        (1, "grad/nonfinite"),
+        (3, "grad/global_norm"),
+        (3, "grad/nonfinite"),
     ]
-    assert rows[0][2] == pytest.approx(expected[0], rel=1e-6)  # norms in the grads dtype
+    assert rows[0][2] == pytest.approx(expected[1], rel=1e-6)  # norms in the grads dtype
     assert rows[1][2] == 0.0
     assert math.isnan(rows[2][2])
     assert rows[3][2] == sum(p.numel() for p in model.parameters())

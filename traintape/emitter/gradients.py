@@ -15,7 +15,7 @@ complete and, under DDP, averaged) it logs, at the emitter's current step:
 The values stay on the device and go through the deferred path (deferred.py): no `.item()`.
 
 "Every backward pass" counts passes, not optimizer steps: with gradient accumulation over K
-micro-batches, `every=K` watches the complete gradients once per step. With AMP's GradScaler the
+micro-batches, `every=K` watches the complete gradients (the K-th micro-batch's) once per step. With AMP's GradScaler the
 gradients are still scaled when backward ends, so the norms are the scaled ones, and a NaN/Inf
 count above zero on a step the scaler skips is what the scaler saw too.
 """
@@ -68,7 +68,7 @@ class GradientWatcher:
     def _on_backward_end(self) -> None:
         self._queued_for = _NOT_QUEUED
         self.backward_passes += 1
-        if (self.backward_passes - 1) % self.every == 0:
+        if self.backward_passes % self.every == 0:  # the every-th, 2*every-th, ... pass
             try:
                 self.log_stats()
             except Exception as exc:  # the recorder failing must not fail the backward pass
