@@ -31,6 +31,9 @@ class RecordingDeferred:
         assert values.device.type == "meta" and values.dim() == 1
         self.added.append((step, kind, values, build))
 
+    def add_ready(self, ts: int, step: int | None, kind: int, body: Any) -> bool:
+        return False  # nothing is really on its way: plain values go out at once
+
     def poll(self, wait: bool = False) -> int:
         return 0
 

@@ -95,6 +95,30 @@ def test_deferred_values_emit_in_order_once_ready_with_their_step_and_time() -> 
     assert len(dv._free[key]) == 3  # each buffer and event is reused once read
 
 
+def test_values_logged_after_a_gpu_value_wait_behind_it(
+    store: Path, collector: CollectorProcess
+) -> None:
+    """Events leave in the order of the log() calls: plain values logged while a GPU value is
+    on its way are emitted after it (W&B drops a row below its last step)."""
+    run = emitter.init(project="t", store=store)
+    dv = run._deferred
+    event = _FakeEvent()
+    host = torch.tensor([0.25], dtype=torch.float32)
+    slot = _Slot(host, event, (1, torch.float32, torch.device("cpu")))
+    dv._queue.append(_Pending(0, 4, METRICS, lambda v: {"loss": v[0]}, slot, host))
+    emitter.log({"lr": 0.1}, step=5)
+    emitter.log({"lr": 0.2, "tokens": np.int64(7)}, step=6)  # the slow path too
+    assert not [e for e in run._pending if e[0] == METRICS] and len(dv) == 3
+    event.done = True
+    emitter.log({"lr": 0.3}, step=7)
+    emitter.finish()
+    wait_for(store, f"SELECT count(*) FROM metrics WHERE run_id = '{run.run_id}'", 5)
+    rows = query(
+        store, "SELECT step, key FROM metrics WHERE run_id = ? ORDER BY seq, key", run.run_id
+    )
+    assert rows == [(4, "loss"), (5, "lr"), (6, "lr"), (6, "tokens"), (7, "lr")]
+
+
 def _tiny_model() -> torch.nn.Module:
     torch.manual_seed(0)
     return torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))

@@ -6,7 +6,8 @@ drains the GPU pipeline, which W&B, MLflow and TensorBoard all do). Instead the 
 after the copy says when the host can read them. For one loss that is one asynchronous copy and
 no kernel. Completed entries are emitted, in order, with the step and timestamp of the `log`
 call: from later `log` calls, from the emitter's keeper thread, and (waiting on the events) from
-`finish()`.
+`finish()`. While an entry is on its way, plain values logged after it queue behind it
+(`add_ready`), so events leave in the order of the calls, whatever the GPU's lag.
 
 CPU tensors are read at once (that is no device sync). Tensors on other devices (MPS, XLA) are
 read with `.tolist()`, which does synchronise: said here so nobody is surprised.
@@ -50,7 +51,7 @@ class _Pending:
     step: int | None
     kind: int
     build: Build
-    slot: _Slot
+    slot: _Slot | None  # None: ready, queued only to keep its place in line
     device_values: Any  # kept alive until the copy completed
 
 
@@ -77,6 +78,16 @@ class DeferredValues:
         slot.event.record(torch.cuda.current_stream(values.device))
         self._queue.append(_Pending(ts, step, kind, build, slot, values))
 
+    def add_ready(self, ts: int, step: int | None, kind: int, body: dict[str, Any]) -> bool:
+        """Queues a body that needs no copy behind values still on their way, so events leave in
+        the order of the calls (W&B drops a row below its last step). False: nothing is on its
+        way; emit it directly."""
+        if not self._queue:
+            return False
+        self._queue.append(_Pending(ts, step, kind, lambda _: body, None, None))
+        self.poll()
+        return True
+
     def _slot(self, key: tuple[int, Any, Any], torch: Any) -> _Slot:
         free = self._free.get(key)
         if free:
@@ -97,14 +108,20 @@ class DeferredValues:
             queue = self._queue
             while queue:
                 head = queue[0]
-                if wait:
-                    head.slot.event.synchronize()
-                elif not head.slot.event.query():
-                    break
-                queue.popleft()
-                values = _floats(head.slot.host.tolist())
-                self._free.setdefault(head.slot.key, []).append(head.slot)
+                slot = head.slot
+                if slot is None:
+                    values = []
+                else:
+                    if wait:
+                        slot.event.synchronize()
+                    elif not slot.event.query():
+                        break
+                    values = _floats(slot.host.tolist())
+                    self._free.setdefault(slot.key, []).append(slot)
+                # Emitted before it leaves the queue: a log() that finds the queue empty must
+                # not get its event out ahead of this one.
                 self._emit(head.kind, head.step, head.build(values), head.ts)
+                queue.popleft()
                 emitted += 1
         finally:
             self._lock.release()

@@ -107,6 +107,7 @@ class Emitter:
         }
         self._step = 0
         self._deferred = DeferredValues(self._emit)
+        self._deferred_queue = self._deferred._queue  # one truth test on the hot path
         self._watchers: list[Any] = []
         self._warned: set[str] = set()
         self._failed_by: str | None = None
@@ -205,6 +206,8 @@ class Emitter:
                 self._step = step + 1
                 return
         self._step = step + 1
+        if self._deferred_queue and self._deferred.add_ready(_now(), step, METRICS, metrics):
+            return  # behind GPU values of earlier calls, to keep the order of the calls
         pending = self._pending
         pending.append((METRICS, _now(), step, metrics))
         if len(pending) >= self._batch_size:
