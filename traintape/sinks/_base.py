@@ -19,6 +19,7 @@ each backend's module for how it does that). `SinkRejected` says a batch can nev
 from __future__ import annotations
 
 import importlib.util
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +43,8 @@ class SinkRejected(Exception):
 class Event(NamedTuple):
     """One event as a sink sees it, after the rank policy.
 
-    `kind` is a `traintape.schemas.events` code (METRICS, PARAMS, TEXT, CHECKPOINT, RUN_END);
+    `kind` is a `traintape.schemas.events` code (METRICS, PARAMS, TEXT, HISTOGRAM, CHECKPOINT,
+    RUN_END; a sink ignores the kinds its backend has no place for);
     `rank` is None for a value reduced across ranks (`mean`, `min`, `max`); `ts` is wall-clock
     ns as the emitter stamped it; `body` is the event body (for METRICS, {name: float}).
     """
@@ -179,3 +181,23 @@ class Sink:
 def safe_name(text: str) -> str:
     """A string as one path component."""
     return "".join(c if c.isalnum() or c in "-_.=" else "_" for c in text).strip(".") or "_"
+
+
+def histogram_bins(event: Event) -> tuple[str, list[float], list[float]] | None:
+    """(tag, counts, edges) of a histogram event, `len(edges) == len(counts) + 1`, equal-width
+    bins from its min to its max (as `watch(histograms=True)` counted them); the tag gets
+    `/rank<N>` for ranks other than 0. None for a histogram without a finite value or counts."""
+    body = event.body
+    try:
+        lo, hi = float(body["min"]), float(body["max"])
+        counts = [float(c) for c in body["counts"]]
+    except (KeyError, TypeError, ValueError):
+        return None
+    if not counts or not (math.isfinite(lo) and math.isfinite(hi)) or hi < lo:
+        return None
+    width = (hi - lo) / len(counts)
+    edges = [lo + i * width for i in range(len(counts))] + [hi]
+    tag = str(body.get("key") or "histogram")
+    if event.rank not in (None, 0):
+        tag = f"{tag}/rank{event.rank}"
+    return tag, counts, edges

@@ -15,7 +15,8 @@ What goes where:
   run_end summary as `summary.<key>`; checkpoint events as `traintape.checkpoint.last`/`.best`;
 - text and checkpoint events as artifacts `text/<key>/step-<step>.txt` and
   `checkpoints/step-<step>.json` (option `artifacts`);
-- status from `run_end`: completed -> FINISHED, failed -> FAILED, killed -> KILLED.
+- status from `run_end`: completed -> FINISHED, failed -> FAILED, killed -> KILLED;
+- histogram events are not sent: MLflow has no histograms (they stay in the store's `events`).
 
 Exactly once: a metric row that MLflow already holds is never sent again. After a call that
 failed (MLflow may or may not have stored it) and for a run found already existing when it is

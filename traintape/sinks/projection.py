@@ -10,12 +10,12 @@ Rank policies:
 
 - `rank0` (default): only rank 0's events; other ranks' batches are not even decoded.
 - `all`: every rank's metric values, named `KEY/rankN` when the run has more than one rank;
-  text and checkpoint events of every rank; params of rank 0.
+  text, histogram and checkpoint events of every rank; params of rank 0.
 - `mean`, `min`, `max`: one value per (step, key) across ranks. A step is sent once every rank
   has logged a later step or ended, or once it waited `wait_ranks` seconds of the run's own
   clock (then with the ranks that did report); steps go out in increasing order, and a value
-  for a step already sent is dropped and counted in `late_values`. Params, text and checkpoint
-  events come from rank 0.
+  for a step already sent is dropped and counted in `late_values`. Params, text, histogram and
+  checkpoint events come from rank 0.
 
 A multi-rank run ends in the backend when every rank has sent its `run_end` (failed if any
 failed, else killed if any was killed); under `rank0`, with rank 0's `run_end`. `system`
@@ -29,7 +29,15 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from traintape.schemas.events import CHECKPOINT, METRICS, PARAMS, RUN_END, RUN_START, TEXT
+from traintape.schemas.events import (
+    CHECKPOINT,
+    HISTOGRAM,
+    METRICS,
+    PARAMS,
+    RUN_END,
+    RUN_START,
+    TEXT,
+)
 from traintape.schemas.wire import BatchBody, BatchHeader
 from traintape.sinks._base import RANK_POLICIES, Event, RunInfo
 
@@ -56,7 +64,7 @@ _REDUCE: dict[str, Callable[[list[float]], float]] = {
     "min": min,
     "max": max,
 }
-_FORWARDED = frozenset((PARAMS, TEXT, CHECKPOINT))
+_FORWARDED = frozenset((PARAMS, TEXT, CHECKPOINT, HISTOGRAM))
 
 
 def merge_status(statuses: list[str]) -> str:

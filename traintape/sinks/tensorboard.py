@@ -7,6 +7,8 @@ name), holding `events.out.tfevents.<time>.<host>.<n>.<sink>` files:
   with the event's step and wall time; all values of one event share one TensorBoard Event;
 - text events as text-plugin summaries tagged by their key, checkpoint events as text under the
   tag `checkpoints`;
+- histogram events (`watch(histograms=True)`) as histogram-plugin summaries (the HISTOGRAMS and
+  DISTRIBUTIONS tabs) tagged by their key (`weights/<param>`, `grads/<param>`);
 - at the run's end, its params (config + log_params) as the HPARAMS tab's session info, its
   status, and its summary as `summary/<key>` scalars. The HPARAMS tab takes the metric columns
   from the run's scalar tags, so their final values show there.
@@ -34,8 +36,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from traintape.schemas.events import CHECKPOINT, METRICS, PARAMS, RUN_END, TEXT
-from traintape.sinks._base import Event, Option, RunInfo, Sink, flatten, safe_name
+from traintape.schemas.events import CHECKPOINT, HISTOGRAM, METRICS, PARAMS, RUN_END, TEXT
+from traintape.sinks._base import (
+    Event,
+    Option,
+    RunInfo,
+    Sink,
+    flatten,
+    histogram_bins,
+    safe_name,
+)
 
 MARKER = ".traintape-run"
 PARAMS_FILE = "traintape-params.json"
@@ -140,6 +150,8 @@ class TensorBoardSink(Sink):
         self._swaps: list[tuple[Path, Path]] = []  # replay: (fresh folder, final folder)
         self._complete = False  # replay: flushed after the last write, so the swap may happen
         self.values_written = 0
+        self.histograms_written = 0
+        self.histograms_skipped = 0  # histograms of tensors with no finite value
 
     # -- crash recovery ------------------------------------------------------------------------
 
@@ -201,6 +213,8 @@ class TensorBoardSink(Sink):
             elif kind == TEXT:
                 key = str(event.body.get("key") or "text")
                 self._text(state, key, str(event.body.get("text", "")), event)
+            elif kind == HISTOGRAM:
+                self._histogram(state, event)
             elif kind == CHECKPOINT:
                 self._text(state, "checkpoints", _describe_checkpoint(event.body), event)
             elif kind == RUN_END:
@@ -223,7 +237,12 @@ class TensorBoardSink(Sink):
         self._swaps.clear()
 
     def stats(self) -> dict[str, Any]:
-        return {"dir": str(self.root), "values_written": self.values_written}
+        return {
+            "dir": str(self.root),
+            "values_written": self.values_written,
+            "histograms_written": self.histograms_written,
+            "histograms_skipped": self.histograms_skipped,
+        }
 
     # -- writing -------------------------------------------------------------------------------
 
@@ -277,6 +296,31 @@ class TensorBoardSink(Sink):
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(state.params, default=str))
         os.replace(tmp, path)
+
+    def _histogram(self, state: _Run, event: Event) -> None:
+        """A histogram-plugin summary: a float64 tensor of [left edge, right edge, count] rows."""
+        from tensorboard.compat.proto import event_pb2, summary_pb2
+        from tensorboard.plugins.histogram import metadata as histogram_metadata
+        from tensorboard.util import tensor_util
+
+        bins = histogram_bins(event)
+        if bins is None:
+            self.histograms_skipped += 1
+            return
+        tag, counts, edges = bins
+        rows = [[edges[i], edges[i + 1], c] for i, c in enumerate(counts)]
+        value = summary_pb2.Summary.Value(tag=tag)
+        value.tensor.CopyFrom(tensor_util.make_tensor_proto(rows, dtype="float64"))
+        if tag not in state.file.tags:
+            value.metadata.CopyFrom(histogram_metadata.create_summary_metadata(tag, ""))
+            state.file.tags.add(tag)
+        step = event.step if event.step is not None else state.last_step
+        state.file.write(
+            event_pb2.Event(
+                wall_time=event.ts / 1e9, step=step, summary=summary_pb2.Summary(value=[value])
+            )
+        )
+        self.histograms_written += 1
 
     def _text(self, state: _Run, tag: str, text: str, event: Event) -> None:
         from tensorboard.compat.proto import event_pb2, summary_pb2

@@ -2,7 +2,8 @@
 
 One W&B run per traintape run, with the same id (characters W&B refuses become `-`): config
 from `run_start` and `log_params`, metric values as history rows at their step with the event's
-wall time as `_timestamp`, text events as string values in the row of their step, the last and
+wall time as `_timestamp`, text events as string values and histogram events (`watch(histograms=
+True)`) as `wandb.Histogram`s in the row of their step, the last and
 best checkpoint paths and the `run_end` summary in the run's summary, and the run state from
 `run_end` (completed -> exit code 0, failed or killed -> 1). Offline runs are written to
 `<dir>/wandb/offline-run-<time>-<id>/`, ready for `wandb sync <that folder>`.
@@ -39,8 +40,16 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from traintape.schemas.events import CHECKPOINT, METRICS, PARAMS, RUN_END, TEXT
-from traintape.sinks._base import Event, Option, RunInfo, Sink, SinkError, flatten
+from traintape.schemas.events import CHECKPOINT, HISTOGRAM, METRICS, PARAMS, RUN_END, TEXT
+from traintape.sinks._base import (
+    Event,
+    Option,
+    RunInfo,
+    Sink,
+    SinkError,
+    flatten,
+    histogram_bins,
+)
 
 _BAD_ID = frozenset('/\\#?%:"')
 _BLOCK = 32768
@@ -231,7 +240,7 @@ class WandbSink(Sink):
         row_step = -1
         for event in events:
             kind = event.kind
-            if kind in (METRICS, TEXT):
+            if kind in (METRICS, TEXT, HISTOGRAM):
                 step = event.step if event.step is not None else max(state.last_step, 0)
                 if step <= state.skip_through:
                     self.counts["already_stored"] += len(event.body)
@@ -245,8 +254,10 @@ class WandbSink(Sink):
                 row_step = step
                 if kind == METRICS:
                     row.update(event.body)
-                else:
+                elif kind == TEXT:
                     row[str(event.body.get("key") or "text")] = str(event.body.get("text", ""))
+                else:
+                    self._add_histogram(row, event)
                 row["_timestamp"] = event.ts / 1e9
                 state.last_step = step
             elif kind == PARAMS:
@@ -275,6 +286,17 @@ class WandbSink(Sink):
         return {"mode": self.mode, "dir": str(self.dir / "wandb"), **self.counts}
 
     # -- helpers -------------------------------------------------------------------------------
+
+    def _add_histogram(self, row: dict[str, Any], event: Event) -> None:
+        import wandb
+
+        bins = histogram_bins(event)
+        if bins is None:
+            self.counts["histograms_skipped"] += 1
+            return
+        tag, counts, edges = bins
+        row[tag] = wandb.Histogram(np_histogram=(counts, edges))
+        self.counts["histograms"] += 1
 
     def _log(self, state: _Run, row: dict[str, Any], step: int) -> None:
         state.wb.log(row, step=step)
