@@ -353,6 +353,15 @@ def test_nvml_samples_per_gpu_and_per_rank_process_memory(tmp_path: Path) -> Non
         )
         assert stranger == [(None, None)]
         assert "sampling failed" not in coll.log.read_text()
+        from traintape import connect, history
+
+        system = {
+            (s["device"], s["rank"], s["key"]): s
+            for s in history.show(connect(store), run.run_id)["system"]
+        }
+        assert system["gpu0", None, "util_percent"]["mean"] == 87.0
+        assert system[f"pid{os.getpid()}", 0, "gpu_mem_bytes"]["max"] == float(2**30)
+        assert ("cpu", None, "ram_total_bytes") in system
     finally:
         coll.close()
 

@@ -284,7 +284,8 @@ def metric_summary(con: duckdb.DuckDBPyConnection, run_ids: Sequence[str]) -> li
 
 
 def show(con: duckdb.DuckDBPyConnection, run_id: str) -> dict[str, Any]:
-    """Everything about one run: its `runs` row, config, params, environment, metrics, checkpoints."""
+    """Everything about one run: its `runs` row, config, params, environment, metrics,
+    checkpoints, and the system samples taken while it was active."""
     found = records(con, "SELECT * FROM runs WHERE run_id = ?", [run_id])
     if not found:
         msg = f"no run {run_id!r}"
@@ -307,6 +308,14 @@ def show(con: duckdb.DuckDBPyConnection, run_id: str) -> dict[str, Any]:
             """SELECT step, rank, ts, action, path, bytes, sha256, is_best, blocked_s, write_s,
                       error, metrics::VARCHAR AS metrics, attempt
                FROM checkpoints WHERE run_id = ? ORDER BY ts, rank""",
+            [run_id],
+        ),
+        "system": records(
+            con,
+            """SELECT host, device, rank, key, count(*) AS samples, avg(value) AS mean,
+                      max(value) AS max
+               FROM system WHERE run_id = ? AND key <> 'gpu_index'
+               GROUP BY ALL ORDER BY host, device, rank, key""",
             [run_id],
         ),
     }

@@ -123,6 +123,10 @@ def _cmd_show(args: argparse.Namespace) -> int:
             for c in info["checkpoints"]
         ]
         print_rows(cols, cps)
+    if info["system"]:
+        print("\nsystem (samples of the host while the run was active; pid<N>: a rank's process)")
+        cols = ("host", "device", "rank", "key", "samples", "mean", "max")
+        print_rows(cols, [[s[c] for c in cols] for s in info["system"]])
     return 0
 
 
