@@ -48,6 +48,8 @@ def main() -> None:
 
     config = {"lr": args.lr, "steps": args.steps, "model": {"hidden": args.hidden, "act": "gelu"}}
     with emitter.init(project=args.project, name=args.name, config=config, tags=["demo", "ddp"]):
+        # Gradient norm and NaN/Inf counts every 10th backward pass, on the device, no sync.
+        emitter.watch(model, every=10)
         for step in range(args.steps):
             x = torch.randn(128, 16, generator=gen).to(device)
             y = x @ target_w + 0.1 * torch.randn(128, 1, generator=gen).to(device)
@@ -56,7 +58,8 @@ def main() -> None:
             loss.backward()
             opt.step()
             sched.step()
-            emitter.log({"loss": loss.item(), "lr": sched.get_last_lr()[0]}, step=step)
+            # The tensor itself, not loss.item(): on a GPU that would wait for every queued kernel.
+            emitter.log({"loss": loss.detach(), "lr": sched.get_last_lr()[0]}, step=step)
             if rank == 0 and step % 50 == 49:
                 with torch.no_grad():
                     xv = torch.randn(512, 16, generator=torch.Generator().manual_seed(7)).to(device)
