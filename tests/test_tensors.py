@@ -408,3 +408,21 @@ def test_gpu_names_come_from_nvml_without_initialising_cuda(
     assert state["torch"] == torch.__version__
     if not torch.cuda.is_available():
         assert not torch.cuda.is_initialized()
+
+
+def test_nonfinite_count_across_buckets_and_dtypes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """NaN/Inf elements are counted exactly however the tensors fall into buckets."""
+    from traintape.emitter import gradients
+
+    tensors = [
+        torch.tensor([1.0, math.nan, math.inf]),
+        torch.tensor([-math.inf, 2.0], dtype=torch.bfloat16),
+        torch.ones(40),
+        torch.full((5,), math.nan, dtype=torch.float16),
+        torch.tensor([math.nan, 0.0, -0.0]),
+    ]
+    for bucket_bytes in (1, 64, 1 << 20):
+        monkeypatch.setattr(gradients, "_BUCKET_BYTES", bucket_bytes)
+        count = gradients._nonfinite_count(torch, tensors, torch.device("cpu"))
+        assert count.dtype == torch.float64 and count.item() == 2 + 1 + 0 + 5 + 1
+    assert gradients._nonfinite_count(torch, [], torch.device("cpu")).item() == 0

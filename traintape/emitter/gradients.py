@@ -91,19 +91,22 @@ class GradientWatcher:
         ts = _now()
         with torch.no_grad():
             grads = [g.detach() for _, g in named]
-            norms = [n.to(torch.float64) for n in torch._foreach_norm(grads)]
-            stacked_norms = torch.stack(norms)
-            global_norm = torch.linalg.vector_norm(stacked_norms)
-            grad_bad = torch.stack([(~torch.isfinite(g)).sum() for g in grads]).sum()
-            param_bad = torch.stack(
-                [(~torch.isfinite(p.detach())).sum() for _, p in self.params]
-            ).sum()
+            device = grads[0].device
+            # Half-precision gradients get float32 norms (a bf16 norm has 3 significant digits).
+            low = any(g.element_size() < 4 and g.is_floating_point() for g in grads)
+            norms = torch._foreach_norm(grads, 2, dtype=torch.float32 if low else None)
+            if all(n.device == device and n.dtype == norms[0].dtype for n in norms):
+                per_param = torch.stack(norms).to(torch.float64)  # two kernels, not one per norm
+            else:  # a model spread over devices, or mixed dtypes
+                per_param = torch.stack([n.to(device, torch.float64) for n in norms])
+            global_norm = torch.linalg.vector_norm(per_param)
+            grad_bad = _nonfinite_count(torch, grads, device)
+            param_bad = _nonfinite_count(torch, [p.detach() for _, p in self.params], device)
             keys = ["grad/global_norm", "grad/nonfinite", "param/nonfinite"]
-            values = [global_norm, grad_bad.to(torch.float64), param_bad.to(torch.float64)]
+            stacked = torch.stack([global_norm, grad_bad, param_bad])
             if self.per_layer:
                 keys += [f"grad_norm/{name}" for name, _ in named]
-                values += [n.to(global_norm.device) for n in norms]
-            stacked = torch.stack([v.to(global_norm.device) for v in values])
+                stacked = torch.cat([stacked, per_param])
             em._deferred.add(
                 ts, step, METRICS, stacked, lambda vals, keys=keys: dict(zip(keys, vals))
             )
@@ -140,6 +143,35 @@ class GradientWatcher:
 
 
 _NOT_QUEUED = object()
+_BUCKET_BYTES = 32 << 20
+
+
+def _nonfinite_count(torch: Any, tensors: list[Any], device: Any) -> Any:
+    """NaN/Inf elements in `tensors`, as a float64 0-d tensor on `device`, without a sync.
+
+    Tensors are concatenated into buckets of up to 32 MiB per device and dtype, so a model with
+    hundreds of parameter tensors costs a few kernels per bucket instead of three per tensor
+    (kernel launches, not arithmetic, are what a health check costs), for 32 MiB of memory.
+    """
+    buckets: dict[tuple[Any, Any], list[list[Any]]] = {}
+    sizes: dict[tuple[Any, Any], int] = {}
+    for t in tensors:
+        key = (t.device, t.dtype)
+        nbytes = t.numel() * t.element_size()
+        groups = buckets.setdefault(key, [[]])
+        if groups[-1] and sizes.get(key, 0) + nbytes > _BUCKET_BYTES:
+            groups.append([])
+            sizes[key] = 0
+        groups[-1].append(t.reshape(-1))
+        sizes[key] = sizes.get(key, 0) + nbytes
+    counts = []
+    for groups in buckets.values():
+        for group in groups:
+            flat = group[0] if len(group) == 1 else torch.cat(group)
+            counts.append(torch.isfinite(flat).logical_not_().sum().to(device))
+    if not counts:
+        return torch.zeros((), dtype=torch.float64, device=device)
+    return torch.stack(counts).sum().to(torch.float64)
 
 
 def _graph_task_id() -> int | None:
