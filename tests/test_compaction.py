@@ -187,11 +187,13 @@ def test_periodic_sweep_merges_folders_with_many_small_files(tmp_path: Path) -> 
     assert compactor.last_error is None
 
 
+@pytest.mark.parametrize("method", ["swap", "hide"])
 def test_a_merge_that_fails_midway_is_undone_at_once(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, method: str
 ) -> None:
-    """A merge whose final rename is refused rolls back in place: rows, files and no intent, as
-    before; the error is reported, not raised into the materializer."""
+    """A merge whose last rename (the folder exchange, or the merged file's rename) is refused
+    rolls back in place: rows, files and no intent, as before; the error is reported, not
+    raised into the materializer."""
     store = tmp_path / "store"
     committed = make_parts(store, runs=1)
     before = snapshot(store)
@@ -203,38 +205,58 @@ def test_a_merge_that_fails_midway_is_undone_at_once(
             raise OSError("refused by the test")
         real_replace(src, dst)
 
+    def refuse_exchange(a: Any, b: Any) -> None:
+        raise OSError("refused by the test")
+
     monkeypatch.setattr(os, "replace", refuse_merged)
-    compactor = Compactor(store, settle=0.0, log=lambda text: None)
+    monkeypatch.setattr(compaction.swap, "exchange", refuse_exchange)
+    compactor = Compactor(store, settle=0.0, log=lambda text: None, method=method)
     compactor.run_due(committed)
     monkeypatch.undo()
     assert compactor.last_error is not None and "refused by the test" in compactor.last_error
     assert snapshot(store) == before
     assert {t: files(store, t, "run0") for t in names} == names
     assert not (store / compaction.INTENT).exists()
+    assert not list((store / "tables" / compaction.STAGING).glob("*/*"))
 
 
 # -- SIGKILL at every step -----------------------------------------------------------------
 
 STEPS = [
-    "merged file written",
-    "intent written",
-    "hid part-00000000000000000000",  # the first input hidden
-    "hid part-00000000000000004000",  # the last input hidden
-    "merged file in place",
-    "inputs deleted",
+    ("hide", "merged file written"),
+    ("hide", "intent written"),
+    ("hide", "hid part-00000000000000000000"),  # the first input hidden
+    ("hide", "hid part-00000000000000004000"),  # the last input hidden
+    ("hide", "merged file in place"),
+    ("hide", "inputs deleted"),
+    ("swap", "staged"),
+    ("swap", "intent written"),
+    ("swap", "folders exchanged"),
+    ("swap", "old files deleted"),
 ]
 
 
-@pytest.mark.parametrize("step", STEPS)
-def test_sigkill_at_any_step_then_restart_keeps_every_row_once(tmp_path: Path, step: str) -> None:
-    """Compaction killed at `step`: readers meanwhile see no duplicate; after a collector restart
-    the store holds exactly the original rows, and the merge is completed."""
+@pytest.mark.parametrize(("method", "step"), STEPS)
+def test_sigkill_at_any_step_then_restart_keeps_every_row_once(
+    tmp_path: Path, method: str, step: str
+) -> None:
+    """Compaction killed at `step`: readers meanwhile see no duplicate (with swap: exactly every
+    row); after a collector restart the store holds exactly the original rows, and the merge is
+    completed."""
     store = tmp_path / "store"
     make_parts(store)
     before = snapshot(store)
     counts = {t: len(v) for t, v in before.items()}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "traintape.collector.compaction", "--store", str(store)],
+        [
+            sys.executable,
+            "-m",
+            "traintape.collector.compaction",
+            "--store",
+            str(store),
+            "--method",
+            method,
+        ],
         cwd=REPO,
         env={**os.environ, compaction.PAUSE_ENV: f"60:{step}"},
         stderr=subprocess.PIPE,
@@ -249,8 +271,8 @@ def test_sigkill_at_any_step_then_restart_keeps_every_row_once(tmp_path: Path, s
                 # Paused inside the first merge (events of run0): a reader sees no duplicate.
                 got = query(store, "SELECT count(*) FROM events")[0][0]
                 assert got <= counts["events"], line
-                if "in place" in line or "deleted" in line:
-                    assert got == counts["events"]
+                if method == "swap" or "in place" in line or "deleted" in line:
+                    assert got == counts["events"], line
                 break
         else:
             pytest.fail(f"never reached {step!r}: {''.join(seen)}")
@@ -258,7 +280,7 @@ def test_sigkill_at_any_step_then_restart_keeps_every_row_once(tmp_path: Path, s
     finally:
         proc.kill()
         proc.wait()
-    assert (store / compaction.INTENT).exists() == (step != "merged file written")
+    assert (store / compaction.INTENT).exists() == (step not in ("merged file written", "staged"))
     collector = CollectorProcess(store, *SETTLE_NOW).start()
     try:
         assert collector.stop() == 0
@@ -268,6 +290,7 @@ def test_sigkill_at_any_step_then_restart_keeps_every_row_once(tmp_path: Path, s
     assert not (store / compaction.INTENT).exists()
     leftovers = [p.name for p in store.glob("tables/*/*/*") if not p.name.endswith(".parquet")]
     assert leftovers == []
+    assert not list((store / "tables" / compaction.STAGING).glob("*/*"))
     # The interrupted merge is done again at restart (others wait for their run's end).
     assert [n.split("-")[0] for n in files(store, "events", "run0")] == ["compact"]
 
@@ -319,7 +342,7 @@ def test_collector_killed_mid_compaction_loses_and_doubles_nothing(
     every row exactly once, and its files end up merged."""
     from traintape import emitter
 
-    monkeypatch.setenv(compaction.PAUSE_ENV, "30:hid")
+    monkeypatch.setenv(compaction.PAUSE_ENV, "30:intent written")  # before the last step
     first = CollectorProcess(store, *SETTLE_NOW).start()
     try:
         run = emitter.init(project="c", store=store)
@@ -327,7 +350,7 @@ def test_collector_killed_mid_compaction_loses_and_doubles_nothing(
         expected = sorted((s, k) for s in range(n) for k in ("acc", "loss"))
         emitter.finish()
         deadline = time.monotonic() + 30
-        while "step: hid" not in first.log.read_text():
+        while "step: intent written" not in first.log.read_text():
             assert time.monotonic() < deadline, first.log.read_text()
             time.sleep(0.05)
         first.kill()
@@ -350,3 +373,20 @@ def test_collector_killed_mid_compaction_loses_and_doubles_nothing(
     finally:
         second.close()
     assert "rolled back an interrupted compaction" in second.log.read_text()
+
+
+def test_auto_falls_back_to_renames_where_folders_cannot_be_exchanged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a filesystem without atomic exchange (or hard links) compaction still merges, by
+    renaming file by file, and says so once."""
+    store = tmp_path / "store"
+    committed = make_parts(store, runs=1)
+    before = snapshot(store)
+    monkeypatch.setattr(compaction.swap, "supported", lambda scratch: False)
+    logs: list[str] = []
+    compactor = Compactor(store, log=logs.append)
+    assert compactor.compact_all(committed) > 0
+    assert compactor.method == "hide"
+    assert snapshot(store) == before
+    assert len([line for line in logs if "cannot exchange folders" in line]) == 1

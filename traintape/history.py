@@ -92,7 +92,7 @@ class AmbiguousRunError(RunLookupError):
 
 
 def _retry(fn: Callable[[], _T], attempts: int = 3) -> _T:
-    """Runs a query again if a file it listed vanished (a compaction renamed it meanwhile)."""
+    """Runs a query again if a file it listed vanished (a compaction moved it meanwhile)."""
     for i in range(attempts):
         try:
             return fn()

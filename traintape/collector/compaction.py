@@ -5,7 +5,23 @@ run ends up with thousands of small files and every query opens them all. Compac
 contiguous set of them by `compact-<first start>-<last end>.parquet` holding the same rows (metrics
 sorted by key, rank, step, so one metric of one run is one row-group range of one file).
 
-One compaction is a small transaction, safe against SIGKILL at any instant:
+One compaction is a small transaction, safe against SIGKILL at any instant. Where the
+filesystem can exchange two folders atomically and hold hard links (ext4, XFS, btrfs, tmpfs;
+`swap.supported()` tries), the folder's next state is built beside it and swapped in:
+
+1. in `tables/.staging/<table>/<run>/`: the merged rows as `compact-A-B.parquet` (fsync'd, row
+   count checked) and a hard link of every other file of the run folder, then fsync;
+2. write the intent `state/compaction.json` (method "swap", table, folder, inputs, merged name);
+3. exchange the run folder and the staging folder (`renameat2(RENAME_EXCHANGE)`), fsync both
+   parents;
+4. delete the staging folder (now the old files), then the intent.
+
+A reader globbing the run folder sees every old file or every new one, never fewer rows nor
+twice the same. Recovery of a swap only deletes the staging folder: before the exchange it holds
+the unfinished new state (rolled back), after it the old files (rolled forward); which one is
+told by the merged file being in the run folder.
+
+Elsewhere, the inputs are renamed one by one (method "hide"):
 
 1. write the merged rows to `compact-A-B.parquet.tmp`, fsync, check its row count;
 2. write the intent `state/compaction.json` (table, folder, inputs, merged name), tmp + rename;
@@ -19,12 +35,13 @@ intent: if the merged file is in place the transaction rolls forward (the hidden
 deleted); otherwise it rolls back (inputs renamed back, the tmp deleted). Either way the folder
 ends up with exactly the rows it had.
 
-Readers glob `tables/<t>/<run>/*.parquet` at each query, so no order of renames is atomic for
-them. Hiding the inputs before the merged file appears means a query that runs during steps 3-4
-(a few renames, microseconds to milliseconds) can see *fewer* rows of that run, never twice the
-same row: a transiently short answer that the next query corrects, rather than silently doubled
-counts and means that nothing flags. A query that listed a file just before it was renamed can
-also fail with "file not found"; `traintape.history` retries such a query.
+Readers glob `tables/<t>/<run>/*.parquet` at each query, so no order of single renames is
+atomic for them. Hiding the inputs before the merged file appears means a query that runs during
+steps 3-4 (a few renames, microseconds to milliseconds) can see *fewer* rows of that run, never
+twice the same row: a transiently short answer that the next query corrects, rather than
+silently doubled counts and means that nothing flags. With either method, a query that listed a
+file just before it went away can fail with "file not found"; `traintape.history` retries such
+a query.
 
 The materializer's own startup rule (files whose journal range starts at or past its cursor are
 uncommitted leftovers) applies to compacted files too, and compaction only ever touches files
@@ -37,6 +54,7 @@ import argparse
 import fcntl
 import json
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -48,6 +66,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from traintape.collector import swap
 from traintape.durable import fsync_dir, write_json_atomic
 
 TARGET_BYTES = 64 << 20
@@ -79,6 +98,9 @@ SORT_KEYS: dict[str, list[tuple[str, str]]] = {
 
 INTENT = Path("state") / "compaction.json"
 HIDDEN = ".compacted"
+STAGING = ".staging"
+"""`tables/.staging/`: where a swap builds a folder's next state (outside every table's glob)."""
+METHODS = ("auto", "swap", "hide")
 PAUSE_ENV = "TRAINTAPE_TEST_COMPACTION_PAUSE"
 """Tests only: `SECONDS[:STEP]` prints a `traintape compaction step: ...` line on stderr after
 each step and sleeps SECONDS after each step (or only after those whose text contains STEP), so a
@@ -193,8 +215,13 @@ class Compactor:
         sweep_interval: float = SWEEP_INTERVAL_S,
         settle: float = SETTLE_S,
         log: Callable[[str], None] | None = None,
+        method: str = "auto",
     ) -> None:
+        if method not in METHODS:
+            msg = f"compaction method must be one of {METHODS}, got {method!r}"
+            raise ValueError(msg)
         self.store = store
+        self.method = method  # "auto": swap where the filesystem can, decided at the first merge
         self.sweep_interval = sweep_interval
         self.settle = settle
         self._log = log or _stderr
@@ -215,6 +242,7 @@ class Compactor:
         can bring back part files, which that rule must then see.
         """
         self.resolve_intent()
+        shutil.rmtree(self._staging_root(), ignore_errors=True)  # no intent names any of it now
         for path in self.store.glob("tables/*/*/compact-*"):
             start = journal_range(path.name)[0]
             if path.name.endswith(".tmp") or start is None or start >= committed:
@@ -229,26 +257,48 @@ class Compactor:
         if intent is None:
             return
         folder = self.store / "tables" / intent["table"] / intent["folder"]
-        merged = folder / intent["merged"]
-        if merged.exists():
+        done = (folder / intent["merged"]).exists()
+        if intent.get("method") == "swap":
+            # Before the exchange the staging folder is the unfinished new state, after it the
+            # old files: deleting it rolls back or finishes, whichever applies.
+            staging = self._staging_root() / intent["table"] / intent["folder"]
+            shutil.rmtree(staging, ignore_errors=True)
+            if staging.parent.exists():
+                fsync_dir(staging.parent)
+        elif done:
             for name in intent["inputs"]:
                 (folder / name).unlink(missing_ok=True)
                 (folder / (name + HIDDEN)).unlink(missing_ok=True)
-            action = "finished"
         else:
             for name in intent["inputs"]:
                 hidden = folder / (name + HIDDEN)
                 if hidden.exists():
                     os.replace(hidden, folder / name)
-            if not quiet:  # after a crash: merge again soon (a failure waits for a sweep)
-                self._pending[intent["table"], intent["folder"]] = time.monotonic()
-            action = "rolled back"
-        (folder / (intent["merged"] + ".tmp")).unlink(missing_ok=True)
-        fsync_dir(folder)
+        if intent.get("method") != "swap":
+            (folder / (intent["merged"] + ".tmp")).unlink(missing_ok=True)
+            fsync_dir(folder)
+        if not done and not quiet:  # after a crash: merge again soon (a failure waits a sweep)
+            self._pending[intent["table"], intent["folder"]] = time.monotonic()
         intent_path.unlink()
         fsync_dir(intent_path.parent)
         if not quiet:
+            action = "finished" if done else "rolled back"
             self._log(f"{action} an interrupted compaction of {intent['table']}/{intent['folder']}")
+
+    def _staging_root(self) -> Path:
+        return self.store / "tables" / STAGING
+
+    def _swaps(self) -> bool:
+        if self.method == "auto":
+            root = self._staging_root()
+            root.mkdir(parents=True, exist_ok=True)
+            self.method = "swap" if swap.supported(root) else "hide"
+            if self.method == "hide":
+                self._log(
+                    "this filesystem cannot exchange folders atomically: compaction renames "
+                    "files one by one (a query during a merge may count a run short)"
+                )
+        return self.method == "swap"
 
     def compact_folder(self, table: str, folder_name: str, committed: int, min_files: int) -> int:
         """Merges what `plan()` picks in one run folder; returns the number of merges done."""
@@ -261,17 +311,67 @@ class Compactor:
         return done
 
     def _merge(self, table: str, folder: Path, group: list[DataFile]) -> None:
-        """One compaction transaction (the module docstring's steps 1-6)."""
+        if self._swaps():
+            self._merge_swap(table, folder, group)
+        else:
+            self._merge_hide(table, folder, group)
+        self.merges += 1
+
+    def _merged_rows(self, table: str, folder: Path, group: list[DataFile], out: Path) -> int:
+        """Writes the group's rows, sorted, to `out` (fsync'd); returns their count, checked."""
+        data = merged_table(table, (f.path for f in group))
+        expected = sum(pq.ParquetFile(f.path).metadata.num_rows for f in group)
+        write_parquet(data, out, table)
+        written = pq.ParquetFile(out).metadata.num_rows
+        if written != expected or data.num_rows != expected:
+            msg = f"merged {written} rows for {expected} in {folder}: compaction abandoned"
+            raise RuntimeError(msg)
+        return expected
+
+    def _merge_swap(self, table: str, folder: Path, group: list[DataFile]) -> None:
+        """One compaction by folder exchange (the module docstring's first steps 1-4)."""
+        name = f"compact-{group[0].start:020d}-{group[-1].end:020d}.parquet"
+        staging = self._staging_root() / table / folder.name
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        inputs = {f.path.name for f in group}
+        try:
+            expected = self._merged_rows(table, folder, group, staging / name)
+            for path in folder.iterdir():
+                if path.name not in inputs:
+                    os.link(path, staging / path.name)
+            fsync_dir(staging)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        _pause("staged")
+        intent = {
+            "method": "swap",
+            "table": table,
+            "folder": folder.name,
+            "merged": name,
+            "inputs": sorted(inputs),
+            "rows": expected,
+        }
+        write_json_atomic(self.store / INTENT, intent, durable=True)
+        _pause("intent written")
+        try:
+            swap.exchange(folder, staging)
+            fsync_dir(folder.parent)
+            fsync_dir(staging.parent)
+            _pause("folders exchanged")
+            shutil.rmtree(staging)
+            fsync_dir(staging.parent)
+            _pause("old files deleted")
+        finally:
+            self.resolve_intent(quiet=True)
+
+    def _merge_hide(self, table: str, folder: Path, group: list[DataFile]) -> None:
+        """One compaction by renames (the module docstring's second steps 1-6)."""
         merged = folder / f"compact-{group[0].start:020d}-{group[-1].end:020d}.parquet"
         tmp = merged.with_name(merged.name + ".tmp")
         try:
-            data = merged_table(table, (f.path for f in group))
-            expected = sum(pq.ParquetFile(f.path).metadata.num_rows for f in group)
-            write_parquet(data, tmp, table)
-            written = pq.ParquetFile(tmp).metadata.num_rows
-            if written != expected or data.num_rows != expected:
-                msg = f"merged {written} rows for {expected} in {folder}: compaction abandoned"
-                raise RuntimeError(msg)
+            expected = self._merged_rows(table, folder, group, tmp)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
@@ -300,7 +400,6 @@ class Compactor:
             # Done: drops the intent. Failed midway (a rename refused): rolls back or forward
             # now, exactly as a restart would, so the folder is whole before anything else runs.
             self.resolve_intent(quiet=True)
-        self.merges += 1
 
     # -- when to compact --------------------------------------------------------------------
 
@@ -372,7 +471,9 @@ def committed_position(store: Path) -> int:
 
 def _table_names(store: Path) -> list[str]:
     root = store / "tables"
-    return sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
 def _safe(run_id: str) -> str:
@@ -408,6 +509,13 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m traintape.collector.compaction")
     p.add_argument("--store", default=None)
     p.add_argument("--min-files", type=int, default=2)
+    p.add_argument(
+        "--method",
+        choices=METHODS,
+        default="auto",
+        help="swap: exchange folders atomically; hide: rename file by file; auto: swap if "
+        "this filesystem can (default)",
+    )
     args = p.parse_args(argv)
     store = resolve_store(args.store)
     with open(store / "collector.lock", "a") as lock:
@@ -417,7 +525,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"a collector serves {store}; it compacts by itself", file=sys.stderr)
             return 2
         committed = committed_position(store)
-        compactor = Compactor(store)
+        compactor = Compactor(store, method=args.method)
         compactor.recover(committed)
         merges = compactor.compact_all(committed, args.min_files)
     print(f"{merges} merges")
