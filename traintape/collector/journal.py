@@ -79,19 +79,39 @@ class Journal:
     def read(self, start: int, end: int | None = None) -> Iterator[tuple[int, int, bytes]]:
         """Yields (position, next_position, payload) of the records in [start, end)."""
         end = self.durable_end if end is None else end
-        starts = list(self._starts)
-        i = max(bisect_right(starts, start) - 1, 0)
-        pos = start
-        while pos < end and i < len(starts):
-            seg = starts[i]
-            seg_end = starts[i + 1] if i + 1 < len(starts) else end
-            with open(self._path(seg), "rb") as f:
-                for rpos, rnext, payload in iter_records(f, pos - seg, min(end, seg_end) - seg):
-                    yield seg + rpos, seg + rnext, payload
-                    pos = seg + rnext
-            i += 1
-            if i < len(starts):
-                pos = max(pos, starts[i])
+        return _read(self.folder, list(self._starts), start, end)
 
     def size_bytes(self) -> int:
         return self.end
+
+
+class JournalFollower:
+    """A read-only journal for another process (the sink process): it reads up to
+    `durable_end`, which the writing collector tells it. Never past: bytes beyond it may be a
+    torn record, or ones the writer rolls back after a failed fsync. It never truncates."""
+
+    def __init__(self, folder: Path, durable_end: int = 0) -> None:
+        self.folder = folder
+        self.durable_end = durable_end
+
+    def read(self, start: int, end: int | None = None) -> Iterator[tuple[int, int, bytes]]:
+        end = self.durable_end if end is None else end
+        starts = sorted(int(p.stem) for p in self.folder.glob("*.log"))  # the writer rolls
+        return _read(self.folder, starts or [0], start, end)
+
+
+def _read(
+    folder: Path, starts: list[int], start: int, end: int
+) -> Iterator[tuple[int, int, bytes]]:
+    i = max(bisect_right(starts, start) - 1, 0)
+    pos = start
+    while pos < end and i < len(starts):
+        seg = starts[i]
+        seg_end = starts[i + 1] if i + 1 < len(starts) else end
+        with open(folder / f"{seg:020d}.log", "rb") as f:
+            for rpos, rnext, payload in iter_records(f, pos - seg, min(end, seg_end) - seg):
+                yield seg + rpos, seg + rnext, payload
+                pos = seg + rnext
+        i += 1
+        if i < len(starts):
+            pos = max(pos, starts[i])

@@ -26,7 +26,7 @@ from traintape.collector.deadletter import DeadLetters
 from traintape.collector.dedup import Deduplicator
 from traintape.collector.journal import Journal
 from traintape.collector.materializer import Materializer
-from traintape.collector.sink_runner import SinkRunners
+from traintape.collector.sink_process import SinkProcess
 from traintape.collector.system import SystemSampler
 from traintape.durable import write_json_atomic
 from traintape.paths import default_address
@@ -132,9 +132,10 @@ class Collector:
         }
         self._recover()
         self.materializer = Materializer(store, self.journal, materialize_interval, compact_settle)
-        # Each sink (traintape.sinks.config.SinkConfig) follows the journal in its own thread.
+        # The sinks (traintape.sinks.config.SinkConfig) follow the journal in a child process,
+        # one thread each, so their backends never hold this process's GIL.
         self.sinks = (
-            SinkRunners(store, self.journal, list(sinks), self._log, lambda: self.stats["events"])
+            SinkProcess(store, self.journal, list(sinks), self._log, lambda: self.stats["events"])
             if sinks
             else None
         )

@@ -1,4 +1,5 @@
-"""Sink runners: each configured sink gets a thread that follows the journal from its own cursor.
+"""Sink runners: each configured sink gets a thread that follows the journal from its own cursor
+(in the collector's sink process, see sink_process.py).
 
 A runner reads journal records from its cursor up to `durable_end`, turns them into sink
 operations (`traintape.sinks.projection`), hands them to the sink, calls `flush()`, and only
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from traintape.collector.journal import Journal
+from traintape.collector.journal import Journal, JournalFollower
 from traintape.durable import write_json_atomic
 from traintape.schemas.events import RUN_START
 from traintape.schemas.records import split_payload
@@ -52,7 +53,9 @@ class JournalTail:
     runners advance it by reading the new records' headers.
     """
 
-    def __init__(self, journal: Journal, ingested: Callable[[], int] | None = None) -> None:
+    def __init__(
+        self, journal: Journal | JournalFollower, ingested: Callable[[], int] | None = None
+    ) -> None:
         self.journal = journal
         self.ingested = ingested
         self.position: int | None = None
@@ -116,7 +119,7 @@ class SinkRunner:
         self,
         config: SinkConfig,
         store: Path,
-        journal: Journal,
+        journal: Journal | JournalFollower,
         tail: JournalTail,
         log: Callable[[str], None],
     ) -> None:
@@ -400,7 +403,7 @@ class SinkRunners:
     def __init__(
         self,
         store: Path,
-        journal: Journal,
+        journal: Journal | JournalFollower,
         configs: list[SinkConfig],
         log: Callable[[str], None] | None = None,
         ingested: Callable[[], int] | None = None,

@@ -1,0 +1,81 @@
+"""The sinks' own process: beside the collector, restarted when it dies, gone when the collector
+is, and exactly once throughout (TensorBoard read back with its own reader)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from pathlib import Path
+
+import psutil
+
+from tests.conftest import CollectorProcess, query, start_ranks
+from tests.test_sink_tensorboard import read_scalars
+from traintape.collector.sink_process import status_path
+
+
+def _sink_children(collector: CollectorProcess) -> list[psutil.Process]:
+    assert collector.proc is not None
+    return [
+        c
+        for c in psutil.Process(collector.proc.pid).children()
+        if "traintape.collector.sink_process" in " ".join(c.cmdline())
+    ]
+
+
+def _wait(condition, seconds: float = 30.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_sink_process_killed_mid_run_is_restarted_and_loses_nothing(tmp_path: Path) -> None:
+    """SIGKILL of the sink process while two ranks log: the collector starts another, and every
+    stored value is in TensorBoard exactly once; `status` shows the sink from the child."""
+    store = tmp_path / "store"
+    collector = CollectorProcess(store, "--sink", "tensorboard", "--system-interval", "0").start()
+    try:
+        [child] = _sink_children(collector)
+        procs = start_ranks(
+            store, "sp", "--steps", 600, "--metrics", 4, "--pause-every", 10, "--pause", 0.02
+        )
+        time.sleep(1.0)
+        child.send_signal(signal.SIGKILL)
+        _wait(lambda: "the sink process exited" in collector.log.read_text())
+        _wait(lambda: len(_sink_children(collector)) == 1 and _sink_children(collector)[0] != child)
+        for p in procs:
+            assert p.wait(120) == 0
+        _wait(lambda: status_path(store).exists())
+        status = json.loads((store / "state" / "collector.json").read_text())
+        assert status["sinks"]["tensorboard"]["type"] == "tensorboard"
+        assert collector.stop() == 0
+    finally:
+        collector.close()
+    tb = read_scalars(store / "tensorboard" / "e2e" / "e2e-sp")
+    rows = query(store, "SELECT step, key, value FROM metrics WHERE run_id = 'sp' AND rank = 0")
+    assert len(rows) == 600 * 4
+    expected: dict[str, list[tuple[int, float]]] = {}
+    for step, key, value in rows:
+        expected.setdefault(key, []).append((step, value))
+    assert set(tb) == set(expected)
+    for key, want in expected.items():
+        got = sorted((s, v) for s, v, _ in tb[key])
+        assert [s for s, _ in got] == sorted(s for s, _ in want), key  # each step once
+
+
+def test_sink_process_ends_with_a_killed_collector(tmp_path: Path) -> None:
+    """SIGKILL of the collector closes the pipe: the sink process drains and exits by itself,
+    and the next collector's sink process takes over."""
+    store = tmp_path / "store"
+    collector = CollectorProcess(store, "--sink", "tensorboard", "--system-interval", "0").start()
+    try:
+        [child] = _sink_children(collector)
+        collector.kill()
+        child.wait(30)  # raises psutil.TimeoutExpired if it stayed behind
+        collector.start()
+        assert len(_sink_children(collector)) == 1
+        assert collector.stop() == 0
+    finally:
+        collector.close()
