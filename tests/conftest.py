@@ -128,6 +128,17 @@ class CollectorProcess:
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(10)
 
+    def kill_all(self) -> None:
+        """SIGKILL of the collector and its child processes at once (a killed process group)."""
+        import psutil
+
+        assert self.proc is not None
+        children = psutil.Process(self.proc.pid).children(recursive=True)
+        for proc in [psutil.Process(self.proc.pid), *children]:
+            proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+        psutil.wait_procs(children, timeout=10)
+
     def close(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()

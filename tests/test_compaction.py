@@ -338,8 +338,9 @@ def test_collector_compacts_a_run_when_it_ends(store: Path, collector: Collector
 def test_collector_killed_mid_compaction_loses_and_doubles_nothing(
     store: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """SIGKILL of the collector while it compacts a finished run: after a restart the run has
-    every row exactly once, and its files end up merged."""
+    """SIGKILL of the collector and its processes while the materializer process compacts a
+    finished run: after a restart the run has every row exactly once, and its files end up
+    merged."""
     from traintape import emitter
 
     monkeypatch.setenv(compaction.PAUSE_ENV, "30:intent written")  # before the last step
@@ -353,7 +354,7 @@ def test_collector_killed_mid_compaction_loses_and_doubles_nothing(
         while "step: intent written" not in first.log.read_text():
             assert time.monotonic() < deadline, first.log.read_text()
             time.sleep(0.05)
-        first.kill()
+        first.kill_all()
     finally:
         first.close()
     monkeypatch.delenv(compaction.PAUSE_ENV)

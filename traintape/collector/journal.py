@@ -2,8 +2,8 @@
 
 Positions are byte offsets across all segments (a segment file is named by the offset of its
 first byte, Kafka-style), so one int is a cursor for the materializer and for every sink. Only the
-collector's ingest thread writes; readers in other threads read up to `durable_end`, which moves
-only after an fsync.
+collector's ingest thread writes; readers read up to `durable_end`, which moves only after an
+fsync (in the materializer and sink processes, `JournalFollower`, told it by the collector).
 """
 
 from __future__ import annotations

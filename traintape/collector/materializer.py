@@ -1,4 +1,5 @@
-"""Materializer: journal -> partitioned Parquet files, about every `interval` seconds.
+"""Materializer: journal -> partitioned Parquet files, about every `interval` seconds (in its own
+process beside the collector: materializer_process.py).
 
 Files are `tables/<table>/<run_id>/part-<start>-<end>.parquet`, named by the journal range they
 hold, each written under a temporary name, fsync'd and renamed (a reader globbing the folder

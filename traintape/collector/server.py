@@ -25,7 +25,8 @@ import zmq
 from traintape.collector.deadletter import DeadLetters
 from traintape.collector.dedup import Deduplicator
 from traintape.collector.journal import Journal
-from traintape.collector.materializer import Materializer
+from traintape.collector.materializer import ensure_empty_tables
+from traintape.collector.materializer_process import MaterializerProcess
 from traintape.collector.sink_process import SinkProcess
 from traintape.collector.system import SystemSampler
 from traintape.durable import write_json_atomic
@@ -131,7 +132,15 @@ class Collector:
             "dead_letters": 0,
         }
         self._recover()
-        self.materializer = Materializer(store, self.journal, materialize_interval, compact_settle)
+        ensure_empty_tables(store)  # queryable at once, before the materializer process runs
+        self.materializer = MaterializerProcess(
+            store,
+            self.journal,
+            materialize_interval,
+            compact_settle,
+            self._log,
+            lambda: self.stats["events"],
+        )
         # The sinks (traintape.sinks.config.SinkConfig) follow the journal in a child process,
         # one thread each, so their backends never hold this process's GIL.
         self.sinks = (
@@ -318,7 +327,7 @@ class Collector:
             "materialized_bytes": self.materializer.position,
             "materializer_lag_bytes": self.journal.durable_end - self.materializer.position,
             "materializer_error": self.materializer.last_error,
-            "sinks": self.sinks.status() if self.sinks is not None else {},
+            "sinks": self.sinks.sinks_status() if self.sinks is not None else {},
         }
 
     def write_status(self) -> None:

@@ -1,5 +1,6 @@
-"""The sinks' own process: beside the collector, restarted when it dies, gone when the collector
-is, and exactly once throughout (TensorBoard read back with its own reader)."""
+"""The collector's follower processes (materializer, sinks): beside the collector, restarted
+when they die, gone when the collector is, and exactly once throughout (the store counted,
+TensorBoard read back with its own reader)."""
 
 from __future__ import annotations
 
@@ -12,16 +13,20 @@ import psutil
 
 from tests.conftest import CollectorProcess, query, start_ranks
 from tests.test_sink_tensorboard import read_scalars
-from traintape.collector.sink_process import status_path
+from traintape.collector.follower import status_path
 
 
-def _sink_children(collector: CollectorProcess) -> list[psutil.Process]:
+def _children(collector: CollectorProcess, module: str) -> list[psutil.Process]:
     assert collector.proc is not None
     return [
         c
         for c in psutil.Process(collector.proc.pid).children()
-        if "traintape.collector.sink_process" in " ".join(c.cmdline())
+        if f"traintape.collector.{module}" in " ".join(c.cmdline())
     ]
+
+
+def _sink_children(collector: CollectorProcess) -> list[psutil.Process]:
+    return _children(collector, "sink_process")
 
 
 def _wait(condition, seconds: float = 30.0) -> None:
@@ -47,7 +52,7 @@ def test_sink_process_killed_mid_run_is_restarted_and_loses_nothing(tmp_path: Pa
         _wait(lambda: len(_sink_children(collector)) == 1 and _sink_children(collector)[0] != child)
         for p in procs:
             assert p.wait(120) == 0
-        _wait(lambda: status_path(store).exists())
+        _wait(lambda: status_path(store, "sink_process").exists())
         status = json.loads((store / "state" / "collector.json").read_text())
         assert status["sinks"]["tensorboard"]["type"] == "tensorboard"
         assert collector.stop() == 0
@@ -79,3 +84,29 @@ def test_sink_process_ends_with_a_killed_collector(tmp_path: Path) -> None:
         assert collector.stop() == 0
     finally:
         collector.close()
+
+
+def test_materializer_process_killed_mid_run_is_restarted_and_stores_each_row_once(
+    tmp_path: Path,
+) -> None:
+    """SIGKILL of the materializer process while two ranks log: another one resumes from the
+    committed cursor; every row is in the store exactly once."""
+    store = tmp_path / "store"
+    collector = CollectorProcess(store, "--system-interval", "0").start()
+    try:
+        [child] = _children(collector, "materializer_process")
+        procs = start_ranks(
+            store, "mp", "--steps", 800, "--metrics", 5, "--pause-every", 10, "--pause", 0.02
+        )
+        time.sleep(1.0)
+        child.send_signal(signal.SIGKILL)
+        _wait(lambda: "the materializer process exited" in collector.log.read_text())
+        for p in procs:
+            assert p.wait(120) == 0
+        assert collector.stop() == 0
+    finally:
+        collector.close()
+    assert query(
+        store,
+        "SELECT count(*), count(DISTINCT (rank, step, key)) FROM metrics WHERE run_id = 'mp'",
+    ) == [(2 * 800 * 5, 2 * 800 * 5)]

@@ -1,0 +1,234 @@
+"""Journal followers in child processes of the collector, so their work never takes its GIL.
+
+The materializer (msgpack decoding, Arrow conversion) and the sinks (TensorBoard's protobufs,
+MLflow's HTTP client, W&B's SDK) only read the journal. As threads of the collector they competed
+with the ingest loop for the interpreter lock; each now runs in a process of its own:
+
+    collector                                   child (python -m traintape.collector.<name>)
+    FollowerProcess ──stdin: config line, ──►   JournalFollower.durable_end, the event count
+                      then "<durable end>         the follower (Materializer, SinkRunners)
+                      <events>" lines
+    status() ◄──── state/<name>.status.json ◄── written every STATUS_INTERVAL_S
+
+(`events`: what the collector has journaled since it started; the sinks count their lag from it.)
+
+A child reads the journal only up to the durable end the collector last told it (bytes past it
+may be torn, or rolled back after a failed fsync). When its stdin closes (the collector stops, or
+dies: even a SIGKILL closes the pipe) the follower finishes what it was told and the process
+exits; a new child waits on `state/<name>.lock` until the old one has, so a follower always has
+one writer. Children ignore SIGINT and SIGTERM (a Ctrl-C reaches the whole process group; the
+collector decides when they stop). If a child dies, the collector logs it and starts another.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+from traintape.collector.journal import JournalFollower
+from traintape.durable import write_json_atomic
+
+STATUS_INTERVAL_S = 0.2
+NOTIFY_INTERVAL_S = 0.02
+RESTART_AFTER_S = 5.0
+
+
+def status_path(store: Path, name: str) -> Path:
+    return store / "state" / f"{name}.status.json"
+
+
+class FollowerProcess:
+    """The collector's handle on one child: start it, tell it the journal's durable end, read
+    its status, stop it (it finishes what it was told, for at most `stop_timeout` s)."""
+
+    def __init__(
+        self,
+        name: str,
+        store: Path,
+        journal: Any,
+        config: dict[str, Any],
+        *,
+        ingested: Callable[[], int],
+        log: Callable[[str], None],
+        stop_timeout: float,
+    ) -> None:
+        self.name = name
+        self.label = name.removesuffix("_process")  # "the sink process", in messages
+        self.store = store
+        self.journal = journal
+        self.config = config
+        self.ingested = ingested
+        self._log = log
+        self.stop_timeout = stop_timeout
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._told: tuple[int, int] | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._tend, name=f"traintape-{name}", daemon=True)
+
+    def start(self) -> None:
+        self._spawn()
+        self._thread.start()
+
+    def _spawn(self) -> None:
+        status_path(self.store, self.name).unlink(missing_ok=True)
+        module = f"traintape.collector.{self.name}"
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", module, "--store", str(self.store)], stdin=subprocess.PIPE
+        )
+        assert self._proc.stdin is not None
+        self._proc.stdin.write(json.dumps(self.config).encode() + b"\n")
+        self._proc.stdin.flush()
+        os.set_blocking(self._proc.stdin.fileno(), False)  # the collector never waits on it
+        self._told = None
+        self._tell()
+
+    def _tend(self) -> None:
+        """Tells the child each new durable end; starts another if it died."""
+        while not self._stop.wait(NOTIFY_INTERVAL_S):
+            proc = self._proc
+            assert proc is not None
+            if proc.poll() is not None:
+                self._log(
+                    f"the {self.label} process exited (code {proc.returncode}); "
+                    f"starting another in {RESTART_AFTER_S:.0f} s"
+                )
+                if self._stop.wait(RESTART_AFTER_S):
+                    return
+                self._spawn()
+                continue
+            self._tell()
+
+    def _line(self) -> tuple[int, int]:
+        events = self.ingested()  # read first: counted when journaled, so never behind the end
+        return self.journal.durable_end, events
+
+    def _tell(self) -> None:
+        proc = self._proc
+        now = self._line()
+        if now == self._told or proc is None or proc.stdin is None:
+            return
+        with contextlib.suppress(BlockingIOError, BrokenPipeError):
+            # A line under PIPE_BUF bytes: written whole or not at all.
+            os.write(proc.stdin.fileno(), f"{now[0]} {now[1]}\n".encode())
+            self._told = now
+
+    def status(self) -> dict[str, Any] | None:
+        """What the child last reported (None before its first report)."""
+        try:
+            return json.loads(status_path(self.store, self.name).read_text())
+        except (OSError, ValueError):
+            return None
+
+    def stop(self) -> None:
+        """The last durable end, then EOF: the child finishes and exits (killed if it hangs)."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        if self._proc is None:
+            return  # never started
+        if self._proc.poll() is not None:  # died, not yet replaced: one more finishes the work
+            self._spawn()
+        proc = self._proc
+        if proc.stdin is not None:
+            os.set_blocking(proc.stdin.fileno(), True)
+            with contextlib.suppress(BrokenPipeError):
+                end, events = self._line()
+                proc.stdin.write(f"{end} {events}\n".encode())
+                proc.stdin.close()
+        try:
+            proc.wait(self.stop_timeout)
+        except subprocess.TimeoutExpired:
+            self._log(f"the {self.label} process did not stop in {self.stop_timeout:.0f} s; killed")
+            proc.kill()
+            proc.wait()
+
+
+# -- the child -------------------------------------------------------------------------------
+
+
+class Follower(Protocol):
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+    def status(self) -> dict[str, Any]: ...
+
+
+Build = Callable[[Path, dict[str, Any], JournalFollower, Callable[[], int], Callable], Follower]
+
+
+def child_main(name: str, build: Build, argv: list[str] | None = None) -> int:
+    """The main of a follower process: `build(store, config, journal, ingested, log)` makes the
+    follower, which runs until the collector closes this process's stdin."""
+    import argparse
+
+    p = argparse.ArgumentParser(
+        prog=f"python -m traintape.collector.{name}",
+        description=f"The {name} process of a collector (`traintape serve` starts it).",
+    )
+    p.add_argument("--store", required=True)
+    args = p.parse_args(argv)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    store = Path(args.store)
+
+    def log(text: str) -> None:
+        print(f"traintape collector: {text}", file=sys.stderr, flush=True)
+
+    lock_path = store / "state" / f"{name}.lock"
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    lock = open(lock_path, "w")  # held until this process exits
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        log(f"waiting for the previous {name.removesuffix('_process')} process to finish")
+        fcntl.flock(lock, fcntl.LOCK_EX)
+
+    stdin = sys.stdin.buffer
+    config = json.loads(stdin.readline() or "{}")
+    journal = JournalFollower(store / "journal")
+    told = {"events": 0}
+
+    def take(line: bytes) -> bool:
+        try:
+            end, events = line.split()
+            journal.durable_end = max(journal.durable_end, int(end))
+            told["events"] = max(told["events"], int(events))
+            return True
+        except ValueError:
+            return False
+
+    if not take(stdin.readline()):
+        return 0  # the collector stopped before telling anything
+    follower = build(store, config, journal, lambda: told["events"], log)
+    follower.start()
+    stop = threading.Event()
+
+    def report() -> None:
+        with contextlib.suppress(OSError):
+            write_json_atomic(
+                status_path(store, name), {"updated": time.time(), **follower.status()}
+            )
+
+    def reporter() -> None:
+        while not stop.wait(STATUS_INTERVAL_S):
+            report()
+
+    thread = threading.Thread(target=reporter, daemon=True)
+    thread.start()
+    for line in stdin:  # until the collector closes the pipe
+        take(line)
+    follower.stop()
+    stop.set()
+    thread.join()
+    report()
+    lock.close()
+    return 0

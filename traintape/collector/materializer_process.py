@@ -1,0 +1,78 @@
+"""The materializer's process: journal -> Parquet (and compaction) beside the collector, so
+decoding and Arrow conversion never take the ingest loop's interpreter lock (follower.py has the
+plumbing). At the collector's stop it materializes everything journaled, then exits."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from traintape.collector.compaction import committed_position
+from traintape.collector.follower import FollowerProcess, child_main
+
+NAME = "materializer_process"
+STOP_TIMEOUT_S = 600.0
+"""At most this long to materialize what is left at a stop (killed then; a restart resumes from
+the committed cursor)."""
+
+
+class MaterializerProcess(FollowerProcess):
+    def __init__(
+        self,
+        store: Path,
+        journal: Any,
+        interval: float,
+        compact_settle: float | None,
+        log: Callable[[str], None],
+        ingested: Callable[[], int],
+    ) -> None:
+        config = {"interval": interval, "compact_settle": compact_settle}
+        super().__init__(
+            NAME, store, journal, config, ingested=ingested, log=log, stop_timeout=STOP_TIMEOUT_S
+        )
+
+    @property
+    def position(self) -> int:
+        """The journal position materialized (committed) so far."""
+        return committed_position(self.store)
+
+    @property
+    def last_error(self) -> str | None:
+        return (self.status() or {}).get("last_error")
+
+
+class _Materializing:
+    def __init__(self, materializer: Any) -> None:
+        self.materializer = materializer
+
+    def start(self) -> None:
+        self.materializer.start()
+
+    def stop(self) -> None:
+        self.materializer.stop()  # materializes up to the last durable end it was told
+
+    def status(self) -> dict[str, Any]:
+        m = self.materializer
+        return {
+            "position": m.position,
+            "rows_written": m.rows_written,
+            "skipped_records": m.skipped_records,
+            "last_error": m.last_error,
+            "compaction_error": m.compactor.last_error,
+        }
+
+
+def _build(
+    store: Path, config: dict[str, Any], journal: Any, ingested: Any, log: Any
+) -> _Materializing:
+    from traintape.collector.materializer import Materializer
+
+    return _Materializing(
+        Materializer(store, journal, config["interval"], config.get("compact_settle"))
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(child_main(NAME, _build))
