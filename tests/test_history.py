@@ -250,6 +250,11 @@ def test_runs_command_filters_by_project_tag_status(
     rows = table(out)
     assert rows[0][:4] == ["run_id", "project", "name", "status"]
     assert {r[0] for r in rows[1:]} == set(RUNS)
+    code, out, _ = run_cli(capsys, "runs", "--store", str(fleet), "--format", "json")
+    import socket
+
+    for run in json.loads(out):  # the environment, at a glance
+        assert run["host"] == socket.gethostname() and "commit" in run
 
 
 # -- show ----------------------------------------------------------------------------------

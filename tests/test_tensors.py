@@ -426,3 +426,43 @@ def test_nonfinite_count_across_buckets_and_dtypes(monkeypatch: pytest.MonkeyPat
         count = gradients._nonfinite_count(torch, tensors, torch.device("cpu"))
         assert count.dtype == torch.float64 and count.item() == 2 + 1 + 0 + 5 + 1
     assert gradients._nonfinite_count(torch, [], torch.device("cpu")).item() == 0
+
+
+def test_git_state_is_in_the_run_and_in_traintape_runs(
+    store: Path,
+    collector: CollectorProcess,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys,
+) -> None:
+    """A run started in a git checkout with changes records commit, branch, dirty and the diff's
+    hash; `traintape runs` shows the commit with a `+`."""
+    import hashlib
+    import json
+
+    from traintape.cli import main
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(repo)]
+    subprocess.run([*git, "init", "-q", "-b", "trunk"], check=True)
+    (repo / "train.py").write_text("lr = 0.1\n")
+    subprocess.run([*git, "add", "train.py"], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "first"], check=True)
+    (repo / "train.py").write_text("lr = 0.2\n")
+    head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True).stdout
+    diff = subprocess.run([*git, "diff", "HEAD"], capture_output=True, text=True).stdout
+    monkeypatch.chdir(repo)
+    run = emitter.init(project="git", store=store)
+    emitter.finish()
+    wait_for(store, f"SELECT count(*) FROM runs WHERE run_id = '{run.run_id}'", 1)
+    env = json.loads(
+        query(store, "SELECT environment FROM runs WHERE run_id = ?", run.run_id)[0][0]
+    )
+    assert env["git_commit"] == head.strip() and env["git_branch"] == "trunk"
+    assert env["git_dirty"] is True
+    assert env["git_diff_sha1"] == hashlib.sha1(diff.strip().encode()).hexdigest()
+    capsys.readouterr()
+    assert main(["runs", "--store", str(store), "--format", "json"]) == 0
+    [row] = [r for r in json.loads(capsys.readouterr().out) if r["run_id"] == run.run_id]
+    assert row["commit"] == head.strip()[:8] + "+"

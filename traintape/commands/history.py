@@ -42,7 +42,11 @@ WITH last AS (
     QUALIFY row_number() OVER (PARTITION BY run_id, key ORDER BY step DESC, rank, ts DESC) = 1)
 SELECT p.run_id, p.project, p.name, p.status, p.started, p.duration_s AS duration,
        (SELECT max(step) + 1 FROM last WHERE last.run_id = p.run_id) AS steps,
-       p.ranks,
+       p.ranks, p.host,
+       -- the commit the run started from, `+` when the working tree had changes
+       left(p.git_commit, 8)
+           || CASE WHEN json_extract(p.environment, '$.git_dirty')::BOOLEAN THEN '+' ELSE '' END
+           AS commit,
        (SELECT string_agg(key || '=' || printf('%.4g', value), ' ' ORDER BY key)
         FROM last WHERE last.run_id = p.run_id) AS last_metrics
 FROM picked p ORDER BY p.started
