@@ -26,6 +26,7 @@ class RecordingDeferred:
 
     def __init__(self) -> None:
         self.added: list[tuple[int | None, int, Any, Any]] = []
+        self.unreadable = 0
 
     def add(self, ts: int, step: int | None, kind: int, values: Any, build: Any) -> None:
         assert values.device.type == "meta" and values.dim() == 1

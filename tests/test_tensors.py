@@ -119,6 +119,40 @@ def test_values_logged_after_a_gpu_value_wait_behind_it(
     assert rows == [(4, "loss"), (5, "lr"), (6, "lr"), (6, "tokens"), (7, "lr")]
 
 
+class _BrokenEvent:
+    """An event of a device that hit a CUDA error: every call raises, as CUDA's errors stick."""
+
+    def query(self) -> bool:
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    synchronize = query
+
+
+def test_a_device_error_loses_only_the_values_on_the_gpu(
+    store: Path, collector: CollectorProcess, capsys
+) -> None:
+    """After a CUDA error the values still on the GPU are dropped (said once, counted in the
+    report); plain values, the run's end and its failed status are still recorded."""
+    run = emitter.init(project="t", store=store)
+    dv = run._deferred
+    host = torch.tensor([1.0])
+    for step in (0, 1):
+        slot = _Slot(host, _BrokenEvent(), (1, torch.float32, torch.device("cpu")))
+        dv._queue.append(_Pending(step, step, METRICS, lambda v: {"loss": v[0]}, slot, host))
+    emitter.log({"lr": 0.1}, step=2)  # queued behind them, kept
+    run.log({"lr": 0.2}, step=3)
+    report = emitter.finish(status="failed")
+    assert report.unreadable == 2 and not report.complete
+    assert capsys.readouterr().err.count("values still on the GPU cannot be read") == 1
+    wait_for(
+        store, f"SELECT count(*) FROM runs WHERE run_id = '{run.run_id}' AND ended IS NOT NULL", 1
+    )
+    assert query(
+        store, "SELECT step, key FROM metrics WHERE run_id = ? ORDER BY step", run.run_id
+    ) == [(2, "lr"), (3, "lr")]
+    assert query(store, "SELECT status FROM runs WHERE run_id = ?", run.run_id) == [("failed",)]
+
+
 def _tiny_model() -> torch.nn.Module:
     torch.manual_seed(0)
     return torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))

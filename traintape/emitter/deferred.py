@@ -61,6 +61,8 @@ class DeferredValues:
         self._queue: deque[_Pending] = deque()
         self._lock = threading.Lock()
         self._free: dict[tuple[int, Any, Any], list[_Slot]] = {}
+        self.unreadable = 0  # GPU values dropped because the device failed (a CUDA error)
+        self.error: str | None = None
 
     def __len__(self) -> int:
         return len(self._queue)
@@ -112,11 +114,15 @@ class DeferredValues:
                 if slot is None:
                     values = []
                 else:
-                    if wait:
-                        slot.event.synchronize()
-                    elif not slot.event.query():
-                        break
-                    values = _floats(slot.host.tolist())
+                    try:
+                        if wait:
+                            slot.event.synchronize()
+                        elif not slot.event.query():
+                            break
+                        values = _floats(slot.host.tolist())
+                    except Exception as exc:  # a CUDA error: the device can no longer be read
+                        self._drop_device_values(exc)
+                        continue
                     self._free.setdefault(slot.key, []).append(slot)
                 # Emitted before it leaves the queue: a log() that finds the queue empty must
                 # not get its event out ahead of this one.
@@ -126,6 +132,23 @@ class DeferredValues:
         finally:
             self._lock.release()
         return emitted
+
+    def _drop_device_values(self, exc: Exception) -> None:
+        """After a device error (CUDA errors are sticky: every later call fails too) the values
+        still on the GPU are lost; everything else of the run goes on, so the crash that caused
+        it is recorded. Values queued behind them that need no copy are kept, in order."""
+        kept = [p for p in self._queue if p.slot is None]
+        self.unreadable += len(self._queue) - len(kept)
+        self._queue.clear()
+        self._queue.extend(kept)
+        self._free.clear()
+        if self.error is None:
+            self.error = f"{type(exc).__name__}: {exc}"
+            print(
+                f"traintape: values still on the GPU cannot be read ({self.error}); they are "
+                "not logged, the rest of the run is",
+                file=sys.stderr,
+            )
 
 
 def _floats(values: list[Any]) -> list[float]:

@@ -48,11 +48,12 @@ class FinishReport:
     spool_path: Path | None
     rejected: int
     lost: int = 0  # neither acknowledged nor spooled: only when the spool could not be written
+    unreadable: int = 0  # logged GPU values a device error left unreadable (never events)
 
     @property
     def complete(self) -> bool:
-        """Every event is in the collector's journal."""
-        return self.spooled == 0 and self.rejected == 0 and self.lost == 0
+        """Every event is in the collector's journal, and every logged GPU value became one."""
+        return self.spooled == 0 and self.rejected == 0 and self.lost == 0 and not self.unreadable
 
 
 class RunFinishedError(RuntimeError):
@@ -454,6 +455,7 @@ class Emitter:
             spool_path=transport.spool.path if spooled else None,
             rejected=transport.stats.rejected_events,
             lost=lost,
+            unreadable=self._deferred.unreadable,
         )
         self._report = report
         if spooled:
