@@ -500,3 +500,31 @@ def test_git_state_is_in_the_run_and_in_traintape_runs(
     assert main(["runs", "--store", str(store), "--format", "json"]) == 0
     [row] = [r for r in json.loads(capsys.readouterr().out) if r["run_id"] == run.run_id]
     assert row["commit"] == head.strip()[:8] + "+"
+
+
+def test_histograms_are_the_same_in_chunks_and_count_only_finite_values(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Binning in chunks (as for huge tensors) gives the counts of binning at once, which are
+    numpy's over the finite values; bf16 and an all-NaN tensor too."""
+    from traintape.emitter import gradients
+
+    torch.manual_seed(0)
+    x = torch.randn(10_000, dtype=torch.float32)
+    x[::97] = math.nan
+    x[::101] = math.inf
+    whole = gradients.histogram_values(torch, x)
+    monkeypatch.setattr(gradients, "HIST_CHUNK", 333)
+    chunked = gradients.histogram_values(torch, x)
+    assert torch.equal(whole, chunked)
+    finite = x[torch.isfinite(x)].double().numpy()
+    lo, hi = finite.min(), finite.max()
+    assert whole[0].item() == lo and whole[1].item() == hi
+    assert whole[2:].sum().item() == finite.size
+    ref, _ = np.histogram(finite, bins=64, range=(lo, hi))
+    assert np.abs(whole[2:].numpy() - ref).sum() <= 2  # values on a bin edge may fall either way
+    half = gradients.histogram_values(torch, x.bfloat16())
+    assert half[2:].sum().item() == finite.size
+    nan = gradients.histogram_values(torch, torch.full((5,), math.nan))
+    assert nan[0].item() == math.inf and nan[2:].sum().item() == 0
+    assert gradients.histogram_values(torch, torch.empty(0)) is None

@@ -71,7 +71,9 @@ class DeferredValues:
         """Emits `build(values)` once the 1-D tensor `values` can be read without a sync."""
         values = values.detach()
         if values.device.type != "cuda":
-            self._emit(kind, step, build(_floats(values.tolist())), ts)
+            body = build(_floats(values.tolist()))
+            if not self.add_ready(ts, step, kind, body):
+                self._emit(kind, step, body, ts)
             return
         torch = torch_module()
         assert torch is not None

@@ -120,16 +120,9 @@ class GradientWatcher:
     def _histogram(self, name: str, tensor: Any, ts: int, step: int) -> None:
         import torch
 
-        # Built from sync-free ops only: no boolean indexing, no auto-range histc, no bincount
-        # (each of those reads a size or a bound back to the host). NaN/Inf are left out.
-        flat = tensor.reshape(-1).to(torch.float64)
-        finite = torch.isfinite(flat)
-        lo = torch.where(finite, flat, torch.inf).min()
-        hi = torch.where(finite, flat, -torch.inf).max()
-        width = torch.clamp(hi - lo, min=1e-12)
-        index = ((flat - lo) / width * HIST_BINS).nan_to_num(0).clamp(0, HIST_BINS - 1).long()
-        counts = flat.new_zeros(HIST_BINS).scatter_add_(0, index, finite.to(torch.float64))
-        values = torch.cat([torch.stack([lo, hi]), counts])
+        values = histogram_values(torch, tensor)
+        if values is None:
+            return
 
         def build(vals: list[float], key: str = name) -> dict[str, Any]:
             return {"key": key, "min": vals[0], "max": vals[1], "counts": vals[2:]}
@@ -143,6 +136,35 @@ class GradientWatcher:
 
 
 _NOT_QUEUED = object()
+HIST_CHUNK = 1 << 24
+"""Elements binned at a time: the temporaries of a histogram stay under ~400 MiB whatever the
+tensor's size (a 1-billion-element embedding in float64 at once would need tens of GiB)."""
+
+
+def histogram_values(torch: Any, tensor: Any) -> Any | None:
+    """[min, max, 64 counts] of the finite elements of `tensor`, as one float64 tensor on its
+    device; None for an empty tensor.
+
+    Built from sync-free ops only: no boolean indexing, no auto-range histc, no bincount (each
+    of those reads a size or a bound back to the host). NaN and ±Inf are left out of the counts.
+    """
+    flat = tensor.reshape(-1)
+    if flat.numel() == 0:
+        return None
+    chunks = flat.split(HIST_CHUNK)  # views: no copy
+    finite_min = [torch.where(torch.isfinite(c), c, torch.inf).min() for c in chunks]
+    finite_max = [torch.where(torch.isfinite(c), c, -torch.inf).max() for c in chunks]
+    lo = torch.stack(finite_min).min().to(torch.float64)
+    hi = torch.stack(finite_max).max().to(torch.float64)
+    width = torch.clamp(hi - lo, min=1e-12)
+    counts = torch.zeros(HIST_BINS, dtype=torch.int64, device=flat.device)
+    for chunk in chunks:
+        x = chunk.to(torch.float64)
+        index = ((x - lo) / width * HIST_BINS).nan_to_num(0).clamp(0, HIST_BINS - 1).long()
+        counts.scatter_add_(0, index, torch.isfinite(x).long())  # int64: exact past 2**24
+    return torch.cat([torch.stack([lo, hi]), counts.to(torch.float64)])
+
+
 _BUCKET_BYTES = 32 << 20
 
 
