@@ -161,7 +161,7 @@ def histogram_values(torch: Any, tensor: Any) -> Any | None:
     for chunk in chunks:
         x = chunk.to(torch.float64)
         index = ((x - lo) / width * HIST_BINS).nan_to_num(0).clamp(0, HIST_BINS - 1).long()
-        counts.scatter_add_(0, index, torch.isfinite(x).long())  # int64: exact past 2**24
+        counts.scatter_add_(0, index, torch.isfinite(x).long())  # int64 counts
     return torch.cat([torch.stack([lo, hi]), counts.to(torch.float64)])
 
 
