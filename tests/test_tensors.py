@@ -6,6 +6,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -105,7 +106,8 @@ def test_values_logged_after_a_gpu_value_wait_behind_it(
     event = _FakeEvent()
     host = torch.tensor([0.25], dtype=torch.float32)
     slot = _Slot(host, event, (1, torch.float32, torch.device("cpu")))
-    dv._queue.append(_Pending(0, 4, METRICS, lambda v: {"loss": v[0]}, slot, host))
+    now = time.time_ns()
+    dv._queue.append(_Pending(now, 4, METRICS, lambda v: {"loss": v[0]}, slot, host))
     emitter.log({"lr": 0.1}, step=5)
     emitter.log({"lr": 0.2, "tokens": np.int64(7)}, step=6)  # the slow path too
     assert not [e for e in run._pending if e[0] == METRICS] and len(dv) == 3
@@ -117,6 +119,34 @@ def test_values_logged_after_a_gpu_value_wait_behind_it(
         store, "SELECT step, key FROM metrics WHERE run_id = ? ORDER BY seq, key", run.run_id
     )
     assert rows == [(4, "loss"), (5, "lr"), (6, "lr"), (6, "tokens"), (7, "lr")]
+
+
+def test_values_stop_waiting_behind_a_gpu_value_that_is_overdue(
+    store: Path, collector: CollectorProcess
+) -> None:
+    """A GPU value pending longer than HOLD_S (a hung device) no longer holds back what is
+    logged after it: those go out, in their own order; the GPU value follows when it lands."""
+    from traintape.emitter import deferred
+
+    run = emitter.init(project="t", store=store)
+    dv = run._deferred
+    event = _FakeEvent()
+    host = torch.tensor([0.5], dtype=torch.float32)
+    slot = _Slot(host, event, (1, torch.float32, torch.device("cpu")))
+    then = time.time_ns() - int(deferred.HOLD_S * 1e9) + int(0.3e9)  # overdue in 0.3 s
+    dv._queue.append(_Pending(then, 1, METRICS, lambda v: {"loss": v[0]}, slot, host))
+    emitter.log({"lr": 0.1}, step=2)  # not overdue yet: waits behind it
+    assert len([e for e in run._pending if e[0] == METRICS]) == 0
+    time.sleep(0.4)
+    run._deferred.poll()  # as the keeper thread does
+    emitter.log({"lr": 0.2}, step=3)  # overdue now: straight out, after step 2's
+    assert dv._queue[0].slot is slot  # only the GPU value still waits; step 2 went out
+    assert [p.done for p in dv._queue] == [False] + [True] * (len(dv) - 1)
+    event.done = True
+    emitter.finish()
+    wait_for(store, f"SELECT count(*) FROM metrics WHERE run_id = '{run.run_id}'", 3)
+    rows = query(store, "SELECT step, key FROM metrics WHERE run_id = ? ORDER BY seq", run.run_id)
+    assert rows == [(2, "lr"), (3, "lr"), (1, "loss")]
 
 
 class _BrokenEvent:
@@ -138,7 +168,8 @@ def test_a_device_error_loses_only_the_values_on_the_gpu(
     host = torch.tensor([1.0])
     for step in (0, 1):
         slot = _Slot(host, _BrokenEvent(), (1, torch.float32, torch.device("cpu")))
-        dv._queue.append(_Pending(step, step, METRICS, lambda v: {"loss": v[0]}, slot, host))
+        ts = time.time_ns()
+        dv._queue.append(_Pending(ts, step, METRICS, lambda v: {"loss": v[0]}, slot, host))
     emitter.log({"lr": 0.1}, step=2)  # queued behind them, kept
     run.log({"lr": 0.2}, step=3)
     report = emitter.finish(status="failed")

@@ -17,10 +17,15 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+HOLD_S = 5.0
+"""Longest that values needing no copy wait behind a GPU value: past it (a hung device, a stuck
+collective) they go out at once, out of order, so the host's record of the hang keeps coming."""
 
 Build = Callable[[list[float]], dict[str, Any]]
 Emit = Callable[[int, int | None, dict[str, Any], int], None]  # (kind, step, body, ts)
@@ -53,6 +58,9 @@ class _Pending:
     build: Build
     slot: _Slot | None  # None: ready, queued only to keep its place in line
     device_values: Any  # kept alive until the copy completed
+    # Emitted (or dropped) out of line already; only leaves the queue when it reaches the head.
+    # The queue's only changes are appends (any thread) and poll's popleft: never rebuilt.
+    done: bool = False
 
 
 class DeferredValues:
@@ -86,9 +94,13 @@ class DeferredValues:
         """Queues a body that needs no copy behind values still on their way, so events leave in
         the order of the calls (W&B drops a row below its last step). False: nothing is on its
         way; emit it directly."""
-        if not self._queue:
+        queue = self._queue
+        if not queue:
             return False
-        self._queue.append(_Pending(ts, step, kind, lambda _: body, None, None))
+        if ts - queue[0].ts > HOLD_S * 1e9:  # the GPU value at the head is overdue
+            self.poll()  # lets out the values already waiting, so they still precede this one
+            return False
+        queue.append(_Pending(ts, step, kind, lambda _: body, None, None))
         self.poll()
         return True
 
@@ -113,6 +125,9 @@ class DeferredValues:
             while queue:
                 head = queue[0]
                 slot = head.slot
+                if head.done:
+                    queue.popleft()
+                    continue
                 if slot is None:
                     values = []
                 else:
@@ -120,6 +135,8 @@ class DeferredValues:
                         if wait:
                             slot.event.synchronize()
                         elif not slot.event.query():
+                            if time.time_ns() - head.ts > HOLD_S * 1e9:
+                                emitted += self._release_ready()
                             break
                         values = _floats(slot.host.tolist())
                     except Exception as exc:  # a CUDA error: the device can no longer be read
@@ -135,14 +152,24 @@ class DeferredValues:
             self._lock.release()
         return emitted
 
+    def _release_ready(self) -> int:
+        """Emits the queued values that need no copy, leaving the GPU values in line."""
+        released = 0
+        for p in list(self._queue):  # a snapshot: the training thread may append meanwhile
+            if p.slot is None and not p.done:
+                self._emit(p.kind, p.step, p.build([]), p.ts)
+                p.done = True
+                released += 1
+        return released
+
     def _drop_device_values(self, exc: Exception) -> None:
         """After a device error (CUDA errors are sticky: every later call fails too) the values
         still on the GPU are lost; everything else of the run goes on, so the crash that caused
         it is recorded. Values queued behind them that need no copy are kept, in order."""
-        kept = [p for p in self._queue if p.slot is None]
-        self.unreadable += len(self._queue) - len(kept)
-        self._queue.clear()
-        self._queue.extend(kept)
+        for p in list(self._queue):  # a snapshot, as in _release_ready
+            if p.slot is not None and not p.done:
+                p.done = True
+                self.unreadable += 1
         self._free.clear()
         if self.error is None:
             self.error = f"{type(exc).__name__}: {exc}"
