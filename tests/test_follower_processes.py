@@ -110,3 +110,42 @@ def test_materializer_process_killed_mid_run_is_restarted_and_stores_each_row_on
         store,
         "SELECT count(*), count(DISTINCT (rank, step, key)) FROM metrics WHERE run_id = 'mp'",
     ) == [(2 * 800 * 5, 2 * 800 * 5)]
+
+
+def test_ctrl_c_to_the_process_group_stops_everything_cleanly(tmp_path: Path) -> None:
+    """A terminal's Ctrl-C reaches the collector and its children at once: the children ignore
+    it, the collector stops them in order, and everything logged is stored and in TensorBoard."""
+    import os
+    import subprocess
+    import sys
+
+    from traintape import emitter
+
+    store = tmp_path / "store"
+    log = open(tmp_path / "serve.log", "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "traintape.cli", "serve", "--store", str(store)]
+        + ["--sink", "tensorboard", "--system-interval", "0"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group, as a shell job has
+    )
+    try:
+        _wait(lambda: (store / "state" / "collector.json").exists())
+        run = emitter.init(project="ctrlc", name="c", store=store)
+        for step in range(500):
+            emitter.log({"x": float(step)}, step=step)
+        assert emitter.finish(timeout=30).complete
+        children = psutil.Process(proc.pid).children()
+        assert len(children) == 2  # the materializer and sink processes
+        os.killpg(proc.pid, signal.SIGINT)
+        assert proc.wait(60) == 0
+        psutil.wait_procs(children, timeout=30)
+        assert not [c for c in children if c.is_running() and c.status() != "zombie"]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+    assert query(store, "SELECT count(*) FROM metrics WHERE run_id = ?", run.run_id) == [(500,)]
+    tb = read_scalars(store / "tensorboard" / "ctrlc" / "c")
+    assert sorted(s for s, _, _ in tb["x"]) == list(range(500))
