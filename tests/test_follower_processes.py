@@ -21,7 +21,7 @@ def _children(collector: CollectorProcess, module: str) -> list[psutil.Process]:
     return [
         c
         for c in psutil.Process(collector.proc.pid).children()
-        if f"traintape.collector.{module}" in " ".join(c.cmdline())
+        if c.cmdline()[2:4] == ["traintape.collector.child", module]
     ]
 
 
@@ -138,7 +138,7 @@ def test_ctrl_c_to_the_process_group_stops_everything_cleanly(tmp_path: Path) ->
         assert emitter.finish(timeout=30).complete
         children = psutil.Process(proc.pid).children()
         assert len(children) == 2  # the materializer and sink processes
-        os.killpg(proc.pid, signal.SIGINT)
+        os.killpg(proc.pid, signal.SIGINT)  # the collector's group: not its children's
         assert proc.wait(60) == 0
         psutil.wait_procs(children, timeout=30)
         assert not [c for c in children if c.is_running() and c.status() != "zombie"]
@@ -149,3 +149,5 @@ def test_ctrl_c_to_the_process_group_stops_everything_cleanly(tmp_path: Path) ->
     assert query(store, "SELECT count(*) FROM metrics WHERE run_id = ?", run.run_id) == [(500,)]
     tb = read_scalars(store / "tensorboard" / "ctrlc" / "c")
     assert sorted(s for s, _, _ in tb["x"]) == list(range(500))
+    text = (tmp_path / "serve.log").read_text()
+    assert "Traceback" not in text and "exited" not in text  # no child was interrupted

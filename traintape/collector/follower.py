@@ -4,7 +4,7 @@ The materializer (msgpack decoding, Arrow conversion) and the sinks (TensorBoard
 MLflow's HTTP client, W&B's SDK) only read the journal. As threads of the collector they competed
 with the ingest loop for the interpreter lock; each now runs in a process of its own:
 
-    collector                                   child (python -m traintape.collector.<name>)
+    collector                                   child (python -m traintape.collector.child NAME)
     FollowerProcess ──stdin: config line, ──►   JournalFollower.durable_end, the event count
                       then "<durable end>         the follower (Materializer, SinkRunners)
                       <events>" lines
@@ -16,8 +16,10 @@ A child reads the journal only up to the durable end the collector last told it 
 may be torn, or rolled back after a failed fsync). When its stdin closes (the collector stops, or
 dies: even a SIGKILL closes the pipe) the follower finishes what it was told and the process
 exits; a new child waits on `state/<name>.lock` until the old one has, so a follower always has
-one writer. Children ignore SIGINT and SIGTERM (a Ctrl-C reaches the whole process group; the
-collector decides when they stop). If a child dies, the collector logs it and starts another.
+one writer. Children run in their own session and ignore SIGINT and SIGTERM: a Ctrl-C in the
+terminal reaches the collector only, which decides when they stop. If a child dies, the
+collector logs it and starts another (and starts one at its stop, so that stop leaves the work
+done).
 """
 
 from __future__ import annotations
@@ -81,9 +83,19 @@ class FollowerProcess:
 
     def _spawn(self) -> None:
         status_path(self.store, self.name).unlink(missing_ok=True)
-        module = f"traintape.collector.{self.name}"
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", module, "--store", str(self.store)], stdin=subprocess.PIPE
+            [
+                sys.executable,
+                "-m",
+                "traintape.collector.child",
+                self.name,
+                "--store",
+                str(self.store),
+            ],
+            stdin=subprocess.PIPE,
+            # Its own session: a terminal's Ctrl-C (sent to the collector's process group)
+            # never reaches it, not even while it is still importing; the collector ends it.
+            start_new_session=True,
         )
         assert self._proc.stdin is not None
         self._proc.stdin.write(json.dumps(self.config).encode() + b"\n")
@@ -171,7 +183,7 @@ def child_main(name: str, build: Build, argv: list[str] | None = None) -> int:
     import argparse
 
     p = argparse.ArgumentParser(
-        prog=f"python -m traintape.collector.{name}",
+        prog=f"python -m traintape.collector.child {name}",
         description=f"The {name} process of a collector (`traintape serve` starts it).",
     )
     p.add_argument("--store", required=True)

@@ -4,13 +4,12 @@ plumbing). At the collector's stop it materializes everything journaled, then ex
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from traintape.collector.compaction import committed_position
-from traintape.collector.follower import FollowerProcess, child_main
+from traintape.collector.follower import FollowerProcess
 
 NAME = "materializer_process"
 STOP_TIMEOUT_S = 600.0
@@ -64,7 +63,7 @@ class _Materializing:
         }
 
 
-def _build(
+def build(
     store: Path, config: dict[str, Any], journal: Any, ingested: Any, log: Any
 ) -> _Materializing:
     from traintape.collector.materializer import Materializer
@@ -72,7 +71,3 @@ def _build(
     return _Materializing(
         Materializer(store, journal, config["interval"], config.get("compact_settle"))
     )
-
-
-if __name__ == "__main__":
-    sys.exit(child_main(NAME, _build))

@@ -5,12 +5,11 @@ took its interpreter lock: with all three on, acknowledged ingest fell to half."
 from __future__ import annotations
 
 import dataclasses
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from traintape.collector.follower import FollowerProcess, child_main
+from traintape.collector.follower import FollowerProcess
 from traintape.sinks.config import SinkConfig
 
 NAME = "sink_process"
@@ -55,12 +54,8 @@ class _Sinks:
         return {"sinks": self.runners.status()}
 
 
-def _build(store: Path, config: dict[str, Any], journal: Any, ingested: Any, log: Any) -> _Sinks:
+def build(store: Path, config: dict[str, Any], journal: Any, ingested: Any, log: Any) -> _Sinks:
     from traintape.collector.sink_runner import SinkRunners
 
     configs = [SinkConfig(**c) for c in config["sinks"]]
     return _Sinks(SinkRunners(store, journal, configs, log, ingested))
-
-
-if __name__ == "__main__":
-    sys.exit(child_main(NAME, _build))
