@@ -8,8 +8,10 @@ import json
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
+import pytest
 
 from tests.conftest import CollectorProcess, query, start_ranks
 from tests.test_sink_tensorboard import read_scalars
@@ -151,3 +153,51 @@ def test_ctrl_c_to_the_process_group_stops_everything_cleanly(tmp_path: Path) ->
     assert sorted(s for s, _, _ in tb["x"]) == list(range(500))
     text = (tmp_path / "serve.log").read_text()
     assert "Traceback" not in text and "exited" not in text  # no child was interrupted
+
+
+def test_a_child_that_cannot_be_started_is_tried_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """If starting a dead child's replacement fails (no memory to fork, say), the collector says
+    so and tries again; the work waits in the journal meanwhile."""
+    import subprocess
+
+    from traintape.collector import follower
+    from traintape.collector.journal import Journal
+    from traintape.collector.materializer import ensure_empty_tables
+
+    store = tmp_path / "store"
+    journal = Journal(store / "journal")
+    ensure_empty_tables(store)
+    logs: list[str] = []
+    monkeypatch.setattr(follower, "RESTART_AFTER_S", 0.1)
+    proc = follower.FollowerProcess(
+        "materializer_process",
+        store,
+        journal,
+        {"interval": 0.1, "compact_settle": None},
+        ingested=lambda: 0,
+        log=logs.append,
+        stop_timeout=60,
+    )
+    real_popen = subprocess.Popen
+    failures = {"left": 2}
+
+    def flaky_popen(*args: Any, **kwargs: Any) -> Any:
+        if failures["left"] > 0:
+            failures["left"] -= 1
+            raise OSError(12, "Cannot allocate memory")
+        return real_popen(*args, **kwargs)
+
+    proc.start()
+    try:
+        first = psutil.Process(proc._proc.pid)
+        monkeypatch.setattr(follower.subprocess, "Popen", flaky_popen)
+        first.send_signal(signal.SIGKILL)
+        _wait(lambda: failures["left"] == 0 and proc._proc.poll() is None)
+        assert proc._proc.pid != first.pid
+        assert sum("cannot start the materializer process" in line for line in logs) == 2
+    finally:
+        proc.stop()
+        journal.close()
+    assert proc._proc.returncode == 0

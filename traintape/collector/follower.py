@@ -116,7 +116,10 @@ class FollowerProcess:
                 )
                 if self._stop.wait(RESTART_AFTER_S):
                     return
-                self._spawn()
+                try:
+                    self._spawn()
+                except OSError as exc:  # no memory to fork, say: the journal keeps the work
+                    self._log(f"cannot start the {self.label} process ({exc}); trying again")
                 continue
             self._tell()
 
@@ -149,7 +152,11 @@ class FollowerProcess:
         if self._proc is None:
             return  # never started
         if self._proc.poll() is not None:  # died, not yet replaced: one more finishes the work
-            self._spawn()
+            try:
+                self._spawn()
+            except OSError as exc:
+                self._log(f"cannot start the {self.label} process ({exc}); its work waits")
+                return
         proc = self._proc
         if proc.stdin is not None:
             os.set_blocking(proc.stdin.fileno(), True)
