@@ -16,7 +16,7 @@ import torch
 from tests.conftest import REPO, CollectorProcess, query, torchrun_argv, wait_for
 from traintape import emitter
 from traintape.emitter.deferred import DeferredValues, _Pending, _Slot
-from traintape.schemas.events import METRICS
+from traintape.schemas.events import METRICS, TEXT
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU")
 
@@ -109,8 +109,9 @@ def test_values_logged_after_a_gpu_value_wait_behind_it(
     now = time.time_ns()
     dv._queue.append(_Pending(now, 4, METRICS, lambda v: {"loss": v[0]}, slot, host))
     emitter.log({"lr": 0.1}, step=5)
+    emitter.log_text("note", "warmup done", step=5)
     emitter.log({"lr": 0.2, "tokens": np.int64(7)}, step=6)  # the slow path too
-    assert not [e for e in run._pending if e[0] == METRICS] and len(dv) == 3
+    assert not [e for e in run._pending if e[0] in (METRICS, TEXT)] and len(dv) == 4
     event.done = True
     emitter.log({"lr": 0.3}, step=7)
     emitter.finish()
@@ -119,6 +120,15 @@ def test_values_logged_after_a_gpu_value_wait_behind_it(
         store, "SELECT step, key FROM metrics WHERE run_id = ? ORDER BY seq, key", run.run_id
     )
     assert rows == [(4, "loss"), (5, "lr"), (6, "lr"), (6, "tokens"), (7, "lr")]
+    text_seq = query(store, "SELECT seq FROM events WHERE run_id = ? AND kind = 'text'", run.run_id)
+    seqs = dict(
+        query(
+            store,
+            "SELECT key, max(seq) FROM metrics WHERE run_id = ? AND step <= 5 GROUP BY key",
+            run.run_id,
+        )
+    )
+    assert seqs["loss"] < seqs["lr"] < text_seq[0][0]  # in call order: loss, lr, text
 
 
 def test_values_stop_waiting_behind_a_gpu_value_that_is_overdue(

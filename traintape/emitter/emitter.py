@@ -207,8 +207,10 @@ class Emitter:
                 self._step = step + 1
                 return
         self._step = step + 1
+        # Behind GPU values of earlier calls, to keep the order of the calls (log_text too; not
+        # checkpoint events, whose seq the writer takes at once to wait for their ack).
         if self._deferred_queue and self._deferred.add_ready(_now(), step, METRICS, metrics):
-            return  # behind GPU values of earlier calls, to keep the order of the calls
+            return
         pending = self._pending
         pending.append((METRICS, _now(), step, metrics))
         if len(pending) >= self._batch_size:
@@ -260,7 +262,12 @@ class Emitter:
         if not isinstance(key, str) or not isinstance(text, str):
             msg = "log_text(key, text) takes two str"
             raise TypeError(msg)
-        self._emit(TEXT, step if step is None else _check_step(step), {"key": key, "text": text})
+        step = step if step is None else _check_step(step)
+        body = {"key": key, "text": text}
+        ts = time.time_ns()
+        # Text lands in its step's row in W&B, as metrics do: it keeps its place in line too.
+        if not (self._deferred_queue and self._deferred.add_ready(ts, step, TEXT, body)):
+            self._emit(TEXT, step, body, ts)
 
     def save_checkpoint(self, state: Any, step: int, metrics: dict[str, Any] | None = None) -> Any:
         """Snapshots `state` to CPU memory on this thread and writes it on a background thread.
