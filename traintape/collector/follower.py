@@ -137,11 +137,11 @@ class FollowerProcess:
             os.write(proc.stdin.fileno(), f"{now[0]} {now[1]}\n".encode())
             self._told = now
 
-    def status(self) -> dict[str, Any] | None:
-        """What the child last reported (None before its first report)."""
+    def status(self) -> Any:
+        """The follower's `status()` as the child last reported it (None before its first)."""
         try:
-            return json.loads(status_path(self.store, self.name).read_text())
-        except (OSError, ValueError):
+            return json.loads(status_path(self.store, self.name).read_text())["status"]
+        except (OSError, ValueError, KeyError):
             return None
 
     def stop(self) -> None:
@@ -234,7 +234,7 @@ def child_main(name: str, build: Build, argv: list[str] | None = None) -> int:
     def report() -> None:
         with contextlib.suppress(OSError):
             write_json_atomic(
-                status_path(store, name), {"updated": time.time(), **follower.status()}
+                status_path(store, name), {"updated": time.time(), "status": follower.status()}
             )
 
     def reporter() -> None:

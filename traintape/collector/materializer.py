@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pyarrow.parquet as pq
 
@@ -100,6 +101,15 @@ class Materializer:
         if self._thread.is_alive():
             self._thread.join()
         self.catch_up()
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "position": self.position,
+            "rows_written": self.rows_written,
+            "skipped_records": self.skipped_records,
+            "last_error": self.last_error,
+            "compaction_error": self.compactor.last_error,
+        }
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):

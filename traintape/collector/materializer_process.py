@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from traintape.collector.compaction import committed_position
-from traintape.collector.follower import FollowerProcess
+from traintape.collector.follower import Follower, FollowerProcess
 
 NAME = "materializer_process"
 STOP_TIMEOUT_S = 600.0
@@ -42,32 +42,7 @@ class MaterializerProcess(FollowerProcess):
         return (self.status() or {}).get("last_error")
 
 
-class _Materializing:
-    def __init__(self, materializer: Any) -> None:
-        self.materializer = materializer
-
-    def start(self) -> None:
-        self.materializer.start()
-
-    def stop(self) -> None:
-        self.materializer.stop()  # materializes up to the last durable end it was told
-
-    def status(self) -> dict[str, Any]:
-        m = self.materializer
-        return {
-            "position": m.position,
-            "rows_written": m.rows_written,
-            "skipped_records": m.skipped_records,
-            "last_error": m.last_error,
-            "compaction_error": m.compactor.last_error,
-        }
-
-
-def build(
-    store: Path, config: dict[str, Any], journal: Any, ingested: Any, log: Any
-) -> _Materializing:
+def build(store: Path, config: dict[str, Any], journal: Any, ingested: Any, log: Any) -> Follower:
     from traintape.collector.materializer import Materializer
 
-    return _Materializing(
-        Materializer(store, journal, config["interval"], config.get("compact_settle"))
-    )
+    return Materializer(store, journal, config["interval"], config.get("compact_settle"))

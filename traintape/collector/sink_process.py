@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from traintape.collector.follower import FollowerProcess
+from traintape.collector.follower import Follower, FollowerProcess
 from traintape.sinks.config import SinkConfig
 
 NAME = "sink_process"
@@ -34,28 +34,14 @@ class SinkProcess(FollowerProcess):
 
     def sinks_status(self) -> dict[str, Any]:
         """Each sink's status as its runner reports it (`state: starting` before that)."""
-        reported = (self.status() or {}).get("sinks")
+        reported = self.status()  # SinkRunners.status(): {sink name: its runner's status}
         if reported:
             return reported
         return {c.name: {"type": c.type, "state": "starting"} for c in self.configs}
 
 
-class _Sinks:
-    def __init__(self, runners: Any) -> None:
-        self.runners = runners
-
-    def start(self) -> None:
-        self.runners.start()
-
-    def stop(self) -> None:
-        self.runners.stop()  # each drains for at most its drain_timeout
-
-    def status(self) -> dict[str, Any]:
-        return {"sinks": self.runners.status()}
-
-
-def build(store: Path, config: dict[str, Any], journal: Any, ingested: Any, log: Any) -> _Sinks:
+def build(store: Path, config: dict[str, Any], journal: Any, ingested: Any, log: Any) -> Follower:
     from traintape.collector.sink_runner import SinkRunners
 
     configs = [SinkConfig(**c) for c in config["sinks"]]
-    return _Sinks(SinkRunners(store, journal, configs, log, ingested))
+    return SinkRunners(store, journal, configs, log, ingested)
