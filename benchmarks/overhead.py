@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from collector_process import Collector
+from result_table import print_table
 
 N_FLOATS = 10
 LogFn = Callable[..., Any]
@@ -248,14 +249,6 @@ def fmt_ratio(r: float) -> str:
     if not math.isfinite(r):
         return "–"
     return f"{r:.2f}×" if r < 10 else f"{r:,.0f}×"
-
-
-def print_table(header: list[str], rows: list[list[str]]) -> None:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
-    print("| " + " | ".join(h.ljust(w) for h, w in zip(header, widths)) + " |")
-    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    for row in rows:
-        print("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |")
 
 
 def metrics_ring(n: int = 1024) -> list[dict[str, float]]:

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from collector_process import Collector
+from result_table import print_table
 
 REPO = Path(__file__).resolve().parents[1]
 SINKS = ("tensorboard", "mlflow", "wandb")
@@ -235,14 +236,6 @@ def measure_direct(root: Path, mode: str, procs: int, steps: int, metrics: int) 
 
 
 # -- report -----------------------------------------------------------------------------------
-
-
-def print_table(header: list[str], rows: list[list[str]]) -> None:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
-    print("| " + " | ".join(h.ljust(w) for h, w in zip(header, widths)) + " |")
-    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    for row in rows:
-        print("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |")
 
 
 def report(results: list[Result], metrics: int) -> None:
