@@ -201,3 +201,29 @@ def test_a_child_that_cannot_be_started_is_tried_again(
         proc.stop()
         journal.close()
     assert proc._proc.returncode == 0
+
+
+def test_a_follower_that_hangs_at_its_stop_exits_within_its_budget(tmp_path: Path) -> None:
+    """An orphaned child whose follower hangs (a backend that never answers) still exits after
+    its stop budget, so it never holds its lock against the next collector's child."""
+    import subprocess
+    import sys
+
+    script = (
+        "import threading, time\n"
+        "from traintape.collector.follower import _finish\n"
+        "class Hangs:\n"
+        "    def stop(self): time.sleep(600)\n"
+        "    def status(self): return {}\n"
+        "stop = threading.Event()\n"
+        "reporter = threading.Thread(target=stop.wait)\n"
+        "reporter.start()\n"
+        "_finish(Hangs(), 0.5, stop, reporter, lambda: None, print)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    from traintape.collector.follower import UNFINISHED_EXIT
+
+    assert done.returncode == UNFINISHED_EXIT, done.stderr
+    assert "resumes from the cursor" in done.stdout

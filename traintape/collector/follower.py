@@ -43,10 +43,27 @@ from traintape.durable import write_json_atomic
 STATUS_INTERVAL_S = 0.2
 NOTIFY_INTERVAL_S = 0.02
 RESTART_AFTER_S = 5.0
+UNFINISHED_EXIT = 3
+"""A child's exit code when its stop budget ran out first: work left, nothing failed."""
+KILL_GRACE_S = 3.0
+"""After its own stop budget a child exits by itself; the collector kills it this much later."""
 
 
 def status_path(store: Path, name: str) -> Path:
     return store / "state" / f"{name}.status.json"
+
+
+def max_follower_position(store: Path) -> int:
+    """The furthest journal position a follower has committed (the materializer's cursor, each
+    sink's): the journal must never end before it (`Journal.advance_to`)."""
+    state = store / "state"
+    positions = [0]
+    for path in [state / "materializer.json", *state.glob("sinks/*.json")]:
+        try:
+            positions.append(int(json.loads(path.read_text())["position"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # no cursor yet, or one a follower rewrites at its next commit
+    return max(positions)
 
 
 class FollowerProcess:
@@ -68,12 +85,15 @@ class FollowerProcess:
         self.label = name.removesuffix("_process")  # "the sink process", in messages
         self.store = store
         self.journal = journal
-        self.config = config
+        self.config = {**config, "stop_timeout": stop_timeout}
         self.ingested = ingested
         self._log = log
         self.stop_timeout = stop_timeout
         self._proc: subprocess.Popen[bytes] | None = None
         self._told: tuple[int, int] | None = None
+        self._stop_deadline = 0.0
+        self.failure: str | None = None
+        """Why the follower failed at its stop (None: it finished cleanly)."""
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._tend, name=f"traintape-{name}", daemon=True)
 
@@ -146,6 +166,12 @@ class FollowerProcess:
 
     def stop(self) -> None:
         """The last durable end, then EOF: the child finishes and exits (killed if it hangs)."""
+        self.request_stop()
+        self.wait_stopped()
+
+    def request_stop(self) -> None:
+        """Tells the child the last durable end and closes its stdin; it finishes what it was
+        told for at most `stop_timeout` s and exits. Followers stop in parallel this way."""
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join()
@@ -156,6 +182,7 @@ class FollowerProcess:
                 self._spawn()
             except OSError as exc:
                 self._log(f"cannot start the {self.label} process ({exc}); its work waits")
+                self.failure = f"the {self.label} process could not be started: {exc}"
                 return
         proc = self._proc
         if proc.stdin is not None:
@@ -164,12 +191,27 @@ class FollowerProcess:
                 end, events = self._line()
                 proc.stdin.write(f"{end} {events}\n".encode())
                 proc.stdin.close()
+        self._stop_deadline = time.monotonic() + self.stop_timeout + KILL_GRACE_S
+
+    def wait_stopped(self) -> str | None:
+        """Waits for the child after `request_stop` (killing it past its budget); returns why
+        the follower failed, or None. The journal keeps whatever it left undone."""
+        proc = self._proc
+        if proc is None or self.failure is not None and proc.poll() is not None:
+            return self.failure
         try:
-            proc.wait(self.stop_timeout)
+            proc.wait(max(self._stop_deadline - time.monotonic(), 0))
         except subprocess.TimeoutExpired:
             self._log(f"the {self.label} process did not stop in {self.stop_timeout:.0f} s; killed")
             proc.kill()
             proc.wait()
+            self.failure = f"the {self.label} process did not stop in time and was killed"
+            return self.failure
+        if proc.returncode == UNFINISHED_EXIT:
+            self._log(f"the {self.label} stopped before catching up; it resumes at the next start")
+        elif proc.returncode != 0:  # its last catch-up raised: the stage is failing, not slow
+            self.failure = f"the {self.label} process exited with code {proc.returncode}"
+        return self.failure
 
 
 # -- the child -------------------------------------------------------------------------------
@@ -213,7 +255,7 @@ def child_main(name: str, build: Build, argv: list[str] | None = None) -> int:
 
     stdin = sys.stdin.buffer
     config = json.loads(stdin.readline() or "{}")
-    journal = JournalFollower(store / "journal")
+    journal = JournalFollower(store / "journal", log=log)
     told = {"events": 0}
 
     def take(line: bytes) -> bool:
@@ -243,11 +285,40 @@ def child_main(name: str, build: Build, argv: list[str] | None = None) -> int:
 
     thread = threading.Thread(target=reporter, daemon=True)
     thread.start()
-    for line in stdin:  # until the collector closes the pipe
+    for line in stdin:  # until the collector closes the pipe, or dies
         take(line)
-    follower.stop()
+    return _finish(follower, float(config.get("stop_timeout", 60.0)), stop, thread, report, log)
+
+
+def _finish(
+    follower: Follower,
+    budget: float,
+    stop: threading.Event,
+    reporter: threading.Thread,
+    report: Callable[[], None],
+    log: Callable[[str], None],
+) -> int:
+    """Stops the follower within `budget` s. Past it the process exits anyway: an orphan never
+    holds its lock (and the next collector's follower) for work the journal still holds."""
+    failed: list[BaseException] = []
+
+    def stop_follower() -> None:
+        try:
+            follower.stop()
+        except BaseException as exc:  # reported below; the exit code says the stage failed
+            failed.append(exc)
+
+    stopper = threading.Thread(target=stop_follower, name="traintape-follower-stop", daemon=True)
+    stopper.start()
+    stopper.join(budget)
     stop.set()
-    thread.join()
+    reporter.join()
     report()
-    lock.close()
+    if stopper.is_alive():
+        log(f"did not finish in {budget:g} s; the rest resumes from the cursor at the next start")
+        sys.stderr.flush()
+        os._exit(UNFINISHED_EXIT)  # the stopper thread may hang in a backend: do not wait for it
+    if failed:
+        log(f"failed while stopping: {type(failed[0]).__name__}: {failed[0]}")
+        return 1
     return 0

@@ -1,6 +1,7 @@
 """The materializer's process: journal -> Parquet (and compaction) beside the collector, so
 decoding and Arrow conversion never take the ingest loop's interpreter lock (follower.py has the
-plumbing). At the collector's stop it materializes everything journaled, then exits."""
+plumbing). At the collector's stop it materializes what is journaled for at most STOP_TIMEOUT_S,
+then exits; what is left is materialized from the committed cursor at the next start."""
 
 from __future__ import annotations
 
@@ -12,9 +13,9 @@ from traintape.collector.compaction import committed_position
 from traintape.collector.follower import Follower, FollowerProcess
 
 NAME = "materializer_process"
-STOP_TIMEOUT_S = 600.0
-"""At most this long to materialize what is left at a stop (killed then; a restart resumes from
-the committed cursor)."""
+STOP_TIMEOUT_S = 5.0
+"""At most this long to materialize what is left at a stop, so `serve` stops within seconds of a
+SIGTERM (a chunk is committed whole or not at all; a restart resumes from the cursor)."""
 
 
 class MaterializerProcess(FollowerProcess):

@@ -90,14 +90,14 @@ class JournalTail:
             end = self.journal.durable_end
             if end <= self.position:
                 return
-            events, position = self._events, self.position
-            for _, nxt, payload in self.journal.read(position, end):
+            events = self._events
+            records = self.journal.read(self.position, end)
+            for _, _, payload in records:
                 try:
                     events += decode_header(split_payload(payload)[0]).n
                 except (WireError, ValueError):
                     pass
-                position = nxt
-            self._events, self.position = events, position
+            self._events, self.position = events, records.position
         finally:
             self._lock.release()
 
@@ -311,6 +311,8 @@ class SinkRunner:
                 if n >= limit:
                     full = True
                     break
+            else:
+                stop = max(stop, records.position)  # past damage set aside after the last record
         finally:
             records.close()
         if stop == self.position:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from traintape.schemas.records import iter_records, split_payload
+from traintape.schemas.records import split_payload
 from traintape.schemas.wire import WireError, decode_body, decode_header
 from traintape.sinks._base import SinkRejected
 from traintape.sinks.config import SinkConfig
@@ -38,17 +38,15 @@ class SyncResult:
 
 
 def journal_records(store: Path) -> Iterator[tuple[int, int, bytes]]:
-    """Every whole record of the store's journal, read-only (a live collector may append)."""
-    folder = store / "journal"
-    segments = sorted(folder.glob("*.log"))
-    if not segments:
+    """Every intact record of the store's journal, read-only (a live collector may append), with
+    the journal's one policy for damage (set aside loudly, read on)."""
+    from traintape.collector.journal import JournalFollower, segment_starts
+
+    if not segment_starts(store / "journal"):
         msg = f"no journal in {store}: is it a traintape store?"
         raise SyncError(msg)
-    for path in segments:
-        start = int(path.stem)
-        with open(path, "rb") as f:
-            for pos, nxt, payload in iter_records(f):
-                yield start + pos, start + nxt, payload
+    follower = JournalFollower(store / "journal")
+    return follower.read(0, follower.files_end())
 
 
 def resolve_run(store: Path, run: str) -> str:
