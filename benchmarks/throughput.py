@@ -64,7 +64,8 @@ def worker(mode: str, folder: Path, steps: int, metrics: int, seed: int) -> int:
         log = emitter.log
 
         def finish() -> Any:
-            return emitter.finish(timeout=600)
+            # Until every event is acknowledged; visibility in DuckDB is timed apart.
+            return emitter.finish(timeout=600, wait_visible=False)
 
     elif mode == "mlflow":
         import mlflow

@@ -19,6 +19,7 @@ import pytest
 from tests.conftest import REPO, CollectorProcess, query, wait_for
 from traintape.collector import compaction
 from traintape.collector.compaction import Compactor, DataFile, plan
+from traintape.layout import data_file_range
 from traintape.schemas import tables
 
 SETTLE_NOW = ("--compact-settle", "0")
@@ -86,7 +87,7 @@ def make_parts(store: Path, runs: int = 2, parts: int = 5, rows: int = 40, first
 
 
 def df(name: str, size: int = 100) -> DataFile:
-    start, end = compaction.journal_range(name)
+    start, end = data_file_range(name) or (None, None)
     return DataFile(Path(name), start, end, size)
 
 
@@ -112,12 +113,12 @@ def test_plan_merges_the_small_tail_below_the_cursor() -> None:
 
 def test_journal_range_reads_both_names() -> None:
     """File names carry their journal range, hidden or not; other names have none."""
-    assert compaction.journal_range("part-00000000000000000012-00000000000000000034.parquet") == (
+    assert data_file_range("part-00000000000000000012-00000000000000000034.parquet") == (
         12,
         34,
     )
-    assert compaction.journal_range("compact-5-9.parquet.compacted") == (5, 9)
-    assert compaction.journal_range("empty.parquet") == (None, None)
+    assert data_file_range("compact-5-9.parquet.compacted") == (5, 9)
+    assert data_file_range("empty.parquet") is None
 
 
 def test_offline_compaction_keeps_every_row_once(tmp_path: Path) -> None:
@@ -391,3 +392,30 @@ def test_auto_falls_back_to_renames_where_folders_cannot_be_exchanged(
     assert compactor.method == "hide"
     assert snapshot(store) == before
     assert len([line for line in logs if "cannot exchange folders" in line]) == 1
+
+
+@pytest.mark.slow
+def test_a_long_merge_never_holds_values_back(store: Path) -> None:
+    """While a run's merge is under way (held for a minute after merging), another run's values
+    still become visible: compaction runs beside materializing, not in its way."""
+    from traintape.emitter import Emitter
+
+    env = {**os.environ, compaction.PAUSE_ENV: "60:merged"}
+    coll = CollectorProcess(store, *SETTLE_NOW, env=env).start()
+    try:
+        first = Emitter("c", store=store)
+        _log_in_chunks(store, first, chunks=3, per_chunk=5)
+        first.finish()
+        deadline = time.monotonic() + 30
+        while "traintape compaction step: merged" not in coll.log.read_text():
+            assert time.monotonic() < deadline, coll.log.read_text()
+            time.sleep(0.05)
+        second = Emitter("c", store=store)
+        for step in range(100):
+            second.log({"x": float(step)}, step=step)
+        report = second.finish(timeout=30)
+        assert report.complete and report.visible
+        n = query(store, "SELECT count(*) FROM metrics WHERE run_id = ?", second.run_id)[0][0]
+        assert n == 100
+    finally:
+        coll.kill_all()

@@ -26,9 +26,37 @@ def _modules_after(code: str) -> set[str]:
 
 
 def test_import_traintape_is_light() -> None:
-    """`import traintape` imports none of torch, mlflow, wandb, tensorboard, matplotlib."""
+    """`import traintape` in a training process imports none of torch, mlflow, wandb,
+    tensorboard, matplotlib, nor the read side's DuckDB and pyarrow (until `connect` is used)."""
     loaded = _modules_after("import traintape; from traintape import emitter")
-    assert not loaded & set(HEAVY)
+    assert not loaded & {*HEAVY, "duckdb", "pyarrow"}
+    assert "duckdb" in _modules_after("import traintape; traintape.connect")
+
+
+def test_every_error_has_one_root() -> None:
+    """Every exception class traintape defines derives from TraintapeError, and the package
+    exports each of traintape.errors (the CLI catches the root once)."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    from traintape.errors import TraintapeError
+
+    for info in pkgutil.walk_packages(traintape.__path__, "traintape."):
+        if info.name.endswith("__main__"):
+            continue
+        module = importlib.import_module(info.name)
+        for name, value in vars(module).items():
+            if (
+                inspect.isclass(value)
+                and issubclass(value, Exception)
+                and not issubclass(value, Warning)
+                and value.__module__.startswith("traintape")
+                and not name.startswith("_")
+            ):
+                assert issubclass(value, TraintapeError), f"{info.name}.{name}"
+                if value.__module__ == "traintape.errors":
+                    assert getattr(traintape, name, None) is value, f"traintape.{name}"
 
 
 def test_collector_modules_never_import_torch() -> None:

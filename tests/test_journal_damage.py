@@ -255,3 +255,29 @@ def test_a_damaged_final_record_never_stalls_the_store(store: Path) -> None:
     finally:
         coll.close()
     assert "journal damage" in coll.log.read_text()
+
+
+def test_a_segment_that_cannot_be_started_leaves_appends_in_the_current_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A roll that fails (no room for a new file) keeps appending to the current segment, and
+    a later rollback still finds its file."""
+    import traintape.collector.journal as journal_module
+
+    log: list[str] = []
+    j = Journal(tmp_path / "j", segment_bytes=100, log=log.append)
+
+    def no_room(folder: Path) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(journal_module, "fsync_dir", no_room)
+    j.append(frame_record(b"a", b"x" * 200))
+    j.sync()  # past segment_bytes: the roll fails
+    assert any("cannot start segment" in line for line in log)
+    j.append(frame_record(b"b", b"y"))
+    j.rollback()
+    monkeypatch.undo()
+    j.append(frame_record(b"c", b"z"))
+    j.sync()
+    assert _headers(j) == [b"a", b"c"]
+    assert len(list((tmp_path / "j").glob("*.log"))) == 2  # rolled once the disk allowed

@@ -128,7 +128,7 @@ def test_every_value_arrives_once_across_a_server_outage(tmp_path: Path, mlflow_
             "--metrics",
             METRICS,
             "--pause-every",
-            20,
+            10,  # 6 s of logging: the outage must begin while values still come
             "--pause",
             0.1,
         )

@@ -31,6 +31,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from traintape.errors import CheckpointError, CheckpointNotFoundError, CheckpointVerifyError
+
 __all__ = [
     "CheckpointError",
     "CheckpointFallbackWarning",
@@ -48,21 +50,6 @@ __all__ = [
 DEFAULT_FILENAME = "step-{step:08d}"
 MODES = ("min", "max")
 RANKS = ("zero", "all")
-
-
-class CheckpointError(Exception):
-    """A checkpoint cannot be found, verified or loaded; the message names which and why."""
-
-
-class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
-    """No such checkpoint: no record in the store, or the file a record names is gone.
-
-    Pass `fallback=True` to `load_checkpoint` to take the newest checkpoint that verifies.
-    """
-
-
-class CheckpointVerifyError(CheckpointError):
-    """The file's size or sha256 differs from what the store recorded when it was written."""
 
 
 class CheckpointFallbackWarning(UserWarning):
@@ -297,7 +284,7 @@ def resolve_run(con: Any, run: str | None) -> str:
             msg = "no checkpoint in this store: save one with emitter.save_checkpoint()"
             raise CheckpointNotFoundError(msg)
         return str(row[0])
-    from traintape.history import AmbiguousRunError, RunNotFoundError
+    from traintape.errors import AmbiguousRunError, RunNotFoundError
     from traintape.history import resolve_run as resolve_any
 
     try:

@@ -20,10 +20,10 @@ from traintape.commands.history import (
     _cmd_tail,
 )
 from traintape.commands.output import format_duration, print_rows
-from traintape.schemas.events import RUN_STATUSES
+from traintape.schemas.events import RUN_STATES
 
-RUN_STATUSES_SHOWN = ("running", *RUN_STATUSES)
-"""What `runs.status` can say: `running` until a run_end, then a run_end status."""
+RUN_STATUSES_SHOWN = RUN_STATES
+"""What `runs.status` can say (see traintape.schemas.events.RUN_STATES)."""
 
 __all__ = ["build_parser", "format_duration", "main", "print_rows"]
 
@@ -101,6 +101,22 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help="seconds after a run ends (and after start) before its Parquet files are merged "
         "(default 30)",
+    )
+    p.add_argument(
+        "--min-free-mb",
+        type=float,
+        default=None,
+        metavar="MB",
+        help="free space kept on the store's disk: below it nothing is journaled or acknowledged "
+        "until space returns (default 64)",
+    )
+    p.add_argument(
+        "--max-message-mb",
+        type=float,
+        default=None,
+        metavar="MB",
+        help="largest message (one batch) accepted; a larger one is refused and its connection "
+        "dropped before it is buffered (default 16, as emitters split their batches)",
     )
     p.set_defaults(func=_cmd_serve)
 
@@ -232,12 +248,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    from traintape.history import RunLookupError
-    from traintape.store import StoreNotFoundError
+    from traintape.errors import TraintapeError
 
     try:
         return int(args.func(args) or 0)
-    except (StoreNotFoundError, RunLookupError) as exc:
+    except TraintapeError as exc:  # every error traintape raises on purpose says what to do
         print(f"traintape {args.command}: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

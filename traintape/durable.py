@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from pathlib import Path
@@ -36,3 +37,24 @@ def write_json_atomic(
     os.replace(tmp, path)
     if durable:
         fsync_dir(path.parent)
+
+
+def free_bytes(path: Path) -> int:
+    """Bytes an unprivileged writer can still use on the filesystem of `path`."""
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
+def check_room(folder: Path, nbytes: int, min_free_bytes: int) -> None:
+    """Raises ENOSPC when writing `nbytes` in `folder` would leave under `min_free_bytes` free.
+
+    A floor kept on purpose (the spool's, the collector's): whoever must write after a full disk
+    frees up (the collector taking its batches back) finds room.
+    """
+    free = free_bytes(folder)
+    if free - nbytes < min_free_bytes:
+        msg = (
+            f"{free / (1 << 20):.1f} MiB free in {folder}, and {min_free_bytes / (1 << 20):g} MiB "
+            "are kept free"
+        )
+        raise OSError(errno.ENOSPC, msg)

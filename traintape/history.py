@@ -18,6 +18,9 @@ from typing import Any, TypeVar
 import duckdb
 
 from traintape.emitter.values import flatten  # as params are stored: {"opt": {"lr": 1}} -> opt.lr
+from traintape.errors import AmbiguousRunError, RunLookupError, RunNotFoundError
+from traintape.globs import literal
+from traintape.layout import StoreLayout, run_folder_name
 
 __all__ = [
     "AmbiguousRunError",
@@ -75,22 +78,6 @@ _HIGHER_IS_BETTER = frozenset(
 )
 
 
-class RunLookupError(LookupError):
-    """A RUN argument names no run, or several: pass a longer id prefix or the full id."""
-
-
-class RunNotFoundError(RunLookupError):
-    """No run has this id, id prefix or name; `traintape runs` lists them."""
-
-
-class AmbiguousRunError(RunLookupError):
-    """Several runs match; `candidates` lists (run_id, name, project, started)."""
-
-    def __init__(self, message: str, candidates: list[tuple[Any, ...]]) -> None:
-        super().__init__(message)
-        self.candidates = candidates
-
-
 def _retry(fn: Callable[[], _T], attempts: int = 3) -> _T:
     """Runs a query again if a file it listed vanished (a compaction moved it meanwhile)."""
     for i in range(attempts):
@@ -131,12 +118,17 @@ def run_rows(con: duckdb.DuckDBPyConnection, table: str, run_ids: Sequence[str])
     store = _store_of(con)
     if store is None:
         return f"(SELECT * FROM {table} WHERE run_id IN ({ids}))"
-    root = store / "tables" / table
-    globs = [str(root / "_empty" / "empty.parquet")]  # never an empty list
-    globs += [str(root / f / "*.parquet") for f in sorted({_folder(r) for r in run_ids})]
+    layout = StoreLayout(store)
+    empty = layout.empty_table_file(table)
+    globs = [(empty.parent, empty.name)]  # never an empty list
+    globs += [(f, "*.parquet") for f in sorted({layout.run_folder(table, r) for r in run_ids})]
     # A folder can exist without a file (a collector died between mkdir and its first write).
-    globs = [g for g in globs if any(Path(g).parent.glob("*.parquet"))]
-    files = ", ".join(_literal(g) for g in globs)
+    # The folder's path is escaped: the `[`, `*`, `?` of a store's path match nothing else.
+    files = ", ".join(
+        _literal(f"{literal(folder)}/{name}")
+        for folder, name in globs
+        if any(folder.glob("*.parquet"))
+    )
     # Folder names are run ids made safe for a path, so two ids can share one: filter by id too.
     return f"(SELECT * FROM read_parquet([{files}]) WHERE run_id IN ({ids}))"
 
@@ -185,12 +177,6 @@ def _by_step(source: str) -> str:
     )
 
 
-def _folder(run_id: str) -> str:
-    from traintape.collector.materializer import _safe
-
-    return _safe(run_id)
-
-
 def guess_mode(key: str) -> str:
     """The direction of "best" a metric's name suggests: "max" for accuracy-like names (acc,
     f1, reward, score, ...), else "min"."""
@@ -204,7 +190,11 @@ def guess_mode(key: str) -> str:
 def resolve_run(con: duckdb.DuckDBPyConnection, ref: str) -> str:
     """The run id for a full id, a unique id prefix, or a run name."""
     store = _store_of(con)
-    if store is not None and _folder(ref) == ref and (store / "tables" / "events" / ref).is_dir():
+    if (
+        store is not None
+        and run_folder_name(ref) == ref
+        and StoreLayout(store).run_folder("events", ref).is_dir()
+    ):
         return ref  # a full id: no need to read every run's start
     found = rows(
         con,
@@ -292,14 +282,19 @@ def show(con: duckdb.DuckDBPyConnection, run_id: str) -> dict[str, Any]:
         raise RunNotFoundError(msg)
     run = found[0]
     config, environment = run.pop("config"), run.pop("environment")
-    flat_config = flatten(json.loads(config) if config else {})
+    config = json.loads(config) if config else {}
+    environment = json.loads(environment) if environment else {}
+    # A body written by another tool may hold something else than a map: shown as it is.
+    flat_config = flatten(config) if isinstance(config, dict) else {"config": config}
+    if not isinstance(environment, dict):
+        environment = {"environment": environment}
     params = [(key, decode_param(value)) for _, key, value in latest_params(con, [run_id])]
     return {
         "run": run,
         "config": flat_config,
         # Only what config does not already say: params logged later, or changed since.
         "params": {k: v for k, v in params if k not in flat_config or flat_config[k] != v},
-        "environment": json.loads(environment) if environment else {},
+        "environment": environment,
         "metrics": [
             {k: v for k, v in m.items() if k != "run_id"} for m in metric_summary(con, [run_id])
         ],

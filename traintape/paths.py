@@ -10,6 +10,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from traintape.layout import StoreLayout
+
 DEFAULT_STORE_NAME = "traintape-store"
 """A hyphenated name can never be imported, so it cannot shadow the `traintape` package."""
 
@@ -30,7 +32,7 @@ def default_address(store: Path) -> str:
     is a name in the temp folder derived from the store path, which the emitter and the
     collector compute alike.
     """
-    sock = store / "collector.sock"
+    sock = StoreLayout(store).socket
     if len(str(sock)) <= _MAX_IPC_PATH:
         return f"ipc://{sock}"
     digest = hashlib.sha1(str(store).encode()).hexdigest()[:16]
@@ -44,5 +46,4 @@ def resolve_address(address: str | None, store: Path) -> str:
 
 def spool_dir(store: Path) -> Path:
     """Where an emitter spools batches the collector has not acknowledged in time."""
-    override = os.environ.get("TRAINTAPE_SPOOL_DIR")
-    return Path(override).expanduser().resolve() if override else store / "spool"
+    return StoreLayout(store).spool

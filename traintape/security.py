@@ -18,12 +18,11 @@ from typing import Any
 import zmq
 import zmq.auth
 
+from traintape.errors import SecurityError
+from traintape.layout import StoreLayout
+
 SERVER_KEY_ENV = "TRAINTAPE_SERVER_KEY"
 CLIENT_KEY_ENV = "TRAINTAPE_CLIENT_KEY"
-
-
-class SecurityError(RuntimeError):
-    """A CURVE link cannot be set up; the message says which key to provide."""
 
 
 def is_remote_tcp(address: str) -> bool:
@@ -35,7 +34,7 @@ def is_remote_tcp(address: str) -> bool:
 
 
 def keys_dir(store: Path) -> Path:
-    return store / "keys"
+    return StoreLayout(store).keys
 
 
 def collector_keys(store: Path) -> tuple[bytes, bytes]:

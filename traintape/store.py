@@ -4,8 +4,9 @@ Views read the Parquet folders directly (globs are expanded at each query, so ne
 in an in-memory DuckDB: a reader never takes a lock the collector waits on, and never waits on it.
 
 Views
-    runs             one row per run: project, name, status (of its latest attempt), times, attempts,
-                     ranks, world_size, host, tags, config, environment, git_commit
+    runs             one row per run: project, name, status (of its latest attempt: running,
+                     completed, failed, killed, crashed; see RUN_STATES in schemas/events.py),
+                     times, attempts, ranks, world_size, host, tags, config, environment, git_commit
     metrics          one row per logged value: run_id, rank, step, ts, key, value, attempt, source, seq
     metrics_by_step  per (run_id, step, key) across ranks: mean, min, max, count
     params           latest value per (run_id, key): value (JSON text), value_num (when numeric)
@@ -23,19 +24,17 @@ from pathlib import Path
 
 import duckdb
 
+from traintape.errors import StoreNotFoundError
+from traintape.globs import literal, sql_string
 from traintape.paths import resolve_store
-
-
-class StoreNotFoundError(FileNotFoundError):
-    """No store at the path: start `traintape serve --store PATH` or pass the right `store=`."""
 
 
 def _glob(store: Path, table: str) -> str:
     # Every file of a table is written from one Arrow schema (schemas/tables.py), so DuckDB binds
     # from the first file. union_by_name would read the footer of every file at each bind of each
     # view (seconds per query at 1,000 runs); a change of a table's schema must migrate old files.
-    path = str(store / "tables" / table / "*" / "*.parquet").replace("'", "''")
-    return f"read_parquet('{path}')"
+    # The store's own path is escaped: its `[`, `*`, `?` must never match a sibling store.
+    return f"read_parquet({sql_string(literal(store / 'tables' / table) + '/*/*.parquet')})"
 
 
 def view_sql(store: Path) -> list[str]:
@@ -94,12 +93,12 @@ def view_sql(store: Path) -> list[str]:
            SELECT e.run_id, e.rank, e.step, e.ts,
                   json_extract_string(e.body, '$.path') AS path,
                   json_extract_string(e.body, '$.action') AS action,
-                  CAST(json_extract(e.body, '$.bytes') AS BIGINT) AS bytes,
+                  TRY_CAST(json_extract(e.body, '$.bytes') AS BIGINT) AS bytes,
                   json_extract_string(e.body, '$.sha256') AS sha256,
                   json_extract(e.body, '$.metrics') AS metrics,
-                  CAST(json_extract(e.body, '$.blocked_s') AS DOUBLE) AS blocked_s,
-                  CAST(json_extract(e.body, '$.write_s') AS DOUBLE) AS write_s,
-                  CAST(json_extract(e.body, '$.is_best') AS BOOLEAN) AS is_best,
+                  TRY_CAST(json_extract(e.body, '$.blocked_s') AS DOUBLE) AS blocked_s,
+                  TRY_CAST(json_extract(e.body, '$.write_s') AS DOUBLE) AS write_s,
+                  TRY_CAST(json_extract(e.body, '$.is_best') AS BOOLEAN) AS is_best,
                   json_extract_string(e.body, '$.error') AS error,
                   json_extract_string(e.body, '$.monitor') AS monitor,
                   json_extract_string(e.body, '$.mode') AS mode,
@@ -111,13 +110,13 @@ def view_sql(store: Path) -> list[str]:
         """CREATE OR REPLACE VIEW runs AS
            WITH ev AS MATERIALIZED (
                SELECT run_id, rank, source, ts, kind, body FROM events
-               WHERE kind IN ('run_start', 'run_end')),
+               WHERE kind IN ('run_start', 'run_end', 'run_status')),
            att AS MATERIALIZED (  -- the attempts view, over ev
                SELECT run_id, rank, source,
                       dense_rank() OVER (PARTITION BY run_id, rank ORDER BY ts) AS attempt
                FROM ev WHERE kind = 'run_start'),
            starts AS (
-               SELECT e.run_id, e.rank, e.ts, e.body, a.attempt
+               SELECT e.run_id, e.rank, e.source, e.ts, e.body, a.attempt
                FROM ev e JOIN att a USING (run_id, rank, source)
                WHERE e.kind = 'run_start'),
            latest AS (
@@ -127,17 +126,31 @@ def view_sql(store: Path) -> list[str]:
                       json_extract_string(e.body, '$.status') AS status
                FROM ev e JOIN att a USING (run_id, rank, source)
                WHERE e.kind = 'run_end'),
-           state AS (
+           -- The collector's latest word on each process that sent no run_end (liveness.py).
+           lives AS (
+               SELECT run_id, rank, json_extract_string(body, '$.source') AS target,
+                      arg_max(json_extract_string(body, '$.status'), ts) AS status, max(ts) AS ts
+               FROM ev WHERE kind = 'run_status' GROUP BY ALL),
+           ranked AS (  -- each rank of the latest attempt: its end, crashed, or NULL (running)
                SELECT s.run_id,
-                      CASE WHEN bool_or(x.status = 'failed') THEN 'failed'
-                           WHEN bool_or(x.status = 'killed') THEN 'killed'
-                           WHEN count(x.status) < count(*) THEN 'running'
-                           ELSE 'completed' END AS status,
-                      count(*) AS ranks,
-                      CASE WHEN count(x.status) = count(*) THEN max(x.ts) END AS ended
+                      coalesce(x.status, CASE WHEN v.status = 'crashed' THEN 'crashed' END)
+                          AS status,
+                      coalesce(x.ts, v.ts) AS ts
                FROM starts s JOIN latest l USING (run_id, attempt)
                LEFT JOIN ends x ON x.run_id = s.run_id AND x.rank = s.rank AND x.attempt = s.attempt
-               GROUP BY s.run_id),
+               LEFT JOIN lives v
+                 ON v.run_id = s.run_id AND v.rank = s.rank AND v.target = s.source),
+           state AS (  -- see RUN_STATES in traintape/schemas/events.py
+               SELECT run_id,
+                      CASE WHEN bool_or(status = 'failed') THEN 'failed'
+                           WHEN bool_or(status = 'crashed') AND count(status) = count(*)
+                               THEN 'crashed'
+                           WHEN bool_or(status = 'killed') THEN 'killed'
+                           WHEN count(status) < count(*) THEN 'running'
+                           ELSE 'completed' END AS status,
+                      count(*) AS ranks,
+                      CASE WHEN count(status) = count(*) THEN max(ts) END AS ended
+               FROM ranked GROUP BY run_id),
            head AS (
                SELECT run_id, body FROM starts
                QUALIFY row_number() OVER (PARTITION BY run_id ORDER BY attempt DESC, rank) = 1),
@@ -152,9 +165,9 @@ def view_sql(store: Path) -> list[str]:
                   epoch(coalesce(st.ended, now())) - epoch(f.started) AS duration_s,
                   f.attempts,
                   st.ranks,
-                  CAST(json_extract(h.body, '$.world_size') AS INTEGER) AS world_size,
+                  TRY_CAST(json_extract(h.body, '$.world_size') AS INTEGER) AS world_size,
                   json_extract_string(h.body, '$.environment.host') AS host,
-                  CAST(json_extract(h.body, '$.tags') AS VARCHAR[]) AS tags,
+                  TRY_CAST(json_extract(h.body, '$.tags') AS VARCHAR[]) AS tags,
                   json_extract(h.body, '$.config') AS config,
                   json_extract(h.body, '$.environment') AS environment,
                   json_extract_string(h.body, '$.environment.git_commit') AS git_commit

@@ -56,6 +56,7 @@ import json
 import os
 import shutil
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -68,6 +69,7 @@ import pyarrow.parquet as pq
 
 from traintape.collector import swap
 from traintape.durable import fsync_dir, write_json_atomic
+from traintape.layout import StoreLayout, compacted_name, data_file_range, run_folder_name
 
 TARGET_BYTES = 64 << 20
 """A file at least this big is left as it is; a merge reads at most about this many bytes."""
@@ -96,7 +98,8 @@ SORT_KEYS: dict[str, list[tuple[str, str]]] = {
 }
 """How merged rows are ordered per table (other tables keep the journal's order)."""
 
-INTENT = Path("state") / "compaction.json"
+INTENT = StoreLayout(Path()).compaction_intent.relative_to(".")
+"""The intent file, relative to the store (for tests)."""
 HIDDEN = ".compacted"
 STAGING = ".staging"
 """`tables/.staging/`: where a swap builds a folder's next state (outside every table's glob)."""
@@ -119,22 +122,10 @@ def data_files(folder: Path) -> list[DataFile]:
     """The `part-*` and `compact-*` Parquet files of one run folder, oldest range first."""
     found = []
     for path in folder.glob("*.parquet"):
-        start, end = journal_range(path.name)
-        if start is not None and end is not None:
-            found.append(DataFile(path, start, end, path.stat().st_size))
+        bounds = data_file_range(path.name)
+        if bounds is not None:
+            found.append(DataFile(path, *bounds, path.stat().st_size))
     return sorted(found, key=lambda f: f.start)
-
-
-def journal_range(name: str) -> tuple[int | None, int | None]:
-    """(start, end) of `part-S-E.parquet` / `compact-S-E.parquet[...]`, else (None, None)."""
-    prefix, _, rest = name.partition("-")
-    if prefix not in ("part", "compact"):
-        return None, None
-    bounds = rest.split(".")[0].split("-")
-    try:
-        return int(bounds[0]), int(bounds[1])
-    except (IndexError, ValueError):
-        return None, None
 
 
 def plan(files: list[DataFile], committed: int, min_files: int) -> list[list[DataFile]]:
@@ -199,7 +190,8 @@ def _row_groups(data: pa.Table) -> list[int]:
 
 
 class Compactor:
-    """Compacts the run folders of a store; used from the materializer thread only.
+    """Compacts the run folders of a store, on a thread of its own beside the materializer's
+    (a merge of a long run takes seconds; materializing never waits for it).
 
     `note_chunk()` learns from each materialized chunk which folders grew and which runs ended;
     `run_due()` compacts the ended runs at once, and sweeps: at its first call every folder (any
@@ -216,11 +208,16 @@ class Compactor:
         settle: float = SETTLE_S,
         log: Callable[[str], None] | None = None,
         method: str = "auto",
+        folder_lock: threading.Lock | None = None,
     ) -> None:
+        """`folder_lock`: held by whoever adds a file to a run folder while this compacts on
+        another thread (the materializer); a swap holds it from listing the folder's other files
+        to the exchange, so no file written meanwhile is left behind in the old folder."""
         if method not in METHODS:
             msg = f"compaction method must be one of {METHODS}, got {method!r}"
             raise ValueError(msg)
         self.store = store
+        self.layout = StoreLayout(store)
         self.method = method  # "auto": swap where the filesystem can, decided at the first merge
         self.sweep_interval = sweep_interval
         self.settle = settle
@@ -230,6 +227,10 @@ class Compactor:
         self._pending: dict[tuple[str, str], float] = {}
         self._touched: set[tuple[str, str]] = set()  # (table, folder) written since the sweep
         self._last_sweep: float | None = None  # the first sweep, at startup, merges any 2 files
+        self._folder_lock = folder_lock or threading.Lock()
+        self._due_lock = (
+            threading.Lock()
+        )  # _pending and _touched: note_chunk runs on another thread
         self.merges = 0
         self.last_error: str | None = None
 
@@ -243,20 +244,20 @@ class Compactor:
         """
         self.resolve_intent()
         shutil.rmtree(self._staging_root(), ignore_errors=True)  # no intent names any of it now
-        for path in self.store.glob("tables/*/*/compact-*"):
-            start = journal_range(path.name)[0]
-            if path.name.endswith(".tmp") or start is None or start >= committed:
+        for path in self.layout.tables.glob("*/*/compact-*"):
+            bounds = data_file_range(path.name)
+            if path.name.endswith(".tmp") or bounds is None or bounds[0] >= committed:
                 path.unlink(missing_ok=True)  # a merge that never committed / a reset cursor
             elif path.name.endswith(HIDDEN):
                 self._log(f"{path} is hidden but no compaction intent names it; left as is")
 
     def resolve_intent(self, quiet: bool = False) -> None:
         """Rolls a leftover intent forward (merged file in place) or back (it is not)."""
-        intent_path = self.store / INTENT
+        intent_path = self.layout.compaction_intent
         intent = _read_json(intent_path)
         if intent is None:
             return
-        folder = self.store / "tables" / intent["table"] / intent["folder"]
+        folder = self.layout.table(intent["table"]) / intent["folder"]
         done = (folder / intent["merged"]).exists()
         if intent.get("method") == "swap":
             # Before the exchange the staging folder is the unfinished new state, after it the
@@ -286,7 +287,7 @@ class Compactor:
             self._log(f"{action} an interrupted compaction of {intent['table']}/{intent['folder']}")
 
     def _staging_root(self) -> Path:
-        return self.store / "tables" / STAGING
+        return self.layout.tables / STAGING
 
     def _swaps(self) -> bool:
         if self.method == "auto":
@@ -303,7 +304,7 @@ class Compactor:
     def compact_folder(self, table: str, folder_name: str, committed: int, min_files: int) -> int:
         """Merges what `plan()` picks in one run folder; returns the number of merges done."""
         self.resolve_intent()
-        folder = self.store / "tables" / table / folder_name
+        folder = self.layout.table(table) / folder_name
         done = 0
         for group in plan(data_files(folder), committed, min_files):
             self._merge(table, folder, group)
@@ -330,13 +331,26 @@ class Compactor:
 
     def _merge_swap(self, table: str, folder: Path, group: list[DataFile]) -> None:
         """One compaction by folder exchange (the module docstring's first steps 1-4)."""
-        name = f"compact-{group[0].start:020d}-{group[-1].end:020d}.parquet"
+        name = compacted_name(group[0].start, group[-1].end)
         staging = self._staging_root() / table / folder.name
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
         inputs = {f.path.name for f in group}
         try:
             expected = self._merged_rows(table, folder, group, staging / name)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        _pause("merged")
+        # The slow part (the merge) is done; from listing the folder to the exchange, no file
+        # may appear in it (it would stay in the old folder, which is deleted).
+        with self._folder_lock:
+            self._stage_and_exchange(table, folder, staging, name, inputs, expected)
+
+    def _stage_and_exchange(
+        self, table: str, folder: Path, staging: Path, name: str, inputs: set[str], rows: int
+    ) -> None:
+        try:
             for path in folder.iterdir():
                 if path.name not in inputs:
                     os.link(path, staging / path.name)
@@ -351,9 +365,9 @@ class Compactor:
             "folder": folder.name,
             "merged": name,
             "inputs": sorted(inputs),
-            "rows": expected,
+            "rows": rows,
         }
-        write_json_atomic(self.store / INTENT, intent, durable=True)
+        write_json_atomic(self.layout.compaction_intent, intent, durable=True)
         _pause("intent written")
         try:
             swap.exchange(folder, staging)
@@ -368,7 +382,7 @@ class Compactor:
 
     def _merge_hide(self, table: str, folder: Path, group: list[DataFile]) -> None:
         """One compaction by renames (the module docstring's second steps 1-6)."""
-        merged = folder / f"compact-{group[0].start:020d}-{group[-1].end:020d}.parquet"
+        merged = folder / compacted_name(group[0].start, group[-1].end)
         tmp = merged.with_name(merged.name + ".tmp")
         try:
             expected = self._merged_rows(table, folder, group, tmp)
@@ -383,7 +397,7 @@ class Compactor:
             "inputs": [f.path.name for f in group],
             "rows": expected,
         }
-        write_json_atomic(self.store / INTENT, intent, durable=True)
+        write_json_atomic(self.layout.compaction_intent, intent, durable=True)
         _pause("intent written")
         try:
             for f in group:
@@ -405,10 +419,15 @@ class Compactor:
 
     def note_chunk(self, built: dict[tuple[str, str], pa.Table]) -> None:
         """Remembers the folders a just-materialized chunk wrote to, and the runs it ended."""
-        for (table, run_id), data in built.items():
-            self._touched.add((table, _safe(run_id)))
-            if table == "events" and "run_end" in data.column("kind").to_pylist():
-                self._pending.setdefault(("*", _safe(run_id)), time.monotonic())
+        ended = [
+            run_id
+            for (table, run_id), data in built.items()
+            if table == "events" and "run_end" in data.column("kind").to_pylist()
+        ]
+        with self._due_lock:
+            self._touched.update((table, run_folder_name(run_id)) for table, run_id in built)
+            for run_id in ended:
+                self._pending.setdefault(("*", run_folder_name(run_id)), time.monotonic())
 
     def run_due(self, committed: int) -> None:
         """Compacts ended runs now; every sweep interval, the folders written to since the last
@@ -422,30 +441,35 @@ class Compactor:
         sweep = first or (
             self._last_sweep is not None and now - self._last_sweep >= self.sweep_interval
         )
-        ready = sorted(k for k, since in self._pending.items() if now - since >= self.settle)
-        if not ready and not sweep:
-            return
+        with self._due_lock:
+            ready = sorted(k for k, since in self._pending.items() if now - since >= self.settle)
+            if not ready and not sweep:
+                return
+            for key in ready:
+                del self._pending[key]
+            touched = sorted(self._touched) if sweep else []
+            if sweep:
+                self._touched = set()
         due: list[tuple[str, str, int]] = []
         for table, folder in ready:
-            del self._pending[table, folder]
             for name in _table_names(self.store) if table == "*" else [table]:
                 due.append((name, folder, 2))
         if first:  # whatever was left uncompacted while no collector ran
             due += [(t, f, 2) for t, f in self._all_folders()]
         elif sweep:
-            due += [(t, f, MIN_FILES_PERIODIC) for t, f in sorted(self._touched)]
+            due += [(t, f, MIN_FILES_PERIODIC) for t, f in touched]
         if sweep:
-            self._touched = set()
             self._last_sweep = time.monotonic()
         errors = []
         for table, folder, min_files in due:
-            if not (self.store / "tables" / table / folder).is_dir():
+            if not (self.layout.table(table) / folder).is_dir():
                 continue
             try:
                 self.compact_folder(table, folder, committed, min_files)
             except Exception as exc:  # disk full, a damaged file: log, keep materializing
                 errors.append(f"{table}/{folder}: {type(exc).__name__}: {exc}")
-                self._touched.add((table, folder))
+                with self._due_lock:
+                    self._touched.add((table, folder))
         self.last_error = "; ".join(errors) or None
         if errors:
             self._log(f"compaction failed (those files are unchanged): {self.last_error}")
@@ -454,7 +478,7 @@ class Compactor:
         return [
             (table, folder.name)
             for table in _table_names(self.store)
-            for folder in sorted((self.store / "tables" / table).iterdir())
+            for folder in sorted(self.layout.table(table).iterdir())
             if folder.is_dir() and not folder.name.startswith("_")
         ]
 
@@ -465,21 +489,15 @@ class Compactor:
 
 def committed_position(store: Path) -> int:
     """The materializer's cursor: every file range below it is committed."""
-    state = _read_json(store / "state" / "materializer.json")
+    state = _read_json(StoreLayout(store).materializer_cursor)
     return int(state["position"]) if state else 0
 
 
 def _table_names(store: Path) -> list[str]:
-    root = store / "tables"
+    root = StoreLayout(store).tables
     if not root.is_dir():
         return []
     return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-
-
-def _safe(run_id: str) -> str:
-    from traintape.collector.materializer import _safe as safe
-
-    return safe(run_id)
 
 
 def _read_json(path: Path) -> Any:
@@ -518,7 +536,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
     store = resolve_store(args.store)
-    with open(store / "collector.lock", "a") as lock:
+    with open(StoreLayout(store).lock, "a") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

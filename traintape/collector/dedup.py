@@ -3,6 +3,11 @@
 State is one set of half-open seq ranges per (run_id, rank, source). Emitters resend whole
 batches with the boundaries they first had, so in practice a batch is either new or a duplicate;
 ranges make partial overlaps and out-of-order arrival (spool replays) exact as well.
+
+The collector admits a whole group of batches, then appends and fsyncs them at once. Each
+admission is remembered until `commit()` (the fsync succeeded) or `rollback()` (the write failed,
+or the disk is under its free-space floor): a rollback removes exactly the ranges the group added,
+so the resends of its batches are taken as new, without re-reading the journal.
 """
 
 from __future__ import annotations
@@ -45,6 +50,24 @@ class SeqRanges:
         his[i:j] = [merged_hi]
         return new
 
+    def remove(self, lo: int, hi: int) -> None:
+        """Removes [lo, hi) (whether present or not); a range it cuts in the middle splits."""
+        los, his = self._los, self._his
+        i = bisect_left(his, lo + 1)  # first range ending after lo
+        j = i
+        keep_los: list[int] = []
+        keep_his: list[int] = []
+        while j < len(los) and los[j] < hi:
+            if los[j] < lo:
+                keep_los.append(los[j])
+                keep_his.append(lo)
+            if his[j] > hi:
+                keep_los.append(hi)
+                keep_his.append(his[j])
+            j += 1
+        los[i:j] = keep_los
+        his[i:j] = keep_his
+
     def __contains__(self, seq: int) -> bool:
         i = bisect_left(self._his, seq + 1)
         return i < len(self._los) and self._los[i] <= seq
@@ -56,12 +79,29 @@ class SeqRanges:
 class Deduplicator:
     def __init__(self) -> None:
         self._seen: dict[Key, SeqRanges] = {}
+        self._uncommitted: list[tuple[SeqRanges, list[tuple[int, int]]]] = []
 
     def admit(self, key: Key, seq0: int, n: int) -> list[tuple[int, int]]:
+        """The parts of [seq0, seq0+n) not admitted before; they stay admitted unless the next
+        `rollback()` takes them back."""
         ranges = self._seen.get(key)
         if ranges is None:
             ranges = self._seen[key] = SeqRanges()
-        return ranges.add(seq0, seq0 + n)
+        new = ranges.add(seq0, seq0 + n)
+        if new:
+            self._uncommitted.append((ranges, new))
+        return new
+
+    def commit(self) -> None:
+        """What was admitted since the last commit or rollback is in the journal for good."""
+        self._uncommitted.clear()
+
+    def rollback(self) -> None:
+        """Forgets what was admitted since the last commit or rollback (it was not journaled)."""
+        for ranges, new in reversed(self._uncommitted):
+            for lo, hi in new:
+                ranges.remove(lo, hi)
+        self._uncommitted.clear()
 
     def __len__(self) -> int:
         return len(self._seen)

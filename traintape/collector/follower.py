@@ -39,6 +39,7 @@ from typing import Any, Protocol
 
 from traintape.collector.journal import JournalFollower
 from traintape.durable import write_json_atomic
+from traintape.layout import StoreLayout
 
 STATUS_INTERVAL_S = 0.2
 NOTIFY_INTERVAL_S = 0.02
@@ -50,15 +51,15 @@ KILL_GRACE_S = 3.0
 
 
 def status_path(store: Path, name: str) -> Path:
-    return store / "state" / f"{name}.status.json"
+    return StoreLayout(store).follower_status(name)
 
 
 def max_follower_position(store: Path) -> int:
     """The furthest journal position a follower has committed (the materializer's cursor, each
     sink's): the journal must never end before it (`Journal.advance_to`)."""
-    state = store / "state"
+    layout = StoreLayout(store)
     positions = [0]
-    for path in [state / "materializer.json", *state.glob("sinks/*.json")]:
+    for path in [layout.materializer_cursor, *layout.sink_states.glob("*.json")]:
         try:
             positions.append(int(json.loads(path.read_text())["position"]))
         except (OSError, ValueError, KeyError, TypeError):
@@ -244,7 +245,8 @@ def child_main(name: str, build: Build, argv: list[str] | None = None) -> int:
     def log(text: str) -> None:
         print(f"traintape collector: {text}", file=sys.stderr, flush=True)
 
-    lock_path = store / "state" / f"{name}.lock"
+    layout = StoreLayout(store)
+    lock_path = layout.follower_lock(name)
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     lock = open(lock_path, "w")  # held until this process exits
     try:
@@ -255,7 +257,7 @@ def child_main(name: str, build: Build, argv: list[str] | None = None) -> int:
 
     stdin = sys.stdin.buffer
     config = json.loads(stdin.readline() or "{}")
-    journal = JournalFollower(store / "journal", log=log)
+    journal = JournalFollower(layout.journal, log=log)
     told = {"events": 0}
 
     def take(line: bytes) -> bool:

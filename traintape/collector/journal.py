@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import os
 from bisect import bisect_right
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from pathlib import Path
 
 from traintape.durable import fsync_dir
@@ -108,7 +108,7 @@ class JournalReader:
 
     def _read(
         self, folder: Path, starts: list[int], start: int, end: int, on_damage: _DamagePolicy
-    ) -> Iterator[tuple[int, int, bytes]]:
+    ) -> Generator[tuple[int, int, bytes], None, None]:
         i = max(bisect_right(starts, start) - 1, 0)
         while self.position < end and i < len(starts):
             seg = starts[i]
@@ -217,11 +217,25 @@ class Journal:
         fsync_dir(self.folder)
 
     def _roll(self) -> None:
+        """Starts the next segment; if it cannot be made (a full disk), appends stay in this
+        one and the roll is tried again after the next sync: a segment may grow past its size,
+        never be left without a file to append to."""
+        path = self._path(self.end)
+        try:
+            new = open(path, "ab")
+            try:
+                fsync_dir(self.folder)
+            except OSError:
+                new.close()
+                path.unlink(missing_ok=True)
+                raise
+        except OSError as exc:
+            self.damage.log(f"journal: cannot start segment {path.name} ({exc}); appending on")
+            return
         self._file.close()
+        self._file = new
         self._segment_start = self.end
         self._starts.append(self.end)
-        self._file = open(self._path(self.end), "ab")
-        fsync_dir(self.folder)
 
     def close(self) -> None:
         if not self._file.closed:

@@ -22,16 +22,23 @@ from typing import Any
 
 import zmq
 
+from traintape.collector import validate
 from traintape.collector.deadletter import DeadLetters
 from traintape.collector.dedup import Deduplicator
+from traintape.collector.diskfloor import DEFAULT_MIN_FREE_BYTES, DiskFloor
+from traintape.collector.follower import max_follower_position
 from traintape.collector.journal import Journal
+from traintape.collector.liveness import Liveness
 from traintape.collector.materializer import ensure_empty_tables
 from traintape.collector.materializer_process import MaterializerProcess
 from traintape.collector.sink_process import SinkProcess
 from traintape.collector.system import SystemSampler
+from traintape.collector.visibility import VisibilityWaiters
 from traintape.durable import write_json_atomic
+from traintape.errors import CollectorError
 from traintape.paths import default_address
-from traintape.schemas.events import METRICS
+from traintape.schemas.events import METRICS, RUN_END
+from traintape.schemas.limits import MAX_MESSAGE_BYTES
 from traintape.schemas.records import frame_parts, frame_record, split_payload
 from traintape.schemas.wire import (
     ACK_REJECTED,
@@ -56,10 +63,6 @@ from traintape.security import (
 MAX_MESSAGES_PER_GROUP = 2048
 _NUMBER = frozenset((int, float, bool))
 _STR = frozenset((str,))
-
-
-class CollectorError(RuntimeError):
-    """The collector cannot start; the message says what to change."""
 
 
 def check_bind_address(address: str, allow_remote: bool) -> None:
@@ -103,8 +106,11 @@ class Collector:
         curve: bool = False,
         quiet: bool = False,
         sinks: list[Any] | None = None,
+        min_free_bytes: int = DEFAULT_MIN_FREE_BYTES,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
     ) -> None:
         self.store = store
+        self.max_message_bytes = max_message_bytes
         self.binds = binds or [default_address(store)]
         self.quiet = quiet
         store.mkdir(parents=True, exist_ok=True)
@@ -121,10 +127,18 @@ class Collector:
                 f"a collector (pid {owner}) already serves {store}; stop it or use another --store"
             )
             raise CollectorError(msg) from None
-        (store / "collector.pid").write_text(str(os.getpid()))
-        self.journal = Journal(store / "journal")
+        self.disk = DiskFloor(store, min_free_bytes, self._log)
+        try:
+            (store / "collector.pid").write_text(str(os.getpid()))
+        except OSError as exc:  # a full disk: serve anyway (the lock above is what excludes)
+            self.disk.error("collector.pid", exc)
+        self.journal = Journal(store / "journal", log=self._log)
+        self.journal.advance_to(max_follower_position(store))
+        self.failures: list[str] = []
+        """Why a follower (materializer, sinks) failed at the stop: `serve` then exits 1."""
         self.dedup = Deduplicator()
         self.dead = DeadLetters(store)
+        self.visible = VisibilityWaiters(store)  # ACK_VISIBLE once a run_end is materialized
         self.stats: dict[str, Any] = {
             "batches": 0,
             "events": 0,
@@ -154,6 +168,9 @@ class Collector:
         self.sampler = (
             SystemSampler(system_interval, self._local, self._log) if system_interval > 0 else None
         )
+        # Runs whose processes vanished become `crashed` (run_status events, on _local too).
+        self.liveness = Liveness(store, self._local, self._log)
+        self.liveness.load(self.journal)
         self._stop = threading.Event()
         self._ctx = zmq.Context()
         self._auth: Any = None
@@ -178,6 +195,8 @@ class Collector:
         sock.setsockopt(zmq.RCVHWM, 100_000)
         sock.setsockopt(zmq.SNDHWM, 100_000)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 0)
+        # A frame over the limit drops that connection in libzmq: never buffered whole.
+        sock.setsockopt(zmq.MAXMSGSIZE, self.max_message_bytes)
         if secure:
             public = serve_curve(sock, self.store)
             who = "the clients in keys/clients/" if allowed_clients(self.store) else "any client"
@@ -203,7 +222,10 @@ class Collector:
 
     def _log(self, text: str) -> None:
         if not self.quiet:
-            print(f"traintape collector: {text}", file=sys.stderr, flush=True)
+            try:
+                print(f"traintape collector: {text}", file=sys.stderr, flush=True)
+            except OSError:
+                pass  # stderr redirected to a file on a full disk: losing a line beats dying
 
     def _recover(self) -> None:
         """Rebuilds the dedup state from the journal: what it holds was acknowledged once."""
@@ -213,6 +235,7 @@ class Collector:
             header = decode_header(split_payload(payload)[0])
             self.dedup.admit((header.run_id, header.rank, header.source), header.seq0, header.n)
             records += 1
+        self.dedup.commit()
         if records:
             self._log(
                 f"recovered {records} journal batches ({self.journal.end} bytes) "
@@ -234,8 +257,10 @@ class Collector:
         last_status = 0.0
         try:
             while not self._stop.is_set():
-                if poller.poll(100) or not self._local.empty():
+                if poller.poll(self.visible.poll_ms(100)) or not self._local.empty():
                     self._ingest_group()
+                self.liveness.tick(self.journal.durable_end)
+                self.visible.send_due()
                 now = time.monotonic()
                 if now - last_status >= 1.0:
                     self.write_status()
@@ -244,6 +269,7 @@ class Collector:
             self._shutdown()
 
     def _ingest_group(self) -> None:
+        counted = {k: self.stats[k] for k in ("batches", "events", "duplicate_events")}
         journal_data: list[bytes] = []
         acks: dict[zmq.Socket, list[tuple[bytes, bytes]]] = {s: [] for s in self._sockets}
         for sock, sock_acks in acks.items():
@@ -257,19 +283,23 @@ class Collector:
             header_frame, body_frame = self._local.get()
             self._admit([b"", header_frame, body_frame], journal_data, [])
         if journal_data:
+            # Under the free-space floor, or disk full or failing: acknowledge nothing of this
+            # group (emitters keep and resend it), cut the journal back to its durable end, and
+            # forget the group's sequence numbers so the resends are taken as new.
+            if not self.disk.allows(sum(map(len, journal_data))):
+                self._not_journaled(counted)
+                return
             try:
                 self.journal.append(*journal_data)
                 self.journal.sync()
             except OSError as exc:
-                # Disk full or failing: acknowledge nothing of this group (emitters keep and
-                # resend it), cut the journal back to its durable end, and forget the group's
-                # sequence numbers so the resends are taken as new.
-                self._log(f"journal write failed ({exc}); batches not acknowledged, will be resent")
+                self.disk.write_failed(exc)
                 self.stats["journal_errors"] = self.stats.get("journal_errors", 0) + 1
                 self.journal.rollback()
-                self.dedup = Deduplicator()
-                self._recover()
+                self._not_journaled(counted)
                 return
+        self.dedup.commit()
+        self.visible.journaled(acks, self.journal.durable_end)
         for sock, sock_acks in acks.items():
             for identity, ack in sock_acks:
                 try:
@@ -284,35 +314,61 @@ class Collector:
             self._dead(frames[1:] if frames else [], f"expected 2 frames, got {len(frames) - 1}")
             return
         identity, header_frame, body_frame = frames
+        if not body_frame and self.liveness.heartbeat(header_frame):
+            return  # a heartbeat (n=0, no body): noted, never journaled nor acknowledged
         try:
             header = decode_header(header_frame)
         except WireError as exc:
             self._dead([header_frame, body_frame], str(exc))
             return
         try:
-            body = decode_body(body_frame, header.n)
-            validate_bodies(body)
+            validate.check_size(header_frame, body_frame, self.max_message_bytes)
+            validate.check_batch(header)
+            body = decode_body(body_frame, header.n)  # value types: validate.bad_events, below
         except WireError as exc:
             self._dead([header_frame, body_frame], str(exc))
             acks.append((identity, encode_ack(header.source, header.seq0, header.n, ACK_REJECTED)))
             return
+        # Events that would fail a later stage are set aside one by one; the rest is journaled.
+        bad = validate.bad_events(body)
         new = self.dedup.admit((header.run_id, header.rank, header.source), header.seq0, header.n)
+        if new:  # a late resend of a run_start must not bring an ended process back
+            self.liveness.observe(header, body, bad=bad)
         self.stats["batches"] += 1
-        if new == [(header.seq0, header.seq_end)]:
+        if not bad and new == [(header.seq0, header.seq_end)]:
             journal_data.extend(frame_parts(header_frame, body_frame))
             self.stats["events"] += header.n
         else:
+            good, dead = validate.split_new(header, new, bad)
             kept = 0
-            for lo, hi in new:  # a partial overlap: journal only the unseen part
+            for lo, hi in good:  # a partial overlap: journal only the unseen part
                 journal_data.append(_slice_record(header, body, lo, hi))
                 kept += hi - lo
+            for seq in dead:
+                reason = f"event seq {seq}: {bad[seq - header.seq0]}"
+                self._dead(validate.event_frames(header, body, seq), reason)
             self.stats["events"] += kept
-            self.stats["duplicate_events"] += header.n - kept
-        acks.append((identity, encode_ack(header.source, header.seq0, header.n, ACK_STORED)))
+            self.stats["rejected_events"] = self.stats.get("rejected_events", 0) + len(dead)
+            self.stats["duplicate_events"] += header.n - sum(hi - lo for lo, hi in new)
+        status = ACK_REJECTED if len(bad) == header.n else ACK_STORED
+        ack = encode_ack(header.source, header.seq0, header.n, status, len(bad))
+        acks.append((identity, ack))
+        if status == ACK_STORED and RUN_END in body.kinds:
+            self.visible.note(acks, identity, header.source, header.seq0, header.n)
+            if header.n == 1 and not new:  # finish()'s visibility request, no real duplicate
+                self.stats["duplicate_events"] -= 1
+
+    def _not_journaled(self, counted: dict[str, int]) -> None:
+        """Undoes a group's admissions and counts: it was neither journaled nor acknowledged."""
+        self.dedup.rollback()
+        self.visible.dropped()
+        self.stats.update(counted)
 
     def _dead(self, frames: list[bytes], reason: str) -> None:
         self.dead.add(frames, reason)
         self.stats["dead_letters"] = self.dead.count
+        if self.dead.write_errors:
+            self.stats["dead_letter_write_errors"] = self.dead.write_errors
 
     # -- status and shutdown -----------------------------------------------------------------
 
@@ -327,11 +383,17 @@ class Collector:
             "materialized_bytes": self.materializer.position,
             "materializer_lag_bytes": self.journal.durable_end - self.materializer.position,
             "materializer_error": self.materializer.last_error,
+            "acks_withheld": self.disk.reason,  # why nothing is acknowledged now, or None
             "sinks": self.sinks.sinks_status() if self.sinks is not None else {},
         }
 
     def write_status(self) -> None:
-        write_json_atomic(self.store / "state" / "collector.json", self.status(), indent=1)
+        try:
+            write_json_atomic(self.store / "state" / "collector.json", self.status(), indent=1)
+        except OSError as exc:  # a full disk stops acknowledgements, never the collector
+            self.disk.error("the status file", exc)
+        else:
+            self.disk.cleared("the status file")
 
     def stop(self) -> None:
         self._stop.set()
@@ -344,9 +406,11 @@ class Collector:
         self._ingest_group()
         self._close_sockets()
         self.journal.close()
-        self.materializer.stop()
-        if self.sinks is not None:
-            self.sinks.stop()  # each catches up for at most its drain_timeout
+        # Both followers finish in parallel, each within its budget (the sinks: drain_timeout).
+        followers = [self.materializer, *([self.sinks] if self.sinks is not None else [])]
+        for follower in followers:
+            follower.request_stop()
+        self.failures = [f for f in (p.wait_stopped() for p in followers) if f is not None]
         self.dead.close()
         self.write_status()
         for address in self.binds:
@@ -358,6 +422,11 @@ class Collector:
             f"{self.stats['duplicate_events']} duplicates dropped, "
             f"{self.stats['dead_letters']} dead letters"
         )
+        for failure in self.failures:
+            self._log(
+                f"FAILED: {failure}. Every event is in the journal; the stage resumes from its "
+                "cursor at the next start (see the log above for the cause)"
+            )
         self._lock_file.close()
 
 
@@ -376,6 +445,9 @@ def run(store: Path, binds: list[str] | None = None, **options: Any) -> int:
     except CollectorError as exc:
         print(f"traintape serve: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a store that cannot be set up (a new store on a full disk, say)
+        print(f"traintape serve: cannot start on {store}: {exc}", file=sys.stderr)
+        return 1
 
     def on_signal(signum: int, frame: Any) -> None:
         collector.stop()
@@ -383,7 +455,7 @@ def run(store: Path, binds: list[str] | None = None, **options: Any) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     collector.serve()
-    return 0
+    return 1 if collector.failures else 0
 
 
 __all__ = ["Collector", "CollectorError", "check_bind_address", "run"]

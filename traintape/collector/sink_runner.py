@@ -29,10 +29,12 @@ from typing import Any
 
 from traintape.collector.journal import Journal, JournalFollower
 from traintape.durable import write_json_atomic
+from traintape.errors import SinkRejected
+from traintape.layout import StoreLayout
 from traintape.schemas.events import RUN_START
 from traintape.schemas.records import split_payload
 from traintape.schemas.wire import WireError, decode_body, decode_header
-from traintape.sinks._base import RunInfo, Sink, SinkRejected, safe_name
+from traintape.sinks._base import RunInfo, Sink, safe_name
 from traintape.sinks.config import SinkConfig
 from traintape.sinks.projection import Op, Projection, apply
 
@@ -41,7 +43,7 @@ SWITCH_INTERVAL_S = 0.0005
 
 
 def state_path(store: Path, name: str) -> Path:
-    return store / "state" / "sinks" / f"{safe_name(name)}.json"
+    return StoreLayout(store).sink_state(safe_name(name))
 
 
 class JournalTail:

@@ -14,12 +14,14 @@ import os
 import shutil
 from pathlib import Path
 
+from traintape.errors import StoreError
+
 _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2
 _UNSUPPORTED = {errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EXDEV, errno.EPERM}
 
 
-class ExchangeUnsupportedError(OSError):
+class ExchangeUnsupportedError(StoreError, OSError):
     """This filesystem (or libc) cannot exchange two paths atomically."""
 
 

@@ -12,6 +12,7 @@ view joins them to the runs active on that host.
 from __future__ import annotations
 
 import queue
+import re
 import secrets
 import socket
 import threading
@@ -19,6 +20,7 @@ import time
 from typing import Any
 
 from traintape.schemas.events import SYSTEM
+from traintape.schemas.limits import MAX_RUN_ID_CHARS, SYSTEM_RUN_PREFIX
 from traintape.schemas.wire import encode_body, encode_header
 
 
@@ -29,7 +31,7 @@ class SystemSampler:
         self.interval = interval
         self.out = out
         self.host = socket.gethostname()
-        self.run_id = f"system:{self.host}"
+        self.run_id = system_run_id(self.host)
         self.source = secrets.token_hex(8)
         self._seq = 0
         self._log = log
@@ -150,3 +152,9 @@ class SystemSampler:
                         }
                     )
         return bodies
+
+
+def system_run_id(host: str) -> str:
+    """`system:<host>`, with the host made a valid run id (ingest refuses anything else)."""
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", host).lstrip("._-")[:MAX_RUN_ID_CHARS] or "host"
+    return f"{SYSTEM_RUN_PREFIX}{name}"

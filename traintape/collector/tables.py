@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from traintape.errors import StoreError
 from traintape.schemas import tables
 from traintape.schemas.events import KIND_NAMES, METRICS, PARAMS, SYSTEM
 from traintape.schemas.values import to_float, to_json
@@ -45,6 +46,17 @@ class _Columns:
     def __bool__(self) -> bool:
         return bool(self.seq)
 
+    def mark(self) -> tuple[int, dict[str, int]]:
+        return len(self.seq), {k: len(v) for k, v in self.payload.items()}
+
+    def truncate(self, mark: tuple[int, dict[str, int]]) -> None:
+        """Back to `mark`: what a failed `add` appended is gone."""
+        n, payload = mark
+        for col in (self.rank, self.source, self.seq, self.ts, self.step, self.counts):
+            del col[n:]
+        for key, col in self.payload.items():
+            del col[payload.get(key, 0) :]
+
     def to_table(self, run_id: str, schema: pa.Schema) -> pa.Table:
         index = np.repeat(np.arange(len(self.seq)), self.counts)
         rows = len(index)
@@ -71,6 +83,16 @@ def _payload_array(values: list[Any], typ: pa.DataType) -> pa.Array:
     return pa.array(values, typ)
 
 
+class BuildError(StoreError):
+    """One table of one run could not be converted to Arrow (`table`, `run_id`, `cause`)."""
+
+    def __init__(self, table: str, run_id: str, cause: BaseException) -> None:
+        super().__init__(f"{table} of run {run_id}: {type(cause).__name__}: {cause}")
+        self.table = table
+        self.run_id = run_id
+        self.cause = cause
+
+
 class TableBuilder:
     """Accumulates decoded batches; `build()` returns {(table, run_id): pa.Table}."""
 
@@ -78,6 +100,21 @@ class TableBuilder:
         self._cols: dict[tuple[str, str], _Columns] = defaultdict(_Columns)
 
     def add(self, h: BatchHeader, body: BatchBody) -> None:
+        """Adds a batch whole, or (raising) nothing of it: a record that fails to convert is
+        set aside by the caller, and the rest of the chunk is not touched."""
+        touched = [(t, h.run_id) for t in tables.TABLES]
+        marks = {key: self._cols[key].mark() for key in touched if key in self._cols}
+        try:
+            self._add(h, body)
+        except BaseException:
+            for key in touched:
+                if key in marks:
+                    self._cols[key].truncate(marks[key])
+                else:
+                    self._cols.pop(key, None)
+            raise
+
+    def _add(self, h: BatchHeader, body: BatchBody) -> None:
         kinds = body.kinds
         seqs = list(range(h.seq0, h.seq0 + h.n))
         if all(k == METRICS for k in kinds):
@@ -135,11 +172,15 @@ class TableBuilder:
                 system.payload["value"].append(value if type(value) in (int, float) else None)
 
     def build(self) -> dict[tuple[str, str], pa.Table]:
-        return {
-            (table, run_id): cols.to_table(run_id, tables.TABLES[table])
-            for (table, run_id), cols in self._cols.items()
-            if cols
-        }
+        """{(table, run_id): table}; BuildError naming the table and run that failed."""
+        built = {}
+        for (table, run_id), cols in self._cols.items():
+            if cols:
+                try:
+                    built[table, run_id] = cols.to_table(run_id, tables.TABLES[table])
+                except (pa.ArrowException, OverflowError, TypeError, ValueError) as exc:
+                    raise BuildError(table, run_id, exc) from exc
+        return built
 
     def __bool__(self) -> bool:
         return any(self._cols.values())

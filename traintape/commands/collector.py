@@ -8,12 +8,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from traintape.layout import StoreLayout
 from traintape.paths import resolve_address, resolve_store, spool_dir
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from traintape.collector.server import CollectorError, check_bind_address, run
-    from traintape.sinks import ConfigError, SinkError
+    from traintape.collector.server import check_bind_address, run
+    from traintape.errors import CollectorError, ConfigError, SinkError
     from traintape.sinks.config import resolve as resolve_sinks
 
     try:
@@ -28,6 +29,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     try:
         for address in binds or []:
             check_bind_address(address, allow_remote)
+        max_message = config.option("max_message_mb", args.max_message_mb, None)
+        max_message_bytes = _max_message_bytes(max_message)
+        min_free_mb = config.option("min_free_mb", args.min_free_mb, 64.0)
+        if min_free_mb < 0:
+            msg = f"--min-free-mb must be >= 0, got {min_free_mb:g}"
+            raise CollectorError(msg)
     except CollectorError as exc:
         print(f"traintape serve: {exc}", file=sys.stderr)
         return 2
@@ -37,17 +44,34 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         materialize_interval=config.option("materialize_interval", args.materialize_interval, 0.5),
         system_interval=config.option("system_interval", args.system_interval, 1.0),
         compact_settle=config.option("compact_settle", args.compact_settle, None),
+        min_free_bytes=int(min_free_mb * (1 << 20)),
+        max_message_bytes=max_message_bytes,
         curve=config.option("curve", args.curve or None, False),
         sinks=config.sinks,
     )
 
 
+def _max_message_bytes(mb: float | None) -> int:
+    from traintape.errors import CollectorError
+    from traintape.schemas.limits import MAX_MESSAGE_BYTES
+
+    if mb is None:
+        return MAX_MESSAGE_BYTES
+    if mb * (1 << 20) < MAX_MESSAGE_BYTES:  # an event emitters send would never be taken
+        msg = (
+            f"--max-message-mb {mb:g} is below {MAX_MESSAGE_BYTES >> 20}, the size emitters "
+            "split their batches at"
+        )
+        raise CollectorError(msg)
+    return int(mb * (1 << 20))
+
+
 def _cmd_sync(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from traintape.sinks import ConfigError, SinkError
+    from traintape.errors import ConfigError, SinkError, SyncError
     from traintape.sinks.config import single
-    from traintape.sinks.sync import SyncError, resolve_run, sync_run
+    from traintape.sinks.sync import resolve_run, sync_run
 
     store = resolve_store(args.store)
     try:
@@ -71,7 +95,8 @@ def _cmd_sync(args: argparse.Namespace) -> int:
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
-    from traintape.emitter.replay import ReplayError, replay
+    from traintape.emitter.replay import replay
+    from traintape.errors import ReplayError
 
     store = resolve_store(args.store)
     folder = Path(args.spool) if args.spool else spool_dir(store)
@@ -86,17 +111,24 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         f"acknowledged ({result.rejected_events} rejected, {result.skipped} files skipped: "
         "their emitters still run)"
     )
+    if result.deleted_checkpoints or result.kept_checkpoints:
+        print(
+            f"{result.deleted_checkpoints} checkpoint files deleted whose deletion the collector "
+            f"has now recorded ({result.kept_checkpoints} left in place: see above)",
+            file=sys.stderr,
+        )
     return 0
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
     store = resolve_store(args.store)
-    path = store / "state" / "collector.json"
+    layout = StoreLayout(store)
+    path = layout.collector_status
     if not path.exists():
         print(f"traintape status: no collector has run on {store}", file=sys.stderr)
         return 1
     status = json.loads(path.read_text())
-    alive = (store / "collector.pid").exists() and _pid_alive(int(status.get("pid", 0)))
+    alive = layout.pid.exists() and _pid_alive(int(status.get("pid", 0)))
     status["running"] = alive
     if args.format == "json":
         json.dump(status, sys.stdout, indent=1)

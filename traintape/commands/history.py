@@ -41,11 +41,13 @@ WITH last AS (
     WHERE run_id IN (SELECT run_id FROM picked)
     QUALIFY row_number() OVER (PARTITION BY run_id, key ORDER BY step DESC, rank, ts DESC) = 1)
 SELECT p.run_id, p.project, p.name, p.status, p.started, p.duration_s AS duration,
-       (SELECT max(step) + 1 FROM last WHERE last.run_id = p.run_id) AS steps,
+       -- HUGEINT: a step may be the largest int64 (the range every step is checked against)
+       (SELECT max(step)::HUGEINT + 1 FROM last WHERE last.run_id = p.run_id) AS steps,
        p.ranks, p.host,
        -- the commit the run started from, `+` when the working tree had changes
        left(p.git_commit, 8)
-           || CASE WHEN json_extract(p.environment, '$.git_dirty')::BOOLEAN THEN '+' ELSE '' END
+           || CASE WHEN TRY_CAST(json_extract(p.environment, '$.git_dirty') AS BOOLEAN)
+                   THEN '+' ELSE '' END
            AS commit,
        (SELECT string_agg(key || '=' || printf('%.4g', value), ' ' ORDER BY key)
         FROM last WHERE last.run_id = p.run_id) AS last_metrics
@@ -308,7 +310,8 @@ def _cmd_tail(args: argparse.Namespace) -> int:
 
 
 def _cmd_checkpoints(args: argparse.Namespace) -> int:
-    from traintape.checkpoints import CheckpointError, live_checkpoints, resolve_run
+    from traintape.checkpoints import live_checkpoints, resolve_run
+    from traintape.errors import CheckpointError
 
     con = _connect(args)
     try:

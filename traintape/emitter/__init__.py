@@ -50,7 +50,9 @@ class _NotStarted:
     def log_text(self, key: str, text: str, step: int | None = None) -> None:
         self.log(None)
 
-    def finish(self, status: str = "completed", timeout: float = 30.0) -> None:
+    def finish(
+        self, status: str = "completed", timeout: float = 30.0, *, wait_visible: bool = True
+    ) -> None:
         return None
 
 
@@ -114,10 +116,13 @@ def watch(model: Any, every: int = 1, per_layer: bool = False, histograms: bool 
     return run.watch(model, every=every, per_layer=per_layer, histograms=histograms)
 
 
-def finish(status: str = "completed", timeout: float = 30.0) -> FinishReport | None:
-    """Finishes the current run; returns what was delivered and what waits in the spool."""
+def finish(
+    status: str = "completed", timeout: float = 30.0, *, wait_visible: bool = True
+) -> FinishReport | None:
+    """Finishes the current run; returns what was delivered and what waits in the spool (see
+    `Emitter.finish`: by default it returns once every reader sees the whole run)."""
     global _current
-    report = _current.finish(status=status, timeout=timeout)
+    report = _current.finish(status=status, timeout=timeout, wait_visible=wait_visible)
     _current = _NotStarted()
     return report
 

@@ -30,7 +30,10 @@ and rank wrote into the folder. They are listed in an append-only manifest
 earlier attempt wrote. A deletion is first recorded as a `checkpoint` event (action "deleted")
 and the file is unlinked only once the collector has acknowledged that event: the store never
 names a file that is gone, even after a SIGKILL. While the collector does not answer, the file
-waits. Temporary files of crashed writes (their flock is free) are removed on the first save
+waits; the manifest marks it `deleting` first. When the process ends before the acknowledgement,
+the deletion is carried out by `traintape replay` once it has delivered the spooled event (the
+file's sha256 still matching, deletions.py), or by the run's next attempt at its first save.
+Temporary files of crashed writes (their flock is free) are removed on the first save
 into a folder, each recorded as a "deleted" event with reason "leftover".
 """
 
@@ -60,9 +63,11 @@ from traintape.checkpoints import (
 )
 from traintape.durable import fsync_dir
 from traintape.emitter.checkpoint_files import HashingFile, Manifest
-from traintape.emitter.emitter import RunFinishedError, _check_step
+from traintape.emitter.emitter import _check_step
 from traintape.emitter.snapshot import SnapshotSlot, Snapshotter
 from traintape.emitter.values import coerce_scalar
+from traintape.errors import RunFinishedError
+from traintape.layout import StoreLayout
 from traintape.schemas.events import CHECKPOINT
 
 SUFFIX = ".pt"
@@ -145,7 +150,7 @@ class CheckpointWriter:
         self.dir = (
             Path(policy.dir).expanduser().resolve()
             if policy.dir is not None
-            else emitter.store / "checkpoints" / emitter.run_id
+            else StoreLayout(emitter.store).checkpoints(emitter.run_id)
         )
         rank_part = f".rank{self.rank}" if policy.ranks == "all" else ""
         self.suffix = rank_part + SUFFIX
@@ -230,6 +235,13 @@ class CheckpointWriter:
             try:
                 if isinstance(job, _Stop):
                     self._finish_deletions(job.timeout)
+                    if self._deleting:
+                        print(
+                            f"traintape: {len(self._deleting)} checkpoint files in {self.dir} "
+                            "stay until the collector has recorded their deletion; "
+                            "`traintape replay` (or the run's next attempt) removes them then",
+                            file=sys.stderr,
+                        )
                     return
                 if job is not None:
                     self._write(job)
@@ -250,8 +262,13 @@ class CheckpointWriter:
     def _prepare(self) -> Manifest:
         self.dir.mkdir(parents=True, exist_ok=True)
         if self._manifest is None:
-            self._manifest = Manifest(self.dir / self.manifest_name)
+            manifest = self._manifest = Manifest(self.dir / self.manifest_name)
             self._remove_leftovers()
+            # Deletions an earlier process of this run and rank decided but could not see
+            # acknowledged: recorded again (a duplicate in the store is harmless), then done.
+            earlier = [n for n in manifest.live if n in manifest.pending]
+            if earlier:
+                self._doom(manifest, earlier)
         return self._manifest
 
     def _write(self, job: _Job) -> None:
@@ -388,11 +405,24 @@ class CheckpointWriter:
         ]
         if not doomed:
             return
-        for name in doomed:
-            body = {"action": "deleted", "path": str(self.dir / name), "reason": "retention"}
-            self.emitter._emit(CHECKPOINT, manifest.live[name]["step"], body)
+        manifest.deleting(doomed)  # first: a later attempt finishes what this one cannot
+        self._doom(manifest, doomed)
+
+    def _doom(self, manifest: Manifest, names: list[str]) -> None:
+        """Records the deletion of `names` as events; each file goes once they are acked. The
+        sha256 lets `traintape replay` check that a file still holds what was doomed."""
+        for name in names:
+            entry = manifest.live[name]
+            body = {
+                "action": "deleted",
+                "path": str(self.dir / name),
+                "reason": "retention",
+                "bytes": entry.get("bytes"),
+                "sha256": entry.get("sha256"),
+            }
+            self.emitter._emit(CHECKPOINT, entry.get("step"), body)
         target = self._send()
-        for name in doomed:
+        for name in names:
             self._deleting[name] = target
 
     def _finish_deletions(self, wait: float) -> None:

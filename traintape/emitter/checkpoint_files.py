@@ -44,12 +44,15 @@ class Manifest:
     """The files one run and rank keep in a folder, in save order.
 
     Append-only JSON lines (fsync'd), compacted when opened: a line torn by a crash is dropped
-    then, as are entries whose file is gone.
+    then, as are entries whose file is gone. `pending` names the live files whose deletion was
+    recorded as an event but not yet carried out (the collector had not acknowledged it when
+    their process stopped waiting): the next writer of this run and rank carries it out.
     """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.live: dict[str, dict[str, Any]] = {}
+        self.pending: set[str] = set()
         try:
             text = path.read_text()
         except FileNotFoundError:
@@ -60,14 +63,23 @@ class Manifest:
                 name = record["name"]
             except (ValueError, KeyError, TypeError):
                 continue
+            action = record.pop("action", None)
+            if action == "deleting":
+                if name in self.live:
+                    self.pending.add(name)
+                continue
             self.live.pop(name, None)
-            if record.pop("action", None) == "saved":
+            self.pending.discard(name)
+            if action == "saved":
                 self.live[name] = record
         self.live = {n: r for n, r in self.live.items() if (path.parent / n).exists()}
+        self.pending &= self.live.keys()
         tmp = path.with_name(path.name + ".tmp")
         with open(tmp, "w") as f:
-            for record in self.live.values():
+            for name, record in self.live.items():
                 f.write(json.dumps({"action": "saved", **record}) + "\n")
+                if name in self.pending:
+                    f.write(json.dumps({"action": "deleting", "name": name}) + "\n")
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -76,14 +88,20 @@ class Manifest:
         self.live[record["name"]] = record
         self._append({"action": "saved", **record})
 
+    def deleting(self, names: list[str]) -> None:
+        """Records that the deletion of `names` was decided (their events are on their way)."""
+        self.pending.update(names)
+        self._append(*({"action": "deleting", "name": n} for n in names))
+
     def deleted(self, name: str) -> None:
         self.live.pop(name, None)
+        self.pending.discard(name)
         self._append({"action": "deleted", "name": name})
 
-    def _append(self, record: dict[str, Any]) -> None:
+    def _append(self, *records: dict[str, Any]) -> None:
         try:
             with open(self.path, "a") as f:
-                f.write(json.dumps(record) + "\n")
+                f.write("".join(json.dumps(record) + "\n" for record in records))
                 f.flush()
                 os.fsync(f.fileno())
         except OSError as exc:  # retention of later attempts suffers, this run does not

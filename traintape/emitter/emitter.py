@@ -3,8 +3,10 @@
 The hot path (`log`) checks value types in one C-level pass, stamps the time, appends a tuple to
 a deque and returns. Every `batch_size` calls the caller packs the batch (msgpack, columnar) and
 hands it to ZeroMQ without blocking; if another thread holds the I/O lock at that moment, the
-caller simply does not flush this time. A keeper thread flushes on a deadline, processes acks,
-resends, and moves batches the collector did not take in time to the spool on disk.
+caller simply does not flush this time. A keeper thread sends what is pending every
+`flush_interval` (15 ms, so a SIGKILL loses about that much; each send wakes threads of this
+process and the collector, which a 2-core training loop feels at 10 ms), processes acks, resends,
+sends a heartbeat now and then, and moves batches the collector did not take in time to the spool.
 """
 
 from __future__ import annotations
@@ -23,19 +25,33 @@ from typing import Any
 
 import msgpack
 
-from traintape.emitter import environment
+from traintape.emitter import environment, signals
+from traintape.emitter.checks import MAX_EVENT_BYTES, check_body, split_batch
 from traintape.emitter.deferred import DeferredValues, split_tensors, torch_module
 from traintape.emitter.spool import SpoolFile
 from traintape.emitter.transport import Transport
 from traintape.emitter.values import coerce_metrics, flatten, plain
+from traintape.emitter.visibility import finish_visible
+from traintape.errors import RunFinishedError
 from traintape.paths import resolve_address, resolve_store, spool_dir
-from traintape.schemas.events import METRICS, PARAMS, RUN_END, RUN_START, RUN_STATUSES, TEXT
+from traintape.schemas.events import (
+    KIND_NAMES,
+    METRICS,
+    PARAMS,
+    RUN_END,
+    RUN_START,
+    RUN_STATUSES,
+    TEXT,
+)
+from traintape.schemas.limits import MAX_INT64
 from traintape.schemas.values import to_float
 from traintape.schemas.wire import encode_body, encode_header
 
 _SCALARS = frozenset((float, int, bool))
 _STR = frozenset((str,))
 _live: weakref.WeakSet[Emitter] = weakref.WeakSet()
+CHORES_S = 0.1
+"""How often the keeper takes acks, resends, spools and sends a due heartbeat."""
 
 
 @dataclass(frozen=True)
@@ -49,15 +65,14 @@ class FinishReport:
     rejected: int
     lost: int = 0  # neither acknowledged nor spooled: only when the spool could not be written
     unreadable: int = 0  # logged GPU values a device error left unreadable (never events)
+    # Every reader (views, CLI, load_checkpoint) sees every event of this process; False: not
+    # within finish's timeout (the collector's materializer is behind); None: not asked.
+    visible: bool | None = None
 
     @property
     def complete(self) -> bool:
         """Every event is in the collector's journal, and every logged GPU value became one."""
         return self.spooled == 0 and self.rejected == 0 and self.lost == 0 and not self.unreadable
-
-
-class RunFinishedError(RuntimeError):
-    """The run was finished; start a new one with `init()` to log more."""
 
 
 class Emitter:
@@ -74,7 +89,7 @@ class Emitter:
         *,
         store: str | os.PathLike[str] | None = None,
         batch_size: int = 256,
-        flush_interval: float = 0.2,
+        flush_interval: float = 0.015,
         resend_after: float = 2.0,
         spool_after: float = 5.0,
         max_memory_mb: float = 64.0,
@@ -114,13 +129,20 @@ class Emitter:
         self._failed_by: str | None = None
         self._fork_child = False
         self._report: FinishReport | None = None
+        # Checked before anything is sent: a config that cannot be stored fails init() here.
+        start_body = self._run_start_body()
+        check_body(start_body, "the run's config and environment")
+        params = flatten(self.config) if self.config else None
+        if params:
+            check_body(params, "the config (as params)")
         self._reset_io()
         self._open_transport()
         _live.add(self)
         atexit.register(self._at_exit)
-        self._emit(RUN_START, None, self._run_start_body())
-        if self.config:
-            self._emit(PARAMS, None, flatten(self.config))
+        signals.install(lambda: list(_live))  # SIGTERM: deliver, mark killed, then end as asked
+        self._emit(RUN_START, None, start_body)
+        if params:
+            self._emit(PARAMS, None, params)
 
     # -- process identity and I/O ----------------------------------------------------------
 
@@ -134,6 +156,8 @@ class Emitter:
         self._stopping = False
         self._transport: Transport | None = None
         self._keeper: threading.Thread | None = None
+        self._refused = 0  # events this process could not send at all (FinishReport.rejected)
+        self._chores_at = 0.0  # monotonic time of the keeper's next acks/resend/spool round
 
     def _open_transport(self) -> Transport:
         spool = SpoolFile(spool_dir(self.store) / f"{self.run_id}.{self.rank}.{self.source}.spool")
@@ -182,6 +206,7 @@ class Emitter:
         _scalars: frozenset[type] = _SCALARS,
         _str: frozenset[type] = _STR,
         _type: type = type,
+        _max_step: int = MAX_INT64,
     ) -> None:
         """Records metric values (int, float, bool or numpy scalars) at `step`.
 
@@ -197,7 +222,7 @@ class Emitter:
             fast = False
         if step is None:
             step = self._step
-        elif _type(step) is not int:
+        elif _type(step) is not int or not 0 <= step <= _max_step:
             step = _check_step(step)
         if fast:
             metrics = metrics.copy()
@@ -256,7 +281,9 @@ class Emitter:
         if not isinstance(params, dict):
             msg = f"log_params() takes a dict, not {type(params).__name__}"
             raise TypeError(msg)
-        self._emit(PARAMS, None, flatten(params))
+        body = flatten(params)
+        check_body(body, "log_params()")
+        self._emit(PARAMS, None, body)
 
     def log_text(self, key: str, text: str, step: int | None = None) -> None:
         if not isinstance(key, str) or not isinstance(text, str):
@@ -264,6 +291,7 @@ class Emitter:
             raise TypeError(msg)
         step = step if step is None else _check_step(step)
         body = {"key": key, "text": text}
+        check_body(body, f"log_text({key[:40]!r})")
         ts = time.time_ns()
         # Text lands in its step's row in W&B, as metrics do: it keeps its place in line too.
         if not (self._deferred_queue and self._deferred.add_ready(ts, step, TEXT, body)):
@@ -316,17 +344,44 @@ class Emitter:
             return
         popleft = pending.popleft
         events = [popleft() for _ in range(n)]
-        kinds, ts, steps, bodies = zip(*events)
-        seq0 = self._seq
-        self._seq += n
         try:
-            body = encode_body(kinds, ts, steps, bodies)
-        except (OverflowError, TypeError, ValueError):
-            body = encode_body(kinds, ts, steps, [_storable(k, b) for k, b in zip(kinds, bodies)])
-        header = encode_header(self.run_id, self.rank, self.source, seq0, n)
+            try:
+                body: bytes | None = encode_body(*zip(*events))
+            except (OverflowError, TypeError, ValueError):
+                body = None
+            if body is None or len(body) > MAX_EVENT_BYTES:
+                # Slow path: storable values, batches under the message limit, and an event
+                # that cannot be sent at all refused (counted), never blocking the others.
+                batches, refused = split_batch(events, _storable)
+                self._refuse(refused)
+            else:
+                batches = [(n, body)]
+        except BaseException:
+            pending.extendleft(reversed(events))  # kept for the next flush, never dropped
+            raise
         transport = self._transport or self._open_transport()
-        transport.send(seq0, n, header, body)
+        for count, packed in batches:
+            seq0 = self._seq
+            self._seq += count
+            header = encode_header(self.run_id, self.rank, self.source, seq0, count)
+            transport.send(seq0, count, header, packed)
         transport.poll_acks()
+        if transport.memory_high():
+            self._wake.set()  # the keeper spools now, not at its next tick: the bound holds
+            if transport.memory_over():
+                # The keeper is behind (it needs the GIL between writes): let it run now. Not a
+                # wait on the disk: a blocked write releases the GIL straight back.
+                time.sleep(0)
+
+    def _refuse(self, refused: list[Any]) -> None:
+        """Events that cannot be sent: counted in FinishReport.rejected, and said once each."""
+        for (kind, _, step, _), reason in refused:
+            self._refused += 1
+            print(
+                f"traintape: a {KIND_NAMES[kind]} event of run {self.run_id} (step {step}) "
+                f"{reason}; it was not logged",
+                file=sys.stderr,
+            )
 
     def send_now(self) -> int | None:
         """Sends every queued event now (waiting for the I/O lock); returns the seq that all of
@@ -348,34 +403,58 @@ class Emitter:
             return self._seq if oldest is None else oldest
 
     def _keep(self) -> None:
+        # The keeper never dies: a failing tick is said once, and its work stays queued for
+        # the next one (and for finish()).
+        while not self._stopping:
+            try:
+                self._tick()
+            except Exception as exc:
+                self._warn_once(
+                    f"traintape: the keeper thread failed ({type(exc).__name__}: {exc}); "
+                    "it goes on, and what it held stays queued"
+                )
+
+    def _tick(self) -> None:
         transport = self._transport
         assert transport is not None
-        while not self._stopping:
-            self._wake.wait(self._flush_interval / 2)
-            if self._stopping:
-                return
-            self._deferred.poll()
+        self._wake.wait(self._flush_interval)
+        if self._stopping:
+            return
+        self._wake.clear()
+        self._deferred.poll()
+        # Whatever is pending leaves at every tick: a SIGKILL loses about one flush_interval.
+        if self._pending:
             with self._lock:
-                if (
-                    self._pending
-                    and time.time_ns() - self._pending[0][1] >= self._flush_interval * 1e9
-                ):
-                    self._flush_locked()
-                transport.poll_acks()
-                transport.resend_due()
-                to_spool = transport.take_for_spool()
-            self._service_spool(to_spool)
+                self._flush_locked()
+        now = time.monotonic()
+        if now < self._chores_at and not transport.memory_high():
+            return  # the rest at a slower pace (resend_due walks every batch), or the bound
+        self._chores_at = now + CHORES_S
+        with self._lock:
+            transport.poll_acks()
+            transport.resend_due()
+            to_spool = transport.take_for_spool()
+            if transport.heartbeat_due(now):  # proof of life while idle (collector liveness)
+                beat = encode_header(self.run_id, self.rank, self.source, self._seq, 0)
+                transport.heartbeat(beat)
+        self._service_spool(to_spool)
 
     def _service_spool(self, to_spool: list[Any]) -> None:
         """Disk work, outside the lock, so the training thread never waits on it."""
         transport = self._transport
         assert transport is not None
         if to_spool:
+            pieces = _pieces(to_spool, SPOOL_PIECE_BYTES)
+            transport.spooling_bytes += sum(b.size for b in to_spool)
             try:
-                transport.spool.append(to_spool)
+                while pieces:
+                    transport.spool.append(pieces[0])  # no copy of everything at once
+                    transport.spooling_bytes -= sum(b.size for b in pieces.pop(0))
             except OSError as exc:
                 with self._lock:
-                    transport.unspool(to_spool)
+                    for piece in pieces:
+                        transport.unspool(piece)
+                transport.spooling_bytes = 0
                 self._warn_once(
                     f"traintape: cannot write the spool {transport.spool.path} ({exc}); "
                     "keeping unacknowledged batches in memory instead"
@@ -403,9 +482,16 @@ class Emitter:
 
     # -- finishing -------------------------------------------------------------------------
 
-    def finish(self, status: str = "completed", timeout: float = 30.0) -> FinishReport:
+    def finish(
+        self, status: str = "completed", timeout: float = 30.0, *, wait_visible: bool = True
+    ) -> FinishReport:
         """Ends the run: flushes, waits up to `timeout` s for the collector to acknowledge every
-        event, and spools whatever it did not. Safe to call twice."""
+        event, and spools whatever it did not. Safe to call twice.
+
+        With `wait_visible` (the default) it then waits, within the same `timeout`, until every
+        reader (`traintape.connect()`, the CLI, `load_checkpoint`) sees the whole run; the report's
+        `visible` says whether it does. Without, it returns once everything is acknowledged
+        (in the journal, fsync'd): what a benchmark of ingest measures."""
         if status not in RUN_STATUSES:
             msg = f"status must be one of {RUN_STATUSES}, got {status!r}"
             raise ValueError(msg)
@@ -438,10 +524,11 @@ class Emitter:
                 transport.resend_due()
                 self._replay_now()
                 transport.wait_readable(min(remaining, 0.05))
+            visible = finish_visible(self, transport, status, deadline) if wait_visible else None
             to_spool = transport.take_for_spool(force=True)
         if to_spool:
             try:
-                transport.spool.append(to_spool)
+                transport.spool.append(to_spool, keep_floor=False)  # into the floor: no loss
             except OSError as exc:
                 transport.unspool(to_spool)
                 print(
@@ -460,11 +547,18 @@ class Emitter:
             acked=transport.stats.acked_events,
             spooled=spooled,
             spool_path=transport.spool.path if spooled else None,
-            rejected=transport.stats.rejected_events,
+            rejected=transport.stats.rejected_events + self._refused,
             lost=lost,
             unreadable=self._deferred.unreadable,
+            visible=visible,
         )
         self._report = report
+        if visible is False:
+            print(
+                f"traintape: run {self.run_id} is stored, but readers may not see all of it yet: "
+                f"the collector did not materialize it within {timeout:g}s",
+                file=sys.stderr,
+            )
         if spooled:
             print(
                 f"traintape: the collector at {self.address} did not acknowledge {spooled} events "
@@ -472,10 +566,16 @@ class Emitter:
                 f"Deliver them with `traintape replay --store {self.store}` once it runs.",
                 file=sys.stderr,
             )
-        if report.rejected:
+        if report.rejected > self._refused:
             print(
-                f"traintape: the collector rejected {report.rejected} events of run {self.run_id}; "
-                "they are in its dead-letter file.",
+                f"traintape: the collector rejected {report.rejected - self._refused} events of "
+                f"run {self.run_id}; they are in its dead-letter file.",
+                file=sys.stderr,
+            )
+        if self._refused:  # each was named when it was refused
+            print(
+                f"traintape: {self._refused} events of run {self.run_id} could not be sent "
+                "(see above); FinishReport.rejected counts them",
                 file=sys.stderr,
             )
         return report
@@ -533,8 +633,8 @@ def _check_step(step: Any) -> int:
     except (AttributeError, TypeError):
         msg = f"step must be an int, got {step!r} ({type(step).__name__})"
         raise TypeError(msg) from None
-    if value < 0:
-        msg = f"step must be >= 0, got {value}"
+    if not 0 <= value <= MAX_INT64:
+        msg = f"step must be in 0..{MAX_INT64} (stored as int64), got {value}"
         raise ValueError(msg)
     return int(value)
 
@@ -544,6 +644,22 @@ def _storable(kind: int, body: dict[str, Any]) -> dict[str, Any]:
     if kind == METRICS:
         return {k: to_float(v) if type(v) is int else v for k, v in body.items()}
     return plain(body)
+
+
+SPOOL_PIECE_BYTES = 4 << 20
+"""Batches written to the spool per append: its join copies one piece, not all of them."""
+
+
+def _pieces(batches: list[Any], size: int) -> list[list[Any]]:
+    pieces: list[list[Any]] = [[]]
+    total = 0
+    for batch in batches:
+        if pieces[-1] and total + batch.size > size:
+            pieces.append([])
+            total = 0
+        pieces[-1].append(batch)
+        total += batch.size
+    return pieces
 
 
 def _seq0_of(header: bytes) -> int:

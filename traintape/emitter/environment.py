@@ -17,6 +17,10 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
+from traintape import procinfo
+from traintape.schemas.limits import MAX_RUN_ID_CHARS, RUN_ID_PATTERN
+from traintape.schemas.wire import HEARTBEAT_S
+
 
 @dataclass(frozen=True)
 class Placement:
@@ -57,12 +61,14 @@ def resolve_run_id(explicit: str | None, where: Placement) -> str:
     process group, else (a single process) a fresh id.
     """
     if explicit:
-        return explicit
+        return check_run_id(explicit, "run_id")
     env_id = os.environ.get("TRAINTAPE_RUN_ID")
     if env_id:
-        return env_id
+        return check_run_id(env_id, "$TRAINTAPE_RUN_ID")
     elastic = os.environ.get("TORCHELASTIC_RUN_ID")
     if elastic and elastic != "none":
+        # Not the user's choice (any string torchrun was given): a digest, the same on every
+        # rank, is always a valid id.
         return hashlib.sha1(elastic.encode()).hexdigest()[:12]
     dist = _initialized_dist()
     if dist is not None and where.world_size > 1:
@@ -77,6 +83,18 @@ def resolve_run_id(explicit: str | None, where: Placement) -> str:
         )
         raise RuntimeError(msg)
     return new_run_id()
+
+
+def check_run_id(run_id: Any, where: str) -> str:
+    """`run_id` if it can name a run's folder in every table, else ValueError saying what can."""
+    if not isinstance(run_id, str) or RUN_ID_PATTERN.fullmatch(run_id) is None:
+        shown = repr(run_id) if len(repr(run_id)) <= 60 else repr(run_id)[:57] + "..."
+        msg = (
+            f"{where} {shown} is not a valid run id: use 1 to {MAX_RUN_ID_CHARS} ASCII letters, "
+            "digits, '.', '_' or '-', starting with a letter or digit"
+        )
+        raise ValueError(msg)
+    return run_id
 
 
 def _git(*args: str) -> str | None:
@@ -168,6 +186,8 @@ def environment(where: Placement) -> dict[str, Any]:
         "rank": where.rank,
         "local_rank": where.local_rank,
         "world_size": where.world_size,
+        # How the collector tells this process gone (`crashed`): see traintape.procinfo.
+        "liveness": {**(procinfo.identity() or {}), "heartbeat_s": HEARTBEAT_S},
     }
     env.update(torch_state())
     env.update(git_state())

@@ -3,6 +3,9 @@
 Each file's batches are sent in order with a bounded window of unacknowledged batches; the file
 is deleted only when every batch in it is acknowledged. Sending twice is harmless: the collector
 drops duplicates by (run_id, rank, source, seq).
+
+Checkpoint files whose deletion the file's events record (retention, while the collector was
+away) are removed once the collector has stored those events (deletions.py).
 """
 
 from __future__ import annotations
@@ -14,15 +17,13 @@ from pathlib import Path
 
 import zmq
 
+from traintape.emitter.deletions import GONE, Doomed, doomed_files, remove
 from traintape.emitter.spool import SpoolFile, spool_files
-from traintape.schemas.wire import ACK_REJECTED, decode_ack, decode_header
-from traintape.security import SecurityError, configure_client
+from traintape.errors import ReplayError, SecurityError
+from traintape.schemas.wire import ACK_REJECTED, ACK_STORED, decode_ack_full, decode_header
+from traintape.security import configure_client
 
 WINDOW = 256
-
-
-class ReplayError(RuntimeError):
-    """The collector did not acknowledge in time: check that `traintape serve` runs there."""
 
 
 @dataclass
@@ -32,6 +33,8 @@ class ReplayResult:
     events: int = 0
     rejected_events: int = 0
     skipped: int = 0
+    deleted_checkpoints: int = 0
+    kept_checkpoints: int = 0  # doomed, but not the doomed content any more (or unreadable)
 
 
 def replay(
@@ -63,7 +66,7 @@ def replay(
                     f"{spool.path.name}: skipped, its emitter is still running (it replays it)"
                 )
                 continue
-            _replay_file(sock, spool, timeout, result)
+            _replay_file(sock, spool, timeout, result, progress)
             result.files += 1
             progress(f"{spool.path.name}: delivered; {result.events} events so far")
     finally:
@@ -72,8 +75,16 @@ def replay(
     return result
 
 
-def _replay_file(sock: zmq.Socket, spool: SpoolFile, timeout: float, result: ReplayResult) -> None:
+def _replay_file(
+    sock: zmq.Socket,
+    spool: SpoolFile,
+    timeout: float,
+    result: ReplayResult,
+    progress: Callable[[str], None],
+) -> None:
     waiting: dict[tuple[str, int], int] = {}  # (source, seq0) -> n
+    doomed: dict[tuple[str, int], list[Doomed]] = {}  # retention deletions in a batch in flight
+    stored: list[Doomed] = []  # ... whose batch the collector stored whole
     records = spool.read()
     exhausted = False
     deadline = time.monotonic() + timeout
@@ -86,6 +97,9 @@ def _replay_file(sock: zmq.Socket, spool: SpoolFile, timeout: float, result: Rep
             _, header, body = item
             h = decode_header(header)
             waiting[(h.source, h.seq0)] = h.n
+            found = doomed_files(body, h.n)
+            if found:
+                doomed[(h.source, h.seq0)] = found
             sock.send_multipart((header, body))
             result.batches += 1
         if not waiting:
@@ -98,12 +112,23 @@ def _replay_file(sock: zmq.Socket, spool: SpoolFile, timeout: float, result: Rep
             raise ReplayError(msg)
         while True:
             try:
-                source, seq0, n, status = decode_ack(sock.recv(zmq.NOBLOCK))
+                source, seq0, n, status, rejected = decode_ack_full(sock.recv(zmq.NOBLOCK))
             except zmq.Again:
                 break
             if waiting.pop((source, seq0), None) is not None:
                 result.events += n
-                if status == ACK_REJECTED:
-                    result.rejected_events += n
+                result.rejected_events += n if status == ACK_REJECTED else rejected
+                found = doomed.pop((source, seq0), [])
+                if status == ACK_STORED and not rejected:  # a set-aside deletion is not durable
+                    stored.extend(found)
         deadline = time.monotonic() + timeout
+    # Before the spool goes: a crash in between replays it again, and a second removal of a file
+    # that is gone (or holds other bytes by then) does nothing.
+    for item in stored:
+        why = remove(item)
+        if why is None:
+            result.deleted_checkpoints += 1
+        elif why != GONE:
+            result.kept_checkpoints += 1
+            progress(f"{item.path}: left in place although its deletion is recorded: {why}")
     spool.delete()

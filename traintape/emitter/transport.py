@@ -12,13 +12,15 @@ is noticed without any extra protocol.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import zmq
 
 from traintape.emitter.spool import SpoolFile
-from traintape.schemas.wire import ACK_REJECTED, decode_ack
-from traintape.security import SecurityError, configure_client
+from traintape.errors import SecurityError
+from traintape.schemas.wire import ACK_REJECTED, ACK_VISIBLE, HEARTBEAT_S, decode_ack_full
+from traintape.security import configure_client
 
 
 @dataclass(slots=True)
@@ -80,10 +82,16 @@ class Transport:
         self._sock.connect(address)
         self._unacked: dict[int, _Batch] = {}  # seq0 -> batch; insertion order is seq order
         self._memory = 0
+        # Taken for the spool but not written yet: still this process's memory, so still counted
+        # against the bound (the keeper writes it piece by piece).
+        self.spooling_bytes = 0
         self._spooled: dict[int, int] = {}  # seq0 -> n of spooled batches not yet acked
         self._replay_pos = 0
         self._replay_at = 0.0
+        self._last_out = 0.0  # monotonic time anything last left: a batch or a heartbeat
         self.closed = False
+        self.stored_seq: int | None = None
+        self.on_ack: Callable[[int, int, int, int], bool] | None = None
 
     # -- called with the I/O lock held -------------------------------------------------------
 
@@ -100,7 +108,7 @@ class Transport:
             self._sock.send_multipart((batch.header, batch.body), flags=zmq.NOBLOCK, copy=False)
         except zmq.Again:
             return False
-        batch.sent_at = time.monotonic()
+        batch.sent_at = self._last_out = time.monotonic()
         batch.sends += 1
         self.stats.sent_batches += 1
         return True
@@ -114,12 +122,16 @@ class Transport:
             except zmq.Again:
                 return count
             try:
-                source, seq0, n, status = decode_ack(frame)
+                source, seq0, n, status, rejected = decode_ack_full(frame)
             except Exception:
                 continue  # not ours to interpret; the collector only sends acks
             if source != self.source:
                 continue
             count += 1
+            if self.on_ack is not None and self.on_ack(seq0, n, status, rejected):
+                continue  # answers finish()'s visibility request (traintape.emitter.visibility)
+            if status == ACK_VISIBLE:
+                continue  # readers see that batch: only finish() asks for this
             batch = self._unacked.pop(seq0, None)
             if batch is not None:
                 self._memory -= batch.size
@@ -127,8 +139,11 @@ class Transport:
                 continue  # a second ack of a batch already settled
             if status == ACK_REJECTED:
                 self.stats.rejected_events += n
-            else:
-                self.stats.acked_events += n
+            else:  # stored, but for `rejected` events that failed the collector's checks
+                self.stats.rejected_events += rejected
+                self.stats.acked_events += n - rejected
+                if not rejected and (n > 1 or self.stored_seq is None):
+                    self.stored_seq = seq0  # a seq the journal holds, for visibility requests
 
     def resend_due(self) -> None:
         """Sends what never left and resends what was not acked in time.
@@ -145,6 +160,19 @@ class Transport:
             if not self._try_send(batch):
                 return
 
+    def heartbeat_due(self, now: float) -> bool:
+        """Whether HEARTBEAT_S passed since anything left for the collector (monotonic `now`)."""
+        return now - self._last_out >= HEARTBEAT_S
+
+    def heartbeat(self, header: bytes) -> None:
+        """Sends a heartbeat (a header with n=0 and an empty body; see schemas/wire.py): the
+        collector notes the source alive, and neither journals nor acknowledges it."""
+        try:
+            self._sock.send_multipart((header, b""), flags=zmq.NOBLOCK)
+        except zmq.Again:
+            return  # no collector connected: nobody to tell
+        self._last_out = time.monotonic()
+
     def take_for_spool(self, force: bool = False) -> list[_Batch]:
         """Removes from memory the batches that waited too long or overflow the memory bound.
 
@@ -153,10 +181,14 @@ class Transport:
         """
         now = time.monotonic()
         taken: list[_Batch] = []
+        # From a quarter of the bound on, down to an eighth: the training thread goes on adding
+        # while the keeper writes (measured: a 4 MiB piece can take 0.3 s beside a busy training
+        # thread), and the bound must hold through that. The keeper is woken then.
+        low = self.max_memory_bytes // 8 if self.memory_high() else self.max_memory_bytes
         for seq0 in list(self._unacked):
             batch = self._unacked[seq0]
             overdue = now - batch.queued_at >= self.spool_after
-            if not (force or overdue or self._memory > self.max_memory_bytes):
+            if not (force or overdue or self._memory > low):
                 break
             del self._unacked[seq0]
             self._memory -= batch.size
@@ -164,6 +196,15 @@ class Transport:
             self.stats.spooled_events += batch.n
             taken.append(batch)
         return taken
+
+    def memory_high(self) -> bool:
+        """Over a quarter of the memory bound: time for the keeper to spool."""
+        return self._memory + self.spooling_bytes > self.max_memory_bytes // 4
+
+    def memory_over(self) -> bool:
+        """Over half the memory bound: the keeper is behind. (The other half is for what is
+        not counted here: the spool write's copy, replay reads, the allocator's slack.)"""
+        return self._memory + self.spooling_bytes > self.max_memory_bytes // 2
 
     def unspool(self, batches: list[_Batch]) -> None:
         """Takes back batches whose spool write failed: memory over its bound beats losing them."""
@@ -213,6 +254,14 @@ class Transport:
     @property
     def spooled_unacked(self) -> int:
         return sum(self._spooled.values())
+
+    def send_untracked(self, header: bytes, body: bytes) -> bool:
+        """Sends a message no ack is tracked for (a visibility request); False if it cannot."""
+        try:
+            self._sock.send_multipart((header, body), flags=zmq.NOBLOCK)
+        except zmq.Again:
+            return False
+        return True
 
     def wait_readable(self, timeout_s: float) -> None:
         self._sock.poll(int(timeout_s * 1000), zmq.POLLIN)

@@ -20,6 +20,19 @@ RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 """A run id: letters, digits, `.`, `_`, `-`, starting with a letter or digit (so never `.` or
 `..`), at most MAX_RUN_ID_CHARS long. Matched with `fullmatch`."""
 
+SYSTEM_RUN_PREFIX = "system:"
+"""The collector's own system samples go to the pseudo-run `system:<host>` (collector/system.py)."""
+
+
+def valid_run_id(run_id: object) -> bool:
+    """A run id that names a folder safely: RUN_ID_PATTERN, or the collector's `system:<host>`."""
+    if type(run_id) is not str:
+        return False
+    if run_id.startswith(SYSTEM_RUN_PREFIX):
+        run_id = run_id[len(SYSTEM_RUN_PREFIX) :]
+    return RUN_ID_PATTERN.fullmatch(run_id) is not None
+
+
 MAX_SOURCE_CHARS = 64
 """An emitting process's random id (16 hex digits from the emitter)."""
 

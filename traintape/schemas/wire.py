@@ -13,10 +13,19 @@ For a `metrics` event the body is {name: float}; for the other kinds a map of pl
 The collector answers each batch with one frame, collector -> emitter::
 
     ack      msgpack [source, seq0, n, status]     status: ACK_STORED or ACK_REJECTED
+             msgpack [source, seq0, n, status, rejected]   when `rejected` events of the batch
+                                                   failed validation (the rest is stored)
 
 ACK_STORED means the batch is in the journal and fsync'd (or was already: a duplicate).
 ACK_REJECTED means the collector could not read it and set it aside in its dead-letter file;
 resending would not help.
+ACK_VISIBLE comes after ACK_STORED, for a batch holding a `run_end` event: the journal as it was
+when that batch was taken is now readable in the views (traintape.collector.visibility).
+
+A heartbeat is a header with n=0 (seq0: the source's next seq) and an empty body frame. The
+emitter's keeper sends one when nothing left for HEARTBEAT_S seconds; the collector notes the
+source alive (traintape.collector.liveness: `crashed` after a silence, on other hosts) and never
+journals, acknowledges or dead-letters it.
 """
 
 from __future__ import annotations
@@ -26,16 +35,16 @@ from typing import Any
 
 import msgpack
 
+from traintape.errors import WireError
 from traintape.schemas.events import KIND_NAMES
 
 MAGIC = b"tt"
 WIRE_VERSION = 1
 ACK_STORED = 0
 ACK_REJECTED = 1
-
-
-class WireError(ValueError):
-    """A frame that is not a valid traintape batch. The collector dead-letters it."""
+ACK_VISIBLE = 2
+HEARTBEAT_S = 5.0
+"""An emitter that sent nothing for this long sends a heartbeat."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,10 +149,22 @@ def decode_body(frame: bytes, n: int) -> BatchBody:
     return BatchBody(kinds, ts, steps, bodies)
 
 
-def encode_ack(source: str, seq0: int, n: int, status: int) -> bytes:
+def encode_ack(source: str, seq0: int, n: int, status: int, rejected: int = 0) -> bytes:
+    # The 5th element only when some events were set aside: older emitters read the 4 they know.
+    if rejected:
+        return msgpack.packb([source, seq0, n, status, rejected])
     return msgpack.packb([source, seq0, n, status])
 
 
 def decode_ack(frame: bytes) -> tuple[str, int, int, int]:
-    source, seq0, n, status = msgpack.unpackb(frame)
+    source, seq0, n, status = decode_ack_full(frame)[:4]
     return source, seq0, n, status
+
+
+def decode_ack_full(frame: bytes) -> tuple[str, int, int, int, int]:
+    """(source, seq0, n, status, rejected): `rejected` events of a stored batch failed validation
+    and are in the dead-letter file (0 in the 4-element form; all n for ACK_REJECTED)."""
+    fields = msgpack.unpackb(frame)
+    source, seq0, n, status = fields[:4]
+    rejected = fields[4] if len(fields) > 4 else (n if status == ACK_REJECTED else 0)
+    return source, seq0, n, status, rejected

@@ -6,18 +6,9 @@ own thread; `traintape sync RUN --to ...` replays a stored run into one (see `sy
 this package imports no backend: each is imported when its sink starts.
 """
 
-from traintape.sinks._base import (
-    RANK_POLICIES,
-    RUNNER_OPTIONS,
-    Event,
-    MissingBackendError,
-    Option,
-    RunInfo,
-    Sink,
-    SinkError,
-    SinkRejected,
-)
-from traintape.sinks.config import SINK_TYPES, ConfigError, SinkConfig
+from traintape.errors import ConfigError, MissingBackendError, SinkError, SinkRejected
+from traintape.sinks._base import RANK_POLICIES, RUNNER_OPTIONS, Event, Option, RunInfo, Sink
+from traintape.sinks.config import SINK_TYPES, SinkConfig
 
 __all__ = [
     "RANK_POLICIES",

@@ -25,19 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
 
+from traintape.errors import MissingBackendError
 from traintape.schemas.values import flatten  # noqa: F401  (the sinks flatten params alike)
-
-
-class SinkError(RuntimeError):
-    """A sink cannot be configured or started; the message names the sink and what to change."""
-
-
-class MissingBackendError(SinkError):
-    """The backend's package is not installed; the message names the extra to install."""
-
-
-class SinkRejected(Exception):
-    """The backend refused a batch for good (bad data, not a bad connection): it is skipped."""
 
 
 class Event(NamedTuple):

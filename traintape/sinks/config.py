@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from traintape.errors import ConfigError
 from traintape.sinks._base import RANK_POLICIES, RUNNER_OPTIONS, Option, Sink
 
 SINK_TYPES: dict[str, str] = {
@@ -52,6 +53,8 @@ SERVE_OPTIONS: dict[str, type] = {
     "materialize_interval": float,
     "system_interval": float,
     "compact_settle": float,
+    "min_free_mb": float,
+    "max_message_mb": float,
     "curve": bool,
     "allow_remote": bool,
 }
@@ -61,10 +64,6 @@ TOP_LEVEL = ("store", "bind", *SERVE_OPTIONS, "sinks")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
-
-
-class ConfigError(ValueError):
-    """An invalid sink configuration; the message names where the bad key or value came from."""
 
 
 @dataclass(frozen=True)

@@ -3,9 +3,13 @@
 What goes where:
 
 - metric values through `log_batch` (at most 1000 per call, MLflow's limit), with the event's
-  step and timestamp (ms); keys cleaned to MLflow's alphabet (letters, digits, `_ - . / : `
-  and space; anything else becomes `_`), keys longer than 250 characters cut to 250 with a
-  hash of the whole key at the end;
+  step and timestamp (ms). A key outside MLflow's alphabet (letters, digits, `_ - . / : ` and
+  space) or longer than 250 characters is sent cleaned (anything else becomes `_`), cut, and
+  suffixed with `-` and 10 hex digits of the sha1 of the whole key (`损失` -> `__-<hash>`), so
+  distinct names stay distinct and every process (a restarted sink, `traintape sync`) maps a
+  name alike. Each run records the mapping as tags `traintape.key.<MLflow key>` = original
+  name (`traintape.key.<hash>` when that tag would be too long); a log line says it once per
+  name;
 - params (config at `run_start`, then `log_params`) flattened with dots, 100 per call; a value
   longer than MLflow's 6000 characters is cut to 6000, a key like a metric key; what was cut is
   listed in the tag `traintape.truncated` and in a log line. MLflow params cannot change: a
@@ -43,8 +47,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from traintape.errors import SinkRejected
 from traintape.schemas.events import CHECKPOINT, METRICS, PARAMS, RUN_END, TEXT
-from traintape.sinks._base import Event, Option, RunInfo, Sink, SinkRejected, flatten
+from traintape.sinks._base import Event, Option, RunInfo, Sink, flatten
 
 MAX_METRICS_PER_CALL = 1000
 MAX_PARAMS_TAGS_PER_CALL = 100
@@ -57,16 +62,21 @@ _MAX_FLOAT = 1.7976931348623157e308
 _ALLOWED = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-. /:")
 
 
+_DIGEST = 10
+
+
 def clean_key(key: str) -> str:
-    """A name MLflow accepts for a metric or param, close to the original."""
+    """A name MLflow accepts for a metric or param: `key` itself when MLflow takes it as it is,
+    else `key` cleaned (and cut) + `-` + 10 hex digits of the sha1 of `key`. The suffix keeps
+    names that clean alike apart (`损失`, `精度`), the same in every process."""
     text = "".join(c if c in _ALLOWED else "_" for c in key)
     # MLflow refuses names that normalise to another path ("a//b", "./a", "a/", "/a").
     parts = [("__" if p == ".." else p) for p in text.split("/") if p not in ("", ".")]
     text = "/".join(parts) or "_"
-    if len(text) > MAX_KEY:
-        digest = hashlib.sha1(key.encode()).hexdigest()[:10]
-        text = f"{text[: MAX_KEY - 11]}~{digest}"
-    return text
+    if text == key and len(text) <= MAX_KEY:
+        return key
+    digest = hashlib.sha1(key.encode("utf-8", "surrogatepass")).hexdigest()[:_DIGEST]
+    return f"{text[: MAX_KEY - _DIGEST - 1]}-{digest}"
 
 
 def _row_value(value: float) -> Any:
@@ -93,6 +103,7 @@ class _Run:
         self.params = params
         self.existing: dict[str, Counter] = {}  # key -> Counter of (step, ts, value) held
         self.truncated: list[str] = []
+        self.renamed: set[str] = set()  # MLflow keys whose original name this run's tags hold
 
 
 class MlflowSink(Sink):
@@ -125,6 +136,7 @@ class MlflowSink(Sink):
         self._experiments: dict[str, str] = {}
         self._runs: dict[str, _Run] = {}
         self._keys: dict[str, str] = {}
+        self._warned_keys: set[str] = set()
         self.counts = Counter()
 
     # -- the sink calls ------------------------------------------------------------------------
@@ -221,6 +233,7 @@ class MlflowSink(Sink):
 
         metrics: list[Any] = []
         keys = self._keys
+        renamed: dict[str, str] = {}
         end: Event | None = None
         for event in events:
             kind = event.kind
@@ -231,6 +244,8 @@ class MlflowSink(Sink):
                     name = keys.get(key)
                     if name is None:
                         name = keys[key] = clean_key(key)
+                    if name != key and name not in state.renamed:
+                        renamed[name] = key
                     metrics.append(Metric(name, float(value), ts, step))
             elif kind == PARAMS:
                 self._send_metrics(state, metrics)
@@ -242,6 +257,7 @@ class MlflowSink(Sink):
                 self._artifact(state, event)
             elif kind == RUN_END:
                 end = event
+        self._record_renames(run, state, renamed, "metric")
         self._send_metrics(state, metrics)
         if end is not None:
             summary = flatten(end.body.get("summary") or {})
@@ -282,8 +298,11 @@ class MlflowSink(Sink):
         from mlflow.entities import Param
 
         todo: dict[str, str] = {}
+        renamed: dict[str, str] = {}
         for raw_key, raw_value in params.items():
             key = clean_key(str(raw_key))
+            if key != raw_key:
+                renamed[key] = str(raw_key)
             value = _param_text(raw_value)
             if len(value) > MAX_PARAM_VALUE:
                 value = value[:MAX_PARAM_VALUE]
@@ -301,6 +320,7 @@ class MlflowSink(Sink):
                 )
                 continue
             todo[key] = value
+        self._record_renames(run, state, renamed, "param")
         items = list(todo.items())
         for i in range(0, len(items), MAX_PARAMS_TAGS_PER_CALL):
             chunk = items[i : i + MAX_PARAMS_TAGS_PER_CALL]
@@ -309,6 +329,26 @@ class MlflowSink(Sink):
             )
             state.params.update(chunk)
             self.counts["params"] += len(chunk)
+
+    def _record_renames(
+        self, run: RunInfo, state: _Run, renamed: dict[str, str], what: str
+    ) -> None:
+        """Tags `traintape.key.<MLflow key>` = original name on the run, before the values
+        are sent under that key; a log line once per name in this process."""
+        new = {k: v for k, v in renamed.items() if k not in state.renamed}
+        if not new:
+            return
+        for name, original in new.items():
+            if original not in self._warned_keys:
+                self._warned_keys.add(original)
+                self.counts["keys_renamed"] += 1
+                _warn(
+                    f"mlflow: {what} {original[:80]!r} is sent as {name!r} (MLflow names take "
+                    f"letters, digits, '_-. /:' and space, at most {MAX_KEY} characters); "
+                    "the run's tags traintape.key.<key> hold the original names"
+                )
+        self._log_tags(state, {_rename_tag(k): v for k, v in new.items()})
+        state.renamed.update(new)
 
     def _truncated(self, run: RunInfo, state: _Run, what: str) -> None:
         if what in state.truncated:
@@ -349,6 +389,13 @@ class MlflowSink(Sink):
             name = f"text/{key}/step-{step:09d}{rank}.txt"
             self.client.log_text(state.mlflow_id, str(event.body.get("text", "")), name)
         self.counts["artifacts"] += 1
+
+
+def _rename_tag(name: str) -> str:
+    """The tag that names the original of MLflow key `name` (a renamed key ends with its hash,
+    which stands for it when the whole tag would pass MLflow's 250 characters)."""
+    tag = f"traintape.key.{name}"
+    return tag if len(tag) <= MAX_KEY else f"traintape.key.{name[-_DIGEST:]}"
 
 
 def _reraise(exc: Exception, where: str) -> None:

@@ -14,17 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from traintape.errors import SinkRejected, SyncError
 from traintape.schemas.records import split_payload
 from traintape.schemas.wire import WireError, decode_body, decode_header
-from traintape.sinks._base import SinkRejected
 from traintape.sinks.config import SinkConfig
 from traintape.sinks.projection import Op, Projection, apply
 
 _NEVER = 1e12  # seconds: in a replay every rank's values are there; steps wait for all of them
-
-
-class SyncError(RuntimeError):
-    """The run cannot be synced (not found, ambiguous); the message says why."""
 
 
 @dataclass
@@ -41,19 +37,21 @@ def journal_records(store: Path) -> Iterator[tuple[int, int, bytes]]:
     """Every intact record of the store's journal, read-only (a live collector may append), with
     the journal's one policy for damage (set aside loudly, read on)."""
     from traintape.collector.journal import JournalFollower, segment_starts
+    from traintape.layout import StoreLayout
 
-    if not segment_starts(store / "journal"):
+    folder = StoreLayout(store).journal
+    if not segment_starts(folder):
         msg = f"no journal in {store}: is it a traintape store?"
         raise SyncError(msg)
-    follower = JournalFollower(store / "journal")
+    follower = JournalFollower(folder)
     return follower.read(0, follower.files_end())
 
 
 def resolve_run(store: Path, run: str) -> str:
     """A run id from an id, a unique id prefix, or a run name (`traintape.history.resolve_run`)."""
-    from traintape.history import RunLookupError
+    from traintape.errors import RunLookupError, StoreNotFoundError
     from traintape.history import resolve_run as resolve_any
-    from traintape.store import StoreNotFoundError, connect
+    from traintape.store import connect
 
     try:
         con = connect(store)

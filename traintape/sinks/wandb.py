@@ -40,16 +40,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from traintape.errors import SinkError
 from traintape.schemas.events import CHECKPOINT, HISTOGRAM, METRICS, PARAMS, RUN_END, TEXT
-from traintape.sinks._base import (
-    Event,
-    Option,
-    RunInfo,
-    Sink,
-    SinkError,
-    flatten,
-    histogram_bins,
-)
+from traintape.sinks._base import Event, Option, RunInfo, Sink, flatten, histogram_bins
 
 _BAD_ID = frozenset('/\\#?%:"')
 _BLOCK = 32768

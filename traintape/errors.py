@@ -1,0 +1,166 @@
+"""Every error traintape raises on purpose, under one root. Catch `TraintapeError` for all of
+them; the builtin beside a class (FileNotFoundError, ValueError, ...) is kept where callers
+already catch that. Each docstring says what to do next.
+
+::
+
+    TraintapeError
+    ├── StoreError
+    │   ├── StoreNotFoundError          (FileNotFoundError)
+    │   └── UnreadablePathError         (ValueError)
+    ├── RunError
+    │   ├── RunLookupError              (LookupError)
+    │   │   ├── RunNotFoundError
+    │   │   └── AmbiguousRunError
+    │   └── RunFinishedError            (RuntimeError)
+    ├── CheckpointError
+    │   ├── CheckpointNotFoundError     (FileNotFoundError)
+    │   └── CheckpointVerifyError
+    ├── ConfigError                     (ValueError)
+    ├── SinkError                       (RuntimeError)
+    │   ├── MissingBackendError
+    │   ├── SinkRejected
+    │   └── SyncError
+    └── LinkError                       (RuntimeError)
+        ├── CollectorError
+        ├── SecurityError
+        ├── ReplayError
+        └── WireError                   (ValueError)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class TraintapeError(Exception):
+    """The root of every error traintape raises on purpose."""
+
+
+# -- the store ---------------------------------------------------------------------------------
+
+
+class StoreError(TraintapeError):
+    """A store cannot be read or written as asked."""
+
+
+class StoreNotFoundError(StoreError, FileNotFoundError):
+    """No store at the path: start `traintape serve --store PATH` or pass the right `store=`."""
+
+
+class UnreadablePathError(StoreError, ValueError):
+    """A store path DuckDB's globs cannot name (it holds a backslash): rename the folder."""
+
+
+# -- runs --------------------------------------------------------------------------------------
+
+
+class RunError(TraintapeError):
+    """A run cannot be found or used as asked."""
+
+
+class RunLookupError(RunError, LookupError):
+    """A RUN argument names no run, or several: pass a longer id prefix or the full id."""
+
+
+class RunNotFoundError(RunLookupError):
+    """No run has this id, id prefix or name; `traintape runs` lists them."""
+
+
+class AmbiguousRunError(RunLookupError):
+    """Several runs match; `candidates` lists (run_id, name, project, started)."""
+
+    def __init__(self, message: str, candidates: list[tuple[Any, ...]]) -> None:
+        super().__init__(message)
+        self.candidates = candidates
+
+
+class RunFinishedError(RunError, RuntimeError):
+    """The run was finished; start a new one with `init()` to log more."""
+
+
+# -- checkpoints -------------------------------------------------------------------------------
+
+
+class CheckpointError(TraintapeError):
+    """A checkpoint cannot be found, verified or loaded; the message names which and why."""
+
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """No such checkpoint: no record in the store, or the file a record names is gone.
+
+    Pass `fallback=True` to `load_checkpoint` to take the newest checkpoint that verifies.
+    """
+
+
+class CheckpointVerifyError(CheckpointError):
+    """The file's size or sha256 differs from what the store recorded when it was written."""
+
+
+# -- configuration, sinks, the link ------------------------------------------------------------
+
+
+class ConfigError(TraintapeError, ValueError):
+    """An invalid configuration; the message names where the bad key or value came from."""
+
+
+class SinkError(TraintapeError, RuntimeError):
+    """A sink cannot be configured or started; the message names the sink and what to change."""
+
+
+class MissingBackendError(SinkError):
+    """The backend's package is not installed; the message names the extra to install."""
+
+
+class SinkRejected(SinkError):
+    """The backend refused a batch for good (bad data, not a bad connection): it is skipped."""
+
+
+class SyncError(SinkError):
+    """A stored run cannot be synced (not found, ambiguous); the message says why."""
+
+
+class LinkError(TraintapeError, RuntimeError):
+    """The link between emitters and the collector cannot be set up or used."""
+
+
+class CollectorError(LinkError):
+    """The collector cannot start; the message says what to change."""
+
+
+class SecurityError(LinkError):
+    """A CURVE link cannot be set up; the message says which key to provide."""
+
+
+class ReplayError(LinkError):
+    """The collector did not acknowledge in time: check that `traintape serve` runs there."""
+
+
+class WireError(LinkError, ValueError):
+    """A frame that is not a valid traintape batch. The collector dead-letters it."""
+
+
+__all__ = [
+    "AmbiguousRunError",
+    "CheckpointError",
+    "CheckpointNotFoundError",
+    "CheckpointVerifyError",
+    "CollectorError",
+    "ConfigError",
+    "LinkError",
+    "MissingBackendError",
+    "ReplayError",
+    "RunError",
+    "RunFinishedError",
+    "RunLookupError",
+    "RunNotFoundError",
+    "SecurityError",
+    "SinkError",
+    "SinkRejected",
+    "StoreError",
+    "StoreNotFoundError",
+    "SyncError",
+    "TraintapeError",
+    "UnreadablePathError",
+    "WireError",
+]
