@@ -227,3 +227,38 @@ def test_a_follower_that_hangs_at_its_stop_exits_within_its_budget(tmp_path: Pat
 
     assert done.returncode == UNFINISHED_EXIT, done.stderr
     assert "resumes from the cursor" in done.stdout
+
+
+@pytest.mark.slow
+def test_a_failing_materializer_makes_serve_exit_non_zero_and_loses_nothing(
+    tmp_path: Path,
+) -> None:
+    """A stage that cannot write (the events table's folder replaced by a file) is reported by
+    `traintape serve` loudly with a non-zero exit; once the store is mended, a restart stores
+    every event."""
+    import shutil
+
+    from traintape.emitter import Emitter
+
+    store = tmp_path / "store"
+    collector = CollectorProcess(store, "--system-interval", "0").start()
+    try:
+        _wait(lambda: status_path(store, "materializer_process").exists())  # it runs
+        events = store / "tables" / "events"
+        shutil.rmtree(events)
+        events.write_text("not a folder")
+        run = Emitter("broken", store=store)
+        for step in range(50):
+            run.log({"x": float(step)}, step=step)
+        report = run.finish(timeout=5)
+        assert report.complete and report.visible is False  # acknowledged, not visible
+        _wait(lambda: (collector.log.read_text().count("materializer error") > 0))
+        assert collector.stop(timeout=60) == 1
+        assert "FAILED" in collector.log.read_text()
+        events.unlink()  # mended
+        collector.start()
+        assert collector.stop(timeout=60) == 0
+    finally:
+        collector.close()
+    assert query(store, "SELECT count(*) FROM metrics WHERE run_id = ?", run.run_id) == [(50,)]
+    assert query(store, "SELECT status FROM runs WHERE run_id = ?", run.run_id) == [("completed",)]

@@ -10,7 +10,6 @@ that died before committing and are deleted, so no row is ever stored twice.
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import sys
@@ -43,20 +42,6 @@ MAX_CHUNK_BYTES = 16 << 20
 chunk of metrics, 245 MiB for one of 12 MiB text events (at 32 MiB: 385 MiB, no faster)."""
 COMPACTION_TICK_S = 1.0
 """How often the compaction thread looks for due work (runs ended `settle` seconds ago, sweeps)."""
-_TRANSIENT_ERRNOS = frozenset(
-    (
-        errno.ENOSPC,
-        errno.EDQUOT,
-        errno.EIO,
-        errno.EROFS,
-        errno.EACCES,
-        errno.EPERM,
-        errno.EMFILE,
-        errno.ENFILE,
-        errno.ENOMEM,
-    )
-)
-"""Errors of the disk, not of the record: the chunk is tried again later, nothing set aside."""
 
 
 def ensure_empty_tables(store: Path) -> None:
@@ -182,7 +167,7 @@ class Materializer:
     def _materialize_chunk(self, end: int) -> None:
         """One chunk of the journal -> one part file per (table, run), then the cursor.
 
-        A record that cannot be decoded, validated, converted or given a folder is set aside
+        A record that cannot be decoded, validated or converted is set aside
         (a dead letter with its journal position and reason) and the chunk goes on without it:
         each retry of a chunk sets aside at least one more record, so none is retried forever.
         A failed write (disk full) removes what it wrote before the chunk is tried again, so no
@@ -203,10 +188,6 @@ class Materializer:
             except BuildError as exc:
                 chunk.builder = TableBuilder()  # its memory goes before the search
                 self._find_culprits(chunk, exc.run_id, str(exc), aside)
-                continue
-            except _UnstorableRun as exc:
-                for pos, _ in chunk.runs.get(exc.run_id, ()):
-                    aside.setdefault(pos, exc.reason)
                 continue
             break
         self._set_aside(chunk, aside)
@@ -279,14 +260,10 @@ class Materializer:
         self._unclean = True
         try:
             for (table, run_id), data in built.items():
+                # A folder that cannot be made is the store's problem, never a record's (run
+                # folder names are safe by construction): the chunk fails and is tried again.
                 folder = self.layout.run_folder(table, run_id)
-                try:
-                    folder.mkdir(parents=True, exist_ok=True)
-                except OSError as exc:
-                    if exc.errno in _TRANSIENT_ERRNOS:
-                        raise
-                    reason = f"its folder {folder} cannot be made: {exc}"
-                    raise _UnstorableRun(run_id, reason) from exc
+                folder.mkdir(parents=True, exist_ok=True)
                 path = folder / part_name(start, stop)
                 tmp = path.with_name(path.name + ".tmp")
                 with self._files_lock:  # not while compaction swaps folders
@@ -337,10 +314,3 @@ class _Chunk:
         self.builder = TableBuilder()
         self.runs: dict[str, list[tuple[int, int]]] = {}
         self.events_aside: list[tuple[int, list[bytes], str]] = []
-
-
-class _UnstorableRun(Exception):
-    def __init__(self, run_id: str, reason: str) -> None:
-        super().__init__(reason)
-        self.run_id = run_id
-        self.reason = reason
