@@ -145,6 +145,18 @@ class CollectorProcess:
             self.proc.wait(10)
 
 
+PROCESS_FIXTURES = frozenset(("collector", "mlflow_server"))
+"""Fixtures that start a process: a test using one (directly or through another fixture) is
+`slow`, like every test marked so by hand because it starts or kills a process itself."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """`pytest -m "not slow"` (`make test-fast`) is the quick loop: no test that starts a process."""
+    for item in items:
+        if PROCESS_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture
 def store(tmp_path: Path) -> Path:
     return tmp_path / "store"

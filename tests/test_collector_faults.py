@@ -13,6 +13,7 @@ from traintape.collector.journal import Journal
 from traintape.collector.server import Collector, CollectorError, check_bind_address
 
 
+@pytest.mark.slow
 def test_failed_journal_writes_are_not_acked_and_resends_are_stored_once(
     store: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -237,6 +237,7 @@ STEPS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("method", "step"), STEPS)
 def test_sigkill_at_any_step_then_restart_keeps_every_row_once(
     tmp_path: Path, method: str, step: str
@@ -336,6 +337,7 @@ def test_collector_compacts_a_run_when_it_ends(store: Path, collector: Collector
     assert [n.split("-")[0] for n in files(store, "events", run.run_id)] == ["compact"]
 
 
+@pytest.mark.slow
 def test_collector_killed_mid_compaction_loses_and_doubles_nothing(
     store: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

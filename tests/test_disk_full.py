@@ -206,6 +206,7 @@ def test_a_spool_write_the_disk_cannot_hold_leaves_no_torn_record(small_disk: Pa
     assert [decode_header(h).seq0 for _, h, _ in spool.read()] == [0, 2]
 
 
+@pytest.mark.slow
 def test_serve_on_a_full_disk_without_a_store_fails_with_a_clear_message(
     small_disk: Path,
 ) -> None:
@@ -222,6 +223,7 @@ def test_serve_on_a_full_disk_without_a_store_fails_with_a_clear_message(
     assert "Traceback" not in done.stderr
 
 
+@pytest.mark.slow
 def test_a_failed_journal_write_does_not_reread_the_journal(
     store: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

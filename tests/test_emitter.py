@@ -178,6 +178,7 @@ def test_rank_and_run_id_come_from_torchrun_variables(
         Emitter("p", store=store)
 
 
+@pytest.mark.slow
 def test_unwritable_spool_keeps_batches_in_memory_until_the_collector_returns(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -224,6 +225,7 @@ def test_multiprocessing_worker_logs_arrive_although_it_exits_with_os_exit(
     ]
 
 
+@pytest.mark.slow
 def test_replay_leaves_the_spool_of_a_live_emitter_alone(tmp_path: Path) -> None:
     """`traintape replay` skips a spool its emitter still holds; after finish() it delivers it."""
     import time

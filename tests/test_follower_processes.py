@@ -38,6 +38,7 @@ def _wait(condition, seconds: float = 30.0) -> None:
         time.sleep(0.05)
 
 
+@pytest.mark.slow
 def test_sink_process_killed_mid_run_is_restarted_and_loses_nothing(tmp_path: Path) -> None:
     """SIGKILL of the sink process while two ranks log: the collector starts another, and every
     stored value is in TensorBoard exactly once; `status` shows the sink from the child."""
@@ -72,6 +73,7 @@ def test_sink_process_killed_mid_run_is_restarted_and_loses_nothing(tmp_path: Pa
         assert [s for s, _ in got] == sorted(s for s, _ in want), key  # each step once
 
 
+@pytest.mark.slow
 def test_sink_process_ends_with_a_killed_collector(tmp_path: Path) -> None:
     """SIGKILL of the collector closes the pipe: the sink process drains and exits by itself,
     and the next collector's sink process takes over."""
@@ -88,6 +90,7 @@ def test_sink_process_ends_with_a_killed_collector(tmp_path: Path) -> None:
         collector.close()
 
 
+@pytest.mark.slow
 def test_materializer_process_killed_mid_run_is_restarted_and_stores_each_row_once(
     tmp_path: Path,
 ) -> None:
@@ -114,6 +117,7 @@ def test_materializer_process_killed_mid_run_is_restarted_and_stores_each_row_on
     ) == [(2 * 800 * 5, 2 * 800 * 5)]
 
 
+@pytest.mark.slow
 def test_ctrl_c_to_the_process_group_stops_everything_cleanly(tmp_path: Path) -> None:
     """A terminal's Ctrl-C reaches the collector and its children at once: the children ignore
     it, the collector stops them in order, and everything logged is stored and in TensorBoard."""
@@ -155,6 +159,7 @@ def test_ctrl_c_to_the_process_group_stops_everything_cleanly(tmp_path: Path) ->
     assert "Traceback" not in text and "exited" not in text  # no child was interrupted
 
 
+@pytest.mark.slow
 def test_a_child_that_cannot_be_started_is_tried_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -203,6 +208,7 @@ def test_a_child_that_cannot_be_started_is_tried_again(
     assert proc._proc.returncode == 0
 
 
+@pytest.mark.slow
 def test_a_follower_that_hangs_at_its_stop_exits_within_its_budget(tmp_path: Path) -> None:
     """An orphaned child whose follower hangs (a backend that never answers) still exits after
     its stop budget, so it never holds its lock against the next collector's child."""
@@ -252,7 +258,7 @@ def test_a_failing_materializer_makes_serve_exit_non_zero_and_loses_nothing(
             run.log({"x": float(step)}, step=step)
         report = run.finish(timeout=5)
         assert report.complete and report.visible is False  # acknowledged, not visible
-        _wait(lambda: (collector.log.read_text().count("materializer error") > 0))
+        _wait(lambda: collector.log.read_text().count("materializer error") > 0)
         assert collector.stop(timeout=60) == 1
         assert "FAILED" in collector.log.read_text()
         events.unlink()  # mended

@@ -78,6 +78,7 @@ def test_public_names() -> None:
     assert {"emitter", "connect", "Emitter", "FinishReport"} <= set(traintape.__all__)
 
 
+@pytest.mark.slow
 def test_long_store_path_still_reaches_the_collector(tmp_path: Path) -> None:
     """A store path too long for a Unix socket name falls back to a derived socket both sides agree on."""
     from traintape import emitter

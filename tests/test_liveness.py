@@ -19,7 +19,7 @@ from traintape.collector import liveness
 from traintape.collector.journal import Journal
 from traintape.emitter import transport as transport_module
 from traintape.emitter.emitter import Emitter
-from traintape.schemas.events import RUN_START, RUN_STATUS
+from traintape.schemas.events import RUN_END, RUN_START, RUN_STATUS
 from traintape.schemas.wire import decode_body, decode_header, encode_body, encode_header
 
 UNTIL = REPO / "tests" / "workers" / "until_signal.py"
@@ -203,4 +203,25 @@ def test_a_silent_process_on_another_host_is_crashed_and_running_again_when_hear
     assert decode_body(body, 1).bodies[0]["status"] == "running"
     _feed(watch, header, body)
     assert watch.procs["src1"]["state"] == "running"
+    journal.close()
+
+
+def test_a_start_journaled_after_its_end_watches_nothing(tmp_path: Path) -> None:
+    """A process's first batch resent late lands after its run_end: the collector must not start
+    watching a finished process (it would call the run crashed once the process exits), and it
+    remembers that across a restart."""
+    out: queue.SimpleQueue[tuple[bytes, bytes]] = queue.SimpleQueue()
+    journal = Journal(tmp_path / "journal")
+    watch = liveness.Liveness(tmp_path, out, log=lambda text: None)
+    watch.load(journal)
+    end = encode_body([RUN_END], [time.time_ns()], [None], [{"status": "completed"}])
+    _feed(watch, encode_header("late", 0, "src9", 5, 1), end)
+    env = {"host": "elsewhere", "pid": 1, "liveness": {"heartbeat_s": 0.05}}
+    _feed(watch, *_run_start_frames("late", "src9", env))
+    assert "src9" not in watch.procs
+    watch.save()
+    again = liveness.Liveness(tmp_path, out, log=lambda text: None)
+    again.load(journal)
+    _feed(again, *_run_start_frames("late", "src9", env))
+    assert "src9" not in again.procs and out.empty()
     journal.close()

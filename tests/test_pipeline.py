@@ -234,6 +234,7 @@ def test_garbage_on_the_socket_is_dead_lettered_and_serving_goes_on(
     assert (store / "deadletter" / "deadletter.log").stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_sigterm_flushes_and_exits_zero(store: Path) -> None:
     """SIGTERM: everything received is journaled and materialized, and the exit code is 0."""
     from traintape import emitter

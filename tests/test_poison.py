@@ -255,6 +255,7 @@ def test_events_only_the_collector_can_refuse_are_counted_in_the_finish_report(
     wait_for(store, f"SELECT status FROM runs WHERE run_id = '{run.run_id}'", "completed")
 
 
+@pytest.mark.slow
 def test_an_event_that_cannot_be_packed_is_refused_and_counted_not_lost_silently(
     store: Path,
 ) -> None:
@@ -284,6 +285,7 @@ def test_an_event_that_cannot_be_packed_is_refused_and_counted_not_lost_silently
         thread.join(30)
 
 
+@pytest.mark.slow
 def test_the_keeper_survives_a_failing_tick(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A tick that raises is said once and the keeper goes on: what it held is delivered."""
     from traintape.collector.server import Collector

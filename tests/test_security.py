@@ -54,6 +54,7 @@ def test_a_remote_collector_without_a_key_is_a_clear_error(monkeypatch: pytest.M
         ctx.term()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["flags", "yaml"])
 def test_curve_link_delivers_with_the_key_and_refuses_plain_text(
     store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
@@ -82,6 +83,7 @@ def test_curve_link_delivers_with_the_key_and_refuses_plain_text(
         coll.close()
 
 
+@pytest.mark.slow
 def test_listed_clients_only(store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """With public keys in <store>/keys/clients/, a client with a listed key is served and a
     client with another key is not."""

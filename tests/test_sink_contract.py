@@ -149,6 +149,7 @@ def _events(ts: int) -> list[Event]:
     ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", SINKS)
 def test_every_sink_takes_a_run_through_its_life(kind: str, tmp_path: Path, monkeypatch):
     """open_run, write (every event kind), flush, close: no error, and stats() is a dict."""
@@ -361,3 +362,48 @@ def test_runner_retries_with_backoff_and_persists_its_cursor(tmp_path: Path, mon
     time.sleep(0.2)
     again.stop(1.0)
     assert FlakySink.received == []  # nothing is sent twice
+
+
+class NamingSink(Sink):
+    """Records the run name each batch of values was written under."""
+
+    type = "naming"
+    written: list[tuple[str, int]] = []
+
+    def open_run(self, run: RunInfo) -> None:
+        pass
+
+    def write(self, run: RunInfo, events: list[Event]) -> None:
+        NamingSink.written.extend((run.name, e.step) for e in events if e.kind == METRICS)
+
+
+def test_values_journaled_before_their_run_start_wait_for_it(tmp_path: Path, monkeypatch):
+    """A run's first batch resent late lands in the journal after later ones: the sink holds
+    those values until the run's start arrives, and writes every one under the run's real name
+    (not an unknown run's)."""
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    NamingSink.written = []
+    journal = Journal(tmp_path / "journal")
+    now = time.time_ns()
+
+    def append(seq0: int, events: list[tuple[int, int | None, dict]]) -> None:
+        header = encode_header(RUN, 0, "src", seq0, len(events))
+        kinds, steps, bodies = zip(*events)
+        journal.append(frame_record(header, encode_body(kinds, [now] * len(events), steps, bodies)))
+        journal.sync()
+
+    append(
+        2, [(METRICS, s, {"x": float(s)}) for s in range(1, 20)]
+    )  # the late first batch's followers
+    config = SinkConfig("naming", f"{__name__}:NamingSink", {}, {"interval": 0.01})
+    runner = SinkRunner(config, tmp_path, journal, JournalTail(journal), lambda text: None)
+    runner.start()
+    try:
+        time.sleep(0.3)
+        assert NamingSink.written == []  # held: the run's start is not journaled yet
+        append(0, [start(1), (METRICS, 0, {"x": 0.0})])
+        _wait(lambda: len(NamingSink.written) == 20)
+    finally:
+        runner.stop(1.0)
+    assert {name for name, _ in NamingSink.written} == {"n"}
+    assert sorted(step for _, step in NamingSink.written) == list(range(20))

@@ -19,6 +19,7 @@ from traintape.sinks._base import Event, histogram_bins
 STEPS = 3
 
 
+@pytest.mark.slow
 def test_histograms_in_tensorboard_and_wandb(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     store = tmp_path / "store"

@@ -57,6 +57,7 @@ def _attempt(store: Path, server: MlflowServer, steps: range) -> str:
     return collector.log.read_text()
 
 
+@pytest.mark.slow
 def test_distinct_names_keep_distinct_mlflow_keys(tmp_path: Path) -> None:
     """Seven names (five of them renamed) give seven MLflow keys, each with its own six values
     across a sink restart and a `traintape sync`; tags name each original; one warning each."""

@@ -11,6 +11,8 @@ import textwrap
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import REPO, CollectorProcess, query, worker_argv
 from tests.test_sink_tensorboard import read_scalars
 
@@ -52,6 +54,7 @@ def _ingest(store: Path, *extra: str) -> tuple[float, CollectorProcess]:
     return time.perf_counter() - t0, collector
 
 
+@pytest.mark.slow
 def test_a_failing_sink_slows_nothing_and_loses_nothing(tmp_path: Path, monkeypatch, capsys):
     """With a sink raising on every call beside TensorBoard, ingestion takes about as long as
     with no sink, the store and TensorBoard get every value, and the failing sink's error is
@@ -113,6 +116,7 @@ def test_a_failing_sink_slows_nothing_and_loses_nothing(tmp_path: Path, monkeypa
     assert sum(len(v) for v in tb.values()) == STEPS * METRICS
 
 
+@pytest.mark.slow
 def test_the_collector_with_every_sink_never_imports_torch(tmp_path: Path):
     """The three backends, imported and driven through a run, leave torch unimported."""
     code = textwrap.dedent(

@@ -8,6 +8,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import CollectorProcess, query, start_ranks
 from traintape.schemas.events import METRICS, RUN_END
 from traintape.sinks import Event, RunInfo, SinkConfig
@@ -42,6 +44,7 @@ def _workers(store: Path, run_id: str, steps: int, pause: float) -> list[subproc
     )
 
 
+@pytest.mark.slow
 def test_two_ranks_match_the_store_exactly_across_a_sigkill(tmp_path: Path):
     """ranks=all, 2 ranks, collector SIGKILLed and restarted mid-run: each store value is in
     TensorBoard once, with its step and wall time; params and status are in the HPARAMS data."""

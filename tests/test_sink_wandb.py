@@ -72,6 +72,7 @@ def _same(a: float, b: float) -> bool:
     return (math.isnan(a) and math.isnan(b)) or a == b
 
 
+@pytest.mark.slow
 def test_offline_history_matches_the_store_for_rank0_and_mean(tmp_path: Path, monkeypatch):
     """A 2-rank run: the collector's W&B sink (rank0) holds rank 0's value of every key at every
     step, once; `traintape sync --ranks mean` writes the mean across ranks; config and exit
@@ -121,6 +122,7 @@ def test_offline_history_matches_the_store_for_rank0_and_mean(tmp_path: Path, mo
         assert (math.isnan(got) and math.isnan(value)) or got == pytest.approx(value, rel=1e-12)
 
 
+@pytest.mark.slow
 def test_a_restart_resumes_the_run_without_logging_a_step_twice(tmp_path: Path, monkeypatch):
     """A collector stopped mid-run finishes its W&B run as preempted; after the restart, rows
     sent again (the batch after the persisted cursor) are skipped, the rest continues the run

@@ -55,6 +55,7 @@ def test_sync_to_tensorboard_twice_leaves_one_exact_copy(store: Path, tmp_path: 
     assert got.keys() == want.keys() and all(_same(got[k], want[k]) for k in want)
 
 
+@pytest.mark.slow
 def test_sync_to_mlflow_twice_sends_each_row_once(store: Path, tmp_path: Path, capsys):
     """Into a local sqlite tracking store, by run name: the second sync finds every row there
     and sends none."""

@@ -352,6 +352,7 @@ def test_cuda_loss_every_step_never_synchronises(store: Path, collector: Collect
     )
 
 
+@pytest.mark.slow
 def test_collector_samples_cpu_and_ram_without_a_driver_and_joins_runs(tmp_path: Path) -> None:
     """No NVIDIA driver here: the collector still serves, and stores CPU/RAM samples for the run."""
     store = tmp_path / "store"
@@ -382,6 +383,7 @@ def test_collector_samples_cpu_and_ram_without_a_driver_and_joins_runs(tmp_path:
         coll.close()
 
 
+@pytest.mark.slow
 def test_nvml_samples_per_gpu_and_per_rank_process_memory(tmp_path: Path) -> None:
     """Through a stand-in pynvml (tests/fakes) in a real collector: GPU readings land in the
     system view, and a process's GPU memory is joined to the rank whose pid it is."""

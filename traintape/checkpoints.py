@@ -377,13 +377,14 @@ def load_checkpoint(
             path = Path(which).expanduser().resolve()
             run_id = resolve_run(con, run) if run is not None else _run_of_path(con, path)
             records = live_checkpoints(con, run_id, None)
-            wanted = next((r for r in records if r.path == path), None)
-            if wanted is None:
+            found = next((r for r in records if r.path == path), None)
+            if found is None:
                 msg = f"the store has no live checkpoint at {path} (run {run_id})"
                 if not fallback:
                     raise CheckpointNotFoundError(msg)
                 records = [r for r in records if r.rank == _pick_rank(con, run_id, rank)]
                 return _load_newest(records, msg, map_location, weights_only, run_id)
+            wanted = found
     finally:
         con.close()
     problem = verify(wanted)

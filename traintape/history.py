@@ -163,7 +163,8 @@ def run_names(con: duckdb.DuckDBPyConnection, run_ids: Sequence[str]) -> dict[st
 def _store_of(con: duckdb.DuckDBPyConnection) -> Path | None:
     """The store folder of a `traintape.connect()` connection (None for another connection)."""
     try:
-        store = con.execute("SELECT getvariable('traintape_store')").fetchone()[0]
+        row = con.execute("SELECT getvariable('traintape_store')").fetchone()
+        store = row[0] if row is not None else None
     except duckdb.Error:
         return None
     return Path(store) if store else None

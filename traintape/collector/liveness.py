@@ -64,6 +64,8 @@ SAVE_EVERY_BYTES = 16 << 20
 """The state file is saved at least once per this much journal (bounds the read at start)."""
 
 STATE_VERSION = 1
+MAX_ENDED = 100_000
+"""Ended sources remembered (about 2 MiB in the state file at most)."""
 
 
 class Liveness:
@@ -83,6 +85,9 @@ class Liveness:
         self.source = "liveness-" + secrets.token_hex(6)
         self._seq = 0
         self.procs: dict[str, dict[str, Any]] = {}  # watched source -> what is known of it
+        # Sources whose run_end is in: a run_start journaled after it (a batch resent late)
+        # must not start watching a process that has finished. Insertion-ordered, capped.
+        self.ended: dict[str, None] = {}
         self._heard: dict[str, float] = {}  # source -> monotonic time it was last heard from
         self._pending: dict[str, float] = {}  # source -> when a decision about it was queued
         self.position = 0
@@ -106,6 +111,7 @@ class Liveness:
             state = None
         if isinstance(state, dict) and state.get("version") == STATE_VERSION:
             self.procs = {s: p for s, p in state.get("procs", {}).items() if isinstance(p, dict)}
+            self.ended = dict.fromkeys(s for s in state.get("ended", []) if isinstance(s, str))
             self.position = min(int(state.get("position", 0)), journal.durable_end)
         now = time.monotonic()
         t0 = time.perf_counter()
@@ -165,6 +171,7 @@ class Liveness:
                 if kind == RUN_START:
                     self._started(header, b, now)
                 elif kind == RUN_END:
+                    self._ended(source)
                     if self.procs.pop(source, None) is not None:
                         self._dirty = True
                     self._pending.pop(source, None)
@@ -180,9 +187,15 @@ class Liveness:
         ):
             self._decide(source, proc, "running", "it sent events again")
 
+    def _ended(self, source: str) -> None:
+        self.ended[source] = None
+        self._dirty = True
+        while len(self.ended) > MAX_ENDED:
+            del self.ended[next(iter(self.ended))]
+
     def _started(self, header: BatchHeader, body: dict[str, Any], now: float) -> None:
-        if header.source in self.procs:
-            return  # a resend: what was decided about it stands
+        if header.source in self.procs or header.source in self.ended:
+            return  # a resend (what was decided stands), or a start journaled after its end
         env = body.get("environment")
         env = env if isinstance(env, dict) else {}
         live = env.get("liveness")
@@ -196,7 +209,7 @@ class Liveness:
             "host": env.get("host") if isinstance(env.get("host"), str) else None,
             "pid": pid if type(pid) is int else None,
             "ident": ident if all(v is not None for v in ident.values()) else None,
-            "heartbeat_s": float(beat) if type(beat) in (int, float) and beat > 0 else None,
+            "heartbeat_s": float(beat) if isinstance(beat, (int, float)) and beat > 0 else None,
             "state": "running",
         }
         # A new attempt of the same rank supersedes a crashed earlier one: no need to keep it.
@@ -213,7 +226,9 @@ class Liveness:
 
     def _status(self, body: dict[str, Any]) -> None:
         target, status = body.get("source"), body.get("status")
-        proc = self.procs.get(target) if isinstance(target, str) else None
+        if not isinstance(target, str):
+            return
+        proc = self.procs.get(target)
         if proc is None or status not in ("crashed", "running"):
             return
         proc["state"] = status
@@ -255,7 +270,7 @@ class Liveness:
         ident = proc.get("ident")
         if proc.get("pid") is None or not procinfo.local(ident):
             return None
-        return procinfo.alive(proc["pid"], ident)
+        return procinfo.alive(proc["pid"], ident) if ident is not None else None
 
     def _decide(self, source: str, proc: dict[str, Any], status: str, reason: str) -> None:
         """Queues a run_status event for the ingest loop to journal; observed back from there."""
@@ -274,7 +289,12 @@ class Liveness:
 
     def save(self) -> None:
         """Writes the state file (position: the journal this state has seen all of)."""
-        state = {"version": STATE_VERSION, "position": self.position, "procs": self.procs}
+        state = {
+            "version": STATE_VERSION,
+            "position": self.position,
+            "procs": self.procs,
+            "ended": list(self.ended),
+        }
         try:
             write_json_atomic(self.path, state)
         except OSError as exc:  # a full disk: keep it in memory and try again at the next tick

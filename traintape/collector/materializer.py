@@ -20,7 +20,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from traintape.collector.compaction import Compactor
+from traintape.collector.compaction import SETTLE_S, Compactor
 from traintape.collector.deadletter import DeadLetters
 from traintape.collector.journal import Journal
 from traintape.collector.tables import BuildError, TableBuilder
@@ -88,8 +88,8 @@ class Materializer:
         )
         self._files_lock = threading.Lock()
         ensure_empty_tables(store)
-        settle = {} if compact_settle is None else {"settle": compact_settle}
-        self.compactor = Compactor(store, folder_lock=self._files_lock, **settle)
+        settle = SETTLE_S if compact_settle is None else compact_settle
+        self.compactor = Compactor(store, folder_lock=self._files_lock, settle=settle)
         # First: rolling back an interrupted compaction can restore part files.
         self.compactor.recover(self.position)
         self._remove_uncommitted()

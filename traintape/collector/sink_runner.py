@@ -33,12 +33,15 @@ from traintape.errors import SinkRejected
 from traintape.layout import StoreLayout
 from traintape.schemas.events import RUN_START
 from traintape.schemas.records import split_payload
-from traintape.schemas.wire import WireError, decode_body, decode_header
+from traintape.schemas.wire import BatchBody, BatchHeader, WireError, decode_body, decode_header
 from traintape.sinks._base import RunInfo, Sink, safe_name
 from traintape.sinks.config import SinkConfig
 from traintape.sinks.projection import Op, Projection, apply
 
 LOG_EVERY_S = 30.0
+START_WAIT_S = 30.0
+"""Events of a run whose run_start is not journaled yet wait this long at most (see
+`SinkRunner._start_awaited`)."""
 SWITCH_INTERVAL_S = 0.0005
 
 
@@ -152,7 +155,8 @@ class SinkRunner:
         self.retry_in: float = 0.0
         self.state = "starting"
         self._unit: _Unit | None = None
-        self._runs_seen: dict[str, RunInfo | None] = {}
+        self._runs_seen: dict[str, RunInfo] = {}
+        self._searched_to: dict[str, int] = {}  # run id -> journal scanned for its start, to
         self._stopping = False
         self._deadline = float("inf")
         self._wake = threading.Event()
@@ -303,7 +307,10 @@ class SinkRunner:
                 try:
                     header = decode_header(header_frame)
                     if projection.wants(header):
-                        projection.feed(header, decode_body(body_frame, header.n))
+                        body = decode_body(body_frame, header.n)
+                        if self._start_awaited(header, body):
+                            break  # this record waits for its run's start (a resend on its way)
+                        projection.feed(header, body)
                 except (WireError, ValueError, TypeError, KeyError) as exc:
                     self.skipped_records += 1
                     self._log(f"sink {self.name}: skipping journal record at {stop}: {exc}")
@@ -369,12 +376,29 @@ class SinkRunner:
             return {}
 
     def _lookup(self, run_id: str) -> RunInfo | None:
-        """The run's start, for a run whose run_start lies before this runner's cursor."""
+        """The run's start, wherever it lies in the durable journal (before this runner's
+        cursor, or after it: a first batch resent late is journaled after later ones). The
+        journal is scanned once; a run not found yet is searched again only in what is new."""
         if run_id in self._runs_seen:
             return self._runs_seen[run_id]
-        found = find_run_start(self.journal.read(0, self.position), run_id)
+        start, end = self._searched_to.get(run_id, 0), self.journal.durable_end
+        found = find_run_start(self.journal.read(start, end), run_id)
+        if found is None:
+            self._searched_to[run_id] = end
+            return None
+        self._searched_to.pop(run_id, None)
         self._runs_seen[run_id] = found
         return found
+
+    def _start_awaited(self, header: BatchHeader, body: BatchBody) -> bool:
+        """Whether events of a run whose start is not in the journal yet should wait: for at
+        most START_WAIT_S after they were logged, so the sink opens the run by its real name
+        instead of an unknown one (then it goes on without it)."""
+        if RUN_START in body.kinds or self.projection.knows(header.run_id):
+            return False
+        if self._lookup(header.run_id) is not None:
+            return False
+        return time.time() - max(body.ts) / 1e9 < START_WAIT_S
 
 
 class _Abandon(Exception):

@@ -119,7 +119,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
         _print_pairs("params (logged after init, or changed since)", info["params"])
     _print_pairs("environment", history.flatten(info["environment"]))
     print("\nmetrics (per step, mean across ranks; best = min or max as the name reads)")
-    cols = ("key", "steps", "last_step", "last", "best", "best_step", "mode")
+    cols: tuple[str, ...] = ("key", "steps", "last_step", "last", "best", "best_step", "mode")
     print_rows(cols, [[m[c] for c in cols] for m in info["metrics"]])
     if info["checkpoints"]:
         print("\ncheckpoints")

@@ -289,7 +289,7 @@ class CheckpointWriter:
                     pass  # a file system without locks: the write matters more
                 out = HashingFile(f)
                 try:
-                    self._torch.save(job.snapshot, out)
+                    self._torch.save(job.snapshot, out)  # type: ignore[arg-type]  # a file-like
                 except Exception:
                     if out.error is not None:  # the disk's own error says more than torch's
                         raise out.error from None

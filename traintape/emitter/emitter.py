@@ -116,7 +116,7 @@ class Emitter:
         self._checkpoints: Any = None  # the CheckpointWriter, made on the first save
         self._batch_size = batch_size
         self._flush_interval = flush_interval
-        self._transport_options = {
+        self._transport_options: dict[str, Any] = {
             "resend_after": resend_after,
             "spool_after": spool_after,
             "max_memory_bytes": int(max_memory_mb * (1 << 20)),
@@ -505,7 +505,7 @@ class Emitter:
             self._checkpoints.close(timeout)
         if not self._fork_child:  # a DataLoader worker's exit is not the run's end
             self._emit(RUN_END, None, {"status": status, "summary": plain(self.summary)})
-        self.log = self._log_after_finish  # type: ignore[method-assign]
+        self.log = self._log_after_finish  # type: ignore[method-assign,assignment]
         self._stopping = True
         self._wake.set()
         keeper = self._keeper
@@ -583,6 +583,7 @@ class Emitter:
     def _replay_now(self) -> None:
         """Resends spooled batches during finish (the keeper is stopped, the lock is ours)."""
         transport = self._transport
+        assert transport is not None  # finish opened it
         wanted, start = transport.replay_wanted()
         if not wanted:
             return

@@ -124,11 +124,11 @@ def _replay_file(
         deadline = time.monotonic() + timeout
     # Before the spool goes: a crash in between replays it again, and a second removal of a file
     # that is gone (or holds other bytes by then) does nothing.
-    for item in stored:
-        why = remove(item)
+    for doomed_file in stored:
+        why = remove(doomed_file)
         if why is None:
             result.deleted_checkpoints += 1
         elif why != GONE:
             result.kept_checkpoints += 1
-            progress(f"{item.path}: left in place although its deletion is recorded: {why}")
+            progress(f"{doomed_file.path}: left in place although its deletion is recorded: {why}")
     spool.delete()

@@ -76,7 +76,7 @@ class Snapshotter:
         if kind is tuple:
             return tuple([self._copy(v, (*path, i)) for i, v in enumerate(obj)])
         if isinstance(obj, dict):
-            new = copy.copy(obj)  # keeps the type and attributes (a state_dict's `_metadata`)
+            new: Any = copy.copy(obj)  # keeps the type and attributes (a state_dict's `_metadata`)
             for k, v in obj.items():
                 new[k] = self._copy(v, (*path, k))
             if getattr(obj, "__dict__", None):

@@ -35,7 +35,7 @@ def coerce_scalar(key: str, value: Any) -> float | int | bool:
     # numpy scalars (np.float32, np.int64, np.bool_) and anything else registered as a Number.
     if isinstance(value, numbers.Number) and not isinstance(value, complex):
         try:
-            return float(value)
+            return float(value)  # type: ignore[arg-type]  # numpy scalars have __float__
         except (TypeError, ValueError):
             pass
     item = getattr(value, "item", None)

@@ -55,7 +55,9 @@ def plain(value: Any) -> Any:
     if isinstance(value, (list, tuple, set, frozenset)):
         return [plain(v) for v in value]
     if isinstance(value, numbers.Number) and not isinstance(value, complex):
-        return float(value) if not isinstance(value, numbers.Integral) else int(value)
+        if isinstance(value, numbers.Integral):
+            return int(value)
+        return float(value)  # type: ignore[arg-type]  # a Real (numpy scalars): has __float__
     item = getattr(value, "item", None)
     if callable(item) and getattr(value, "size", None) == 1:
         return plain(item())

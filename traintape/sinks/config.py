@@ -31,6 +31,7 @@ file and key, the variable, or the flag it comes from.
 
 from __future__ import annotations
 
+import builtins
 import importlib
 import os
 import re
@@ -71,12 +72,12 @@ class SinkConfig:
     """One configured sink: `options` for the backend, `runner` for its SinkRunner."""
 
     name: str
-    type: str
+    type: str  # noqa: A003 (the sink's type name, as in the YAML file)
     options: dict[str, Any] = field(default_factory=dict)
     runner: dict[str, Any] = field(default_factory=dict)
 
     @property
-    def sink_class(self) -> type[Sink]:
+    def sink_class(self) -> builtins.type[Sink]:
         return sink_class(self.type)
 
     def runner_option(self, key: str) -> Any:

@@ -137,7 +137,7 @@ class MlflowSink(Sink):
         self._runs: dict[str, _Run] = {}
         self._keys: dict[str, str] = {}
         self._warned_keys: set[str] = set()
-        self.counts = Counter()
+        self.counts: Counter[str] = Counter()
 
     # -- the sink calls ------------------------------------------------------------------------
 
@@ -264,7 +264,7 @@ class MlflowSink(Sink):
             self._log_tags(
                 state, {f"summary.{clean_key(k)}": _param_text(v) for k, v in summary.items()}
             )
-            status = _STATUS.get(end.body.get("status"), "FINISHED")
+            status = _STATUS.get(str(end.body.get("status")), "FINISHED")
             self.client.set_terminated(state.mlflow_id, status, end_time=end.ts // 1_000_000)
 
     def _send_metrics(self, state: _Run, metrics: list[Any]) -> None:

@@ -185,6 +185,11 @@ class Projection:
                 if run.pending:
                     self._release(run, force=True)
 
+    def knows(self, run_id: str) -> bool:
+        """Whether the run's start (its name, project, config) is known here."""
+        run = self.runs.get(run_id)
+        return run is not None and run.info is not None
+
     def take_ops(self) -> list[Op]:
         ops, self._ops = self._ops, []
         return ops

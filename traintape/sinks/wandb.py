@@ -40,6 +40,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+import numpy as np
+
 from traintape.errors import SinkError
 from traintape.schemas.events import CHECKPOINT, HISTOGRAM, METRICS, PARAMS, RUN_END, TEXT
 from traintape.sinks._base import Event, Option, RunInfo, Sink, flatten, histogram_bins
@@ -107,7 +109,7 @@ def wait_written(path: Path, timeout: float = 30.0) -> bool:
         now = path.stat().st_size if path.exists() else -1
         if now == size and now > 0:
             for raw in read_records(path):
-                record = pb.Record()
+                record = pb.Record()  # type: ignore[attr-defined]  # generated protobuf
                 try:
                     record.ParseFromString(raw)
                 except Exception:
@@ -125,7 +127,7 @@ def last_history_step(path: Path) -> int:
 
     last = -1
     for raw in read_records(path):
-        record = pb.Record()
+        record = pb.Record()  # type: ignore[attr-defined]  # generated protobuf
         try:
             record.ParseFromString(raw)
         except Exception:  # a record of a newer format: not history
@@ -194,7 +196,7 @@ class WandbSink(Sink):
                 )
                 time.sleep(max(0.0, 1.05 - (time.time() - newest)))
         settings = wandb.Settings(
-            mode=self.mode,
+            mode=self.mode,  # type: ignore[arg-type]  # checked in __init__
             silent=True,
             console="off",
             save_code=False,
@@ -288,7 +290,7 @@ class WandbSink(Sink):
             self.counts["histograms_skipped"] += 1
             return
         tag, counts, edges = bins
-        row[tag] = wandb.Histogram(np_histogram=(counts, edges))
+        row[tag] = wandb.Histogram(np_histogram=(np.asarray(counts), np.asarray(edges)))
         self.counts["histograms"] += 1
 
     def _log(self, state: _Run, row: dict[str, Any], step: int) -> None:
