@@ -52,21 +52,29 @@ def _values_up_to(store: Path, run_id: str, rank: int, last: int) -> int:
     )[0][0]
 
 
+def _terminate_and_check(
+    store: Path, tmp_path: Path, run_id: str, exit_status: int, *args: object
+) -> None:
+    """Starts a worker, SIGTERMs it mid-run: `exit_status`, the run `killed`, and every value it
+    reported logging before the signal stored exactly."""
+    progress = tmp_path / "progress"
+    proc = _start(store, progress, "--run-id", run_id, *args)
+    _wait_progress(progress.with_suffix(".0"), 300, proc)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == exit_status
+    last = _progress(progress.with_suffix(".0"))
+    wait_for(store, f"SELECT status FROM runs WHERE run_id = '{run_id}'", "killed")
+    wait_for(store, f"SELECT count(*) >= {last + 1} FROM metrics WHERE run_id = '{run_id}'", True)
+    assert _values_up_to(store, run_id, 0, last) == last + 1
+
+
 @pytest.mark.slow
 def test_sigterm_delivers_marks_killed_and_ends_with_sigterm_status(
     store: Path, collector: Any, tmp_path: Path
 ) -> None:
     """SIGTERM mid-run: exit status is SIGTERM's, the run is `killed`, and every value logged
     before the signal is in the store."""
-    progress = tmp_path / "progress"
-    proc = _start(store, progress, "--run-id", "term", "--rate", 1000)
-    _wait_progress(progress.with_suffix(".0"), 300, proc)
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(30) == -signal.SIGTERM
-    last = _progress(progress.with_suffix(".0"))
-    wait_for(store, "SELECT status FROM runs WHERE run_id = 'term'", "killed")
-    wait_for(store, f"SELECT count(*) >= {last + 1} FROM metrics WHERE run_id = 'term'", True)
-    assert _values_up_to(store, "term", 0, last) == last + 1
+    _terminate_and_check(store, tmp_path, "term", -signal.SIGTERM, "--rate", 1000)
 
 
 @pytest.mark.slow
@@ -75,15 +83,7 @@ def test_sigterm_calls_the_previous_python_handler_after_delivering(
 ) -> None:
     """A SIGTERM handler the script installed before init() is called after the delivery: its
     SystemExit(3) is the exit status, and the run ends `killed` with every value stored."""
-    progress = tmp_path / "progress"
-    proc = _start(store, progress, "--run-id", "chained", "--handler", "exit")
-    _wait_progress(progress.with_suffix(".0"), 300, proc)
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(30) == 3
-    last = _progress(progress.with_suffix(".0"))
-    wait_for(store, "SELECT status FROM runs WHERE run_id = 'chained'", "killed")
-    wait_for(store, f"SELECT count(*) >= {last + 1} FROM metrics WHERE run_id = 'chained'", True)
-    assert _values_up_to(store, "chained", 0, last) == last + 1
+    _terminate_and_check(store, tmp_path, "chained", 3, "--handler", "exit")
 
 
 @pytest.mark.slow
