@@ -133,6 +133,30 @@ def test_log_before_init_is_a_no_op() -> None:
     assert emitter.finish() is None
 
 
+def test_warnings_go_through_logging_so_a_script_can_route_or_silence_them(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the emitter has to say in a training process is a `logging` record under
+    `traintape.*` (printed on stderr when nothing is configured), so a script can silence it."""
+    import logging
+
+    import traintape.emitter as module
+
+    monkeypatch.setattr(module._NotStarted, "warned", False)
+    with caplog.at_level(logging.WARNING, logger="traintape"):
+        emitter.log({"x": 1.0})
+    [record] = caplog.records
+    assert record.name == "traintape.emitter" and "before emitter.init()" in record.message
+    caplog.clear()
+    monkeypatch.setattr(module._NotStarted, "warned", False)
+    logging.getLogger("traintape").setLevel(logging.ERROR)
+    try:
+        emitter.log({"x": 1.0})
+    finally:
+        logging.getLogger("traintape").setLevel(logging.NOTSET)
+    assert caplog.records == []
+
+
 def test_explicit_emitter_instances_and_validation(
     store: Path, collector: CollectorProcess
 ) -> None:

@@ -169,7 +169,7 @@ class _BrokenEvent:
 
 
 def test_a_device_error_loses_only_the_values_on_the_gpu(
-    store: Path, collector: CollectorProcess, capsys
+    store: Path, collector: CollectorProcess, caplog: pytest.LogCaptureFixture
 ) -> None:
     """After a CUDA error the values still on the GPU are dropped (said once, counted in the
     report); plain values, the run's end and its failed status are still recorded."""
@@ -184,7 +184,7 @@ def test_a_device_error_loses_only_the_values_on_the_gpu(
     run.log({"lr": 0.2}, step=3)
     report = emitter.finish(status="failed")
     assert report.unreadable == 2 and not report.complete
-    assert capsys.readouterr().err.count("values still on the GPU cannot be read") == 1
+    assert caplog.text.count("values still on the GPU cannot be read") == 1
     wait_for(
         store, f"SELECT count(*) FROM runs WHERE run_id = '{run.run_id}' AND ended IS NOT NULL", 1
     )
@@ -280,7 +280,10 @@ def test_watch_keeps_logging_after_a_backward_pass_that_raised(
 
 
 def test_a_failing_watcher_stops_itself_and_training_goes_on(
-    store: Path, collector: CollectorProcess, monkeypatch: pytest.MonkeyPatch, capsys
+    store: Path,
+    collector: CollectorProcess,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """An exception in watch()'s statistics is reported once, not raised from backward()."""
     emitter.init(project="t", store=store)
@@ -295,7 +298,7 @@ def test_a_failing_watcher_stops_itself_and_training_goes_on(
         model(torch.randn(2, 4)).sum().backward()  # raises nothing
     emitter.finish()
     assert isinstance(watcher.error, RuntimeError) and watcher.backward_passes == 1
-    assert capsys.readouterr().err.count("watch() stopped: RuntimeError: no norms today") == 1
+    assert caplog.text.count("watch() stopped: RuntimeError: no norms today") == 1
 
 
 def test_watch_under_ddp_reads_gradients_after_the_all_reduce(

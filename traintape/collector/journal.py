@@ -32,7 +32,7 @@ from traintape.schemas.records import Damaged, Torn, is_legacy, scan
 SEGMENT_BYTES = 64 << 20
 DAMAGED_DIR = "damaged"
 
-logger = logging.getLogger("traintape.journal")
+logger = logging.getLogger(__name__)
 
 Log = Callable[[str], None]
 

@@ -10,11 +10,14 @@ be made and used directly. Before `init()`, `log` does nothing (after one warnin
 
 from __future__ import annotations
 
+import logging
 import sys
 import threading
 from typing import Any
 
 from traintape.emitter.emitter import Emitter, FinishReport, RunFinishedError
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "Emitter",
@@ -39,10 +42,7 @@ class _NotStarted:
     def log(self, metrics: Any, step: int | None = None) -> None:
         if not _NotStarted.warned:
             _NotStarted.warned = True
-            print(
-                "traintape: emitter.log() before emitter.init(): nothing is recorded",
-                file=sys.stderr,
-            )
+            logger.warning("traintape: emitter.log() before emitter.init(): nothing is recorded")
 
     def log_params(self, params: Any) -> None:
         self.log(params)

@@ -40,11 +40,11 @@ into a folder, each recorded as a "deleted" event with reason "leftover".
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import queue
 import re
 import secrets
-import sys
 import threading
 import time
 import traceback
@@ -69,6 +69,8 @@ from traintape.emitter.values import coerce_scalar
 from traintape.errors import RunFinishedError
 from traintape.layout import StoreLayout
 from traintape.schemas.events import CHECKPOINT
+
+logger = logging.getLogger(__name__)
 
 SUFFIX = ".pt"
 TMP_NAME = re.compile(r"^\..+\.pt\.[0-9a-f]{8}\.tmp$")
@@ -236,11 +238,10 @@ class CheckpointWriter:
                 if isinstance(job, _Stop):
                     self._finish_deletions(job.timeout)
                     if self._deleting:
-                        print(
+                        logger.warning(
                             f"traintape: {len(self._deleting)} checkpoint files in {self.dir} "
                             "stay until the collector has recorded their deletion; "
-                            "`traintape replay` (or the run's next attempt) removes them then",
-                            file=sys.stderr,
+                            "`traintape replay` (or the run's next attempt) removes them then"
                         )
                     return
                 if job is not None:
@@ -387,9 +388,8 @@ class CheckpointWriter:
             "blocked_s": blocked_s,
         }
         self.emitter._emit(CHECKPOINT, handle.step, body)
-        print(
-            f"traintape: checkpoint of step {handle.step} failed, training goes on: {error}",
-            file=sys.stderr,
+        logger.warning(
+            f"traintape: checkpoint of step {handle.step} failed, training goes on: {error}"
         )
         handle._future.set_exception(exc)
 
@@ -444,7 +444,7 @@ class CheckpointWriter:
             (self.dir / name).unlink(missing_ok=True)
             fsync_dir(self.dir)
         except OSError as exc:
-            print(f"traintape: cannot delete checkpoint {self.dir / name}: {exc}", file=sys.stderr)
+            logger.warning(f"traintape: cannot delete checkpoint {self.dir / name}: {exc}")
             return
         if self._manifest is not None:
             self._manifest.deleted(name)

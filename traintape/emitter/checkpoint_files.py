@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
-import sys
 from pathlib import Path
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 
 class HashingFile:
@@ -105,4 +107,4 @@ class Manifest:
                 f.flush()
                 os.fsync(f.fileno())
         except OSError as exc:  # retention of later attempts suffers, this run does not
-            print(f"traintape: cannot write {self.path}: {exc}", file=sys.stderr)
+            logger.warning(f"traintape: cannot write {self.path}: {exc}")

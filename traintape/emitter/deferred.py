@@ -15,6 +15,7 @@ read with `.tolist()`, which does synchronise: said here so nobody is surprised.
 
 from __future__ import annotations
 
+import logging
 import sys
 import threading
 import time
@@ -22,6 +23,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 HOLD_S = 5.0
 """Longest that values needing no copy wait behind a GPU value: past it (a hung device, a stuck
@@ -173,10 +176,9 @@ class DeferredValues:
         self._free.clear()
         if self.error is None:
             self.error = f"{type(exc).__name__}: {exc}"
-            print(
+            logger.warning(
                 f"traintape: values still on the GPU cannot be read ({self.error}); they are "
-                "not logged, the rest of the run is",
-                file=sys.stderr,
+                "not logged, the rest of the run is"
             )
 
 

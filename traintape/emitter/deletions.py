@@ -19,7 +19,7 @@ from traintape.durable import fsync_dir
 from traintape.schemas.events import CHECKPOINT
 from traintape.schemas.wire import WireError, decode_body
 
-log = logging.getLogger("traintape.emitter.deletions")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ sends a heartbeat now and then, and moves batches the collector did not take in 
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import secrets
 import sys
@@ -46,6 +47,8 @@ from traintape.schemas.events import (
 from traintape.schemas.limits import MAX_INT64
 from traintape.schemas.values import to_float
 from traintape.schemas.wire import encode_body, encode_header
+
+logger = logging.getLogger(__name__)
 
 _SCALARS = frozenset((float, int, bool))
 _STR = frozenset((str,))
@@ -377,10 +380,9 @@ class Emitter:
         """Events that cannot be sent: counted in FinishReport.rejected, and said once each."""
         for (kind, _, step, _), reason in refused:
             self._refused += 1
-            print(
+            logger.warning(
                 f"traintape: a {KIND_NAMES[kind]} event of run {self.run_id} (step {step}) "
-                f"{reason}; it was not logged",
-                file=sys.stderr,
+                f"{reason}; it was not logged"
             )
 
     def send_now(self) -> int | None:
@@ -478,7 +480,7 @@ class Emitter:
     def _warn_once(self, text: str) -> None:
         if text.split("(")[0] not in self._warned:
             self._warned.add(text.split("(")[0])
-            print(text, file=sys.stderr)
+            logger.warning(text)
 
     # -- finishing -------------------------------------------------------------------------
 
@@ -531,10 +533,9 @@ class Emitter:
                 transport.spool.append(to_spool, keep_floor=False)  # into the floor: no loss
             except OSError as exc:
                 transport.unspool(to_spool)
-                print(
+                logger.warning(
                     f"traintape: LOST {sum(b.n for b in to_spool)} events of run {self.run_id}: "
-                    f"the collector did not take them and the spool cannot be written ({exc})",
-                    file=sys.stderr,
+                    f"the collector did not take them and the spool cannot be written ({exc})"
                 )
         if transport.settled and transport.spool.exists():
             transport.spool.delete()
@@ -554,29 +555,25 @@ class Emitter:
         )
         self._report = report
         if visible is False:
-            print(
+            logger.warning(
                 f"traintape: run {self.run_id} is stored, but readers may not see all of it yet: "
-                f"the collector did not materialize it within {timeout:g}s",
-                file=sys.stderr,
+                f"the collector did not materialize it within {timeout:g}s"
             )
         if spooled:
-            print(
+            logger.warning(
                 f"traintape: the collector at {self.address} did not acknowledge {spooled} events "
                 f"of run {self.run_id} in {timeout:g}s; they are safe in {transport.spool.path}. "
-                f"Deliver them with `traintape replay --store {self.store}` once it runs.",
-                file=sys.stderr,
+                f"Deliver them with `traintape replay --store {self.store}` once it runs."
             )
         if report.rejected > self._refused:
-            print(
+            logger.warning(
                 f"traintape: the collector rejected {report.rejected - self._refused} events of "
-                f"run {self.run_id}; they are in its dead-letter file.",
-                file=sys.stderr,
+                f"run {self.run_id}; they are in its dead-letter file."
             )
         if self._refused:  # each was named when it was refused
-            print(
+            logger.warning(
                 f"traintape: {self._refused} events of run {self.run_id} could not be sent "
-                "(see above); FinishReport.rejected counts them",
-                file=sys.stderr,
+                "(see above); FinishReport.rejected counts them"
             )
         return report
 

@@ -22,10 +22,12 @@ count above zero on a step the scaler skips is what the scaler saw too.
 
 from __future__ import annotations
 
-import sys
+import logging
 from typing import Any
 
 from traintape.schemas.events import HISTOGRAM, METRICS
+
+logger = logging.getLogger(__name__)
 
 HIST_BINS = 64
 
@@ -74,10 +76,9 @@ class GradientWatcher:
             except Exception as exc:  # the recorder failing must not fail the backward pass
                 self.error = exc
                 self.remove()
-                print(
+                logger.warning(
                     f"traintape: watch() stopped: {type(exc).__name__}: {exc} "
-                    "(training goes on; the error is in the watcher's .error)",
-                    file=sys.stderr,
+                    "(training goes on; the error is in the watcher's .error)"
                 )
 
     def log_stats(self) -> None:

@@ -27,13 +27,15 @@ and the collector marks the run `crashed` (traintape.collector.liveness).
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 TERM_TIMEOUT_S = 10.0
 """Longest the handler spends delivering before the process ends (a third of the usual grace)."""
@@ -122,7 +124,7 @@ def _on_term(signum: int, frame: Any) -> None:
         for em in runs:
             em.finish("killed", timeout=max(deadline - time.monotonic(), 0.5))
     except Exception as exc:  # the process must still end as SIGTERM ends it
-        print(f"traintape: finishing on SIGTERM failed: {exc!r}", file=sys.stderr)
+        logger.warning(f"traintape: finishing on SIGTERM failed: {exc!r}")
     finally:
         _handling = False
     signal.signal(signum, signal.SIG_DFL)
@@ -164,4 +166,4 @@ def _deliver(em: Any, deadline: float) -> None:
                 return
             time.sleep(0.005)
     except Exception as exc:  # the script's own handler must still run
-        print(f"traintape: delivering on SIGTERM failed: {exc!r}", file=sys.stderr)
+        logger.warning(f"traintape: delivering on SIGTERM failed: {exc!r}")

@@ -22,7 +22,7 @@ from traintape.durable import check_room
 from traintape.schemas.records import Damaged, frame_record, scan, split_payload
 from traintape.schemas.wire import decode_header
 
-logger = logging.getLogger("traintape.spool")
+logger = logging.getLogger(__name__)
 _reported: set[tuple[str, int]] = set()
 
 MIN_FREE_ENV = "TRAINTAPE_SPOOL_MIN_FREE_MB"
