@@ -369,9 +369,10 @@ class NamingSink(Sink):
 
     type = "naming"
     written: list[tuple[str, int]] = []
+    opened: list[str] = []
 
     def open_run(self, run: RunInfo) -> None:
-        pass
+        NamingSink.opened.append(run.name)
 
     def write(self, run: RunInfo, events: list[Event]) -> None:
         NamingSink.written.extend((run.name, e.step) for e in events if e.kind == METRICS)
@@ -379,10 +380,11 @@ class NamingSink(Sink):
 
 def test_values_journaled_before_their_run_start_wait_for_it(tmp_path: Path, monkeypatch):
     """A run's first batch resent late lands in the journal after later ones: the sink holds
-    those values until the run's start arrives, and writes every one under the run's real name
-    (not an unknown run's)."""
+    those values until the run's start arrives, writes every one under the run's real name
+    (not an unknown run's), and opens the run once (W&B would start a second run)."""
     monkeypatch.syspath_prepend(str(Path(__file__).parent))
     NamingSink.written = []
+    NamingSink.opened = []
     journal = Journal(tmp_path / "journal")
     now = time.time_ns()
 
@@ -406,4 +408,5 @@ def test_values_journaled_before_their_run_start_wait_for_it(tmp_path: Path, mon
     finally:
         runner.stop(1.0)
     assert {name for name, _ in NamingSink.written} == {"n"}
+    assert NamingSink.opened == ["n"]
     assert sorted(step for _, step in NamingSink.written) == list(range(20))

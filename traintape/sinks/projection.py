@@ -87,6 +87,7 @@ class _Run:
         "pending",
         "run_id",
         "sent_through",
+        "sources",
         "watermark",
     )
 
@@ -100,6 +101,9 @@ class _Run:
         self.first_ts: dict[int, list[int]] = {}  # step -> [first ts, last ts]
         self.sent_through = -1
         self.last_ts = 0
+        # Emitting processes heard from in this process: a run_start from one of them is the late
+        # first batch of an attempt already under way, not a new attempt.
+        self.sources: set[str] = set()
 
     def to_state(self) -> dict[str, Any] | None:
         if not (self.ended or self.pending or self.watermark or self.sent_through >= 0):
@@ -172,9 +176,10 @@ class Projection:
                 if rank == 0 or (self.policy == "all" and kind != PARAMS):
                     self._emit(run, Event(kind, rank, step, ts, b))
             elif kind == RUN_START:
-                self._start(run, rank, ts, b)
+                self._start(run, rank, ts, b, late=header.source in run.sources)
             elif kind == RUN_END:
                 self._end(run, rank, ts, b)
+        run.sources.add(header.source)
         if self.align and run.pending:
             self._release(run, force=False)
 
@@ -233,8 +238,17 @@ class Projection:
         else:
             ops.append(("write", info, [event]))
 
-    def _start(self, run: _Run, rank: int, ts: int, body: dict[str, Any]) -> None:
+    def _start(
+        self, run: _Run, rank: int, ts: int, body: dict[str, Any], late: bool = False
+    ) -> None:
         info = RunInfo.from_run_start(run.run_id, ts, body)
+        if late:  # its first batch was journaled after later ones: the same attempt, not a new one
+            if rank == 0 or run.info is None:
+                run.info = info
+            if not run.opened:
+                self._ops.append(("open", run.info))
+                run.opened = True
+            return
         if rank == 0 or run.info is None:
             run.info = info
         run.ended.pop(rank, None)
