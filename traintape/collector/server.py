@@ -1,10 +1,11 @@
 """The collector process: receive batches, journal them durably, acknowledge, materialize.
 
-One ROUTER socket bound to every requested address. Each loop iteration takes every message that
-is waiting (up to a bound), validates and deduplicates them, appends the new ones to the journal,
-fsyncs once for the whole group, and only then acknowledges each batch: an ack always means
-"on disk". SIGINT/SIGTERM stop the loop; everything received is journaled and materialized
-before the process exits 0.
+ROUTER sockets bound to every requested address (routers.py). Each loop iteration takes every
+message that is waiting (up to a bound), validates (validate.py) and deduplicates them, appends
+the new ones to the journal, fsyncs once for the whole group, and only then acknowledges each
+batch: an ack always means "on disk". SIGINT/SIGTERM stop the loop; everything received is
+journaled, the followers finish within their budgets, and the process exits 0, or 1 when a
+follower failed (the journal keeps its work for the next start).
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import signal
 import sys
 import threading
 import time
-from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -31,13 +31,15 @@ from traintape.collector.journal import Journal
 from traintape.collector.liveness import Liveness
 from traintape.collector.materializer import ensure_empty_tables
 from traintape.collector.materializer_process import MaterializerProcess
+from traintape.collector.routers import Routers, check_bind_address
 from traintape.collector.sink_process import SinkProcess
 from traintape.collector.system import SystemSampler
 from traintape.collector.visibility import VisibilityWaiters
 from traintape.durable import write_json_atomic
 from traintape.errors import CollectorError
+from traintape.layout import StoreLayout
 from traintape.paths import default_address
-from traintape.schemas.events import METRICS, RUN_END
+from traintape.schemas.events import RUN_END
 from traintape.schemas.limits import MAX_MESSAGE_BYTES
 from traintape.schemas.records import frame_parts, frame_record, split_payload
 from traintape.schemas.wire import (
@@ -52,46 +54,8 @@ from traintape.schemas.wire import (
     encode_body,
     encode_header,
 )
-from traintape.security import (
-    SERVER_KEY_ENV,
-    allowed_clients,
-    is_remote_tcp,
-    serve_curve,
-    start_authenticator,
-)
 
 MAX_MESSAGES_PER_GROUP = 2048
-_NUMBER = frozenset((int, float, bool))
-_STR = frozenset((str,))
-
-
-def check_bind_address(address: str, allow_remote: bool) -> None:
-    """tcp:// binds stay on loopback unless an explicit interface is given on purpose."""
-    if address.startswith("ipc://"):
-        return
-    if not address.startswith("tcp://"):
-        msg = f"--bind {address!r}: use ipc://PATH or tcp://HOST:PORT"
-        raise CollectorError(msg)
-    host = address[len("tcp://") :].rsplit(":", 1)[0]
-    if host in ("*", "0.0.0.0", "::", "[::]") and not allow_remote:
-        msg = (
-            f"--bind {address!r} listens on every interface; bind tcp://127.0.0.1:PORT, or name "
-            "the interface's address explicitly to accept other hosts"
-        )
-        raise CollectorError(msg)
-
-
-def validate_bodies(body: BatchBody) -> None:
-    """Metric bodies must be {str: number}: checked here so the journal only holds what stores."""
-    metric_bodies = [b for k, b in zip(body.kinds, body.bodies) if k == METRICS]
-    if not metric_bodies:
-        return
-    if not _STR.issuperset(map(type, chain.from_iterable(metric_bodies))):
-        msg = "metric names must be strings"
-        raise WireError(msg)
-    if not _NUMBER.issuperset(map(type, chain.from_iterable(map(dict.values, metric_bodies)))):
-        msg = "metric values must be numbers"
-        raise WireError(msg)
 
 
 class Collector:
@@ -113,26 +77,14 @@ class Collector:
         self.max_message_bytes = max_message_bytes
         self.binds = binds or [default_address(store)]
         self.quiet = quiet
-        store.mkdir(parents=True, exist_ok=True)
-        self._lock_file = open(store / "collector.lock", "w")
-        try:
-            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            owner = (
-                (store / "collector.pid").read_text().strip()
-                if (store / "collector.pid").exists()
-                else "?"
-            )
-            msg = (
-                f"a collector (pid {owner}) already serves {store}; stop it or use another --store"
-            )
-            raise CollectorError(msg) from None
+        layout = StoreLayout(store)
+        self._lock_file = _take_store(layout)
         self.disk = DiskFloor(store, min_free_bytes, self._log)
         try:
-            (store / "collector.pid").write_text(str(os.getpid()))
+            layout.pid.write_text(str(os.getpid()))
         except OSError as exc:  # a full disk: serve anyway (the lock above is what excludes)
             self.disk.error("collector.pid", exc)
-        self.journal = Journal(store / "journal", log=self._log)
+        self.journal = Journal(layout.journal, log=self._log)
         self.journal.advance_to(max_follower_position(store))
         self.failures: list[str] = []
         """Why a follower (materializer, sinks) failed at the stop: `serve` then exits 1."""
@@ -172,53 +124,10 @@ class Collector:
         self.liveness = Liveness(store, self._local, self._log)
         self.liveness.load(self.journal)
         self._stop = threading.Event()
-        self._ctx = zmq.Context()
-        self._auth: Any = None
-        self._sockets: list[zmq.Socket] = []
-        # One ROUTER for the plain binds (ipc, loopback tcp) and one for the CURVE binds (tcp
-        # leaving the host, or every tcp bind with curve=True): CURVE is a socket's property.
-        secure = [a for a in self.binds if is_remote_tcp(a) or (curve and a.startswith("tcp://"))]
-        plain = [a for a in self.binds if a not in secure]
-        try:
-            if plain:
-                self._sockets.append(self._router(plain, secure=False))
-            if secure:
-                self._auth = start_authenticator(self._ctx, store)
-                self._sockets.append(self._router(secure, secure=True))
-        except CollectorError:
-            self._close_sockets()
-            raise
-
-    def _router(self, addresses: list[str], secure: bool) -> zmq.Socket:
-        sock = self._ctx.socket(zmq.ROUTER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.RCVHWM, 100_000)
-        sock.setsockopt(zmq.SNDHWM, 100_000)
-        sock.setsockopt(zmq.ROUTER_MANDATORY, 0)
-        # A frame over the limit drops that connection in libzmq: never buffered whole.
-        sock.setsockopt(zmq.MAXMSGSIZE, self.max_message_bytes)
-        if secure:
-            public = serve_curve(sock, self.store)
-            who = "the clients in keys/clients/" if allowed_clients(self.store) else "any client"
-            self._log(
-                f"CURVE on {', '.join(addresses)} for {who}; emitters need "
-                f"{SERVER_KEY_ENV}={public.decode()}"
-            )
-        for address in addresses:
-            try:
-                sock.bind(address)
-            except zmq.ZMQError as exc:
-                sock.close(linger=0)
-                msg = f"cannot bind {address}: {exc}"
-                raise CollectorError(msg) from exc
-        return sock
-
-    def _close_sockets(self) -> None:
-        for sock in self._sockets:
-            sock.close(linger=0)
-        if self._auth is not None:
-            self._auth.stop()
-        self._ctx.term()
+        self.routers = Routers(
+            store, self.binds, curve=curve, max_message_bytes=max_message_bytes, log=self._log
+        )
+        self._sockets = self.routers.sockets
 
     def _log(self, text: str) -> None:
         if not self.quiet:
@@ -389,7 +298,7 @@ class Collector:
 
     def write_status(self) -> None:
         try:
-            write_json_atomic(self.store / "state" / "collector.json", self.status(), indent=1)
+            write_json_atomic(StoreLayout(self.store).collector_status, self.status(), indent=1)
         except OSError as exc:  # a full disk stops acknowledgements, never the collector
             self.disk.error("the status file", exc)
         else:
@@ -404,7 +313,7 @@ class Collector:
             self.sampler.stop()
         # Whatever already arrived is journaled and acknowledged before the socket closes.
         self._ingest_group()
-        self._close_sockets()
+        self.routers.close()
         self.journal.close()
         # Both followers finish in parallel, each within its budget (the sinks: drain_timeout).
         followers = [self.materializer, *([self.sinks] if self.sinks is not None else [])]
@@ -416,7 +325,7 @@ class Collector:
         for address in self.binds:
             if address.startswith("ipc://"):
                 Path(address[len("ipc://") :]).unlink(missing_ok=True)
-        (self.store / "collector.pid").unlink(missing_ok=True)
+        StoreLayout(self.store).pid.unlink(missing_ok=True)
         self._log(
             f"stopped: {self.stats['events']} events stored, "
             f"{self.stats['duplicate_events']} duplicates dropped, "
@@ -428,6 +337,23 @@ class Collector:
                 "cursor at the next start (see the log above for the cause)"
             )
         self._lock_file.close()
+
+
+def _take_store(layout: StoreLayout) -> Any:
+    """The store's lock, held while this collector lives (one collector per store)."""
+    layout.root.mkdir(parents=True, exist_ok=True)
+    lock = open(layout.lock, "w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        owner = layout.pid.read_text().strip() if layout.pid.exists() else "?"
+        msg = (
+            f"a collector (pid {owner}) already serves {layout.root}; stop it or use another "
+            "--store"
+        )
+        raise CollectorError(msg) from None
+    return lock
 
 
 def _slice_record(header: BatchHeader, body: BatchBody, lo: int, hi: int) -> bytes:
