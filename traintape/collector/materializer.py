@@ -10,7 +10,6 @@ that died before committing and are deleted, so no row is ever stored twice.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import threading
@@ -20,7 +19,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from traintape.collector.compaction import SETTLE_S, Compactor
+from traintape.collector.compaction import SETTLE_S, Compactor, committed_position
 from traintape.collector.deadletter import DeadLetters
 from traintape.collector.journal import Journal
 from traintape.collector.tables import BuildError, TableBuilder
@@ -70,7 +69,7 @@ class Materializer:
         self.interval = interval
         self._cursor_path = self.layout.materializer_cursor
         self._cursor_path.parent.mkdir(parents=True, exist_ok=True)
-        self.position = self._load_cursor()
+        self.position = committed_position(store)
         self.rows_written = 0
         self.skipped_records = 0
         self.skipped_events = 0
@@ -93,12 +92,6 @@ class Materializer:
         # First: rolling back an interrupted compaction can restore part files.
         self.compactor.recover(self.position)
         self._remove_uncommitted()
-
-    def _load_cursor(self) -> int:
-        try:
-            return int(json.loads(self._cursor_path.read_text())["position"])
-        except FileNotFoundError:
-            return 0
 
     def _save_cursor(self, position: int) -> None:
         # Not fsync'd: an older cursor after a crash only means re-materializing (the files

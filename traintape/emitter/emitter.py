@@ -464,14 +464,9 @@ class Emitter:
         try:
             wanted, start = transport.replay_wanted()
             if wanted:
-                records = [
-                    (nxt, header, body, _seq0_of(header))
-                    for nxt, header, body in _take(transport.spool.read(start), 64)
-                ]
+                records = _spooled(transport.spool, start, 64)  # disk: outside the lock
                 with self._lock:
-                    transport.replay_step(records)
-                    if len(records) < 64:
-                        transport.replay_wrapped()
+                    transport.replay_step(records, 64)
             elif transport.settled and transport.spool.exists():
                 transport.spool.delete()
         except OSError as exc:
@@ -584,12 +579,7 @@ class Emitter:
         wanted, start = transport.replay_wanted()
         if not wanted:
             return
-        records = [
-            (nxt, h, b, _seq0_of(h)) for nxt, h, b in _take(transport.spool.read(start), 256)
-        ]
-        transport.replay_step(records)
-        if len(records) < 256:
-            transport.replay_wrapped()
+        transport.replay_step(_spooled(transport.spool, start, 256), 256)
 
     def _log_after_finish(self, metrics: Any, step: int | None = None) -> None:
         msg = f"run {self.run_id} is finished; call init() to start another"
@@ -658,6 +648,11 @@ def _pieces(batches: list[Any], size: int) -> list[list[Any]]:
         pieces[-1].append(batch)
         total += batch.size
     return pieces
+
+
+def _spooled(spool: SpoolFile, start: int, limit: int) -> list[tuple[int, bytes, bytes, int]]:
+    """Up to `limit` spooled records from offset `start`, as `Transport.replay_step` takes them."""
+    return [(nxt, h, b, _seq0_of(h)) for nxt, h, b in _take(spool.read(start), limit)]
 
 
 def _seq0_of(header: bytes) -> int:

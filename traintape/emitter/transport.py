@@ -214,8 +214,15 @@ class Transport:
                 self._memory += batch.size
                 self.stats.spooled_events -= batch.n
 
-    def replay_step(self, records: list[tuple[int, bytes, bytes, int]]) -> None:
-        """Resends spooled records (next_offset, header, body, seq0) still unacked, in order."""
+    def replay_step(self, records: list[tuple[int, bytes, bytes, int]], limit: int) -> None:
+        """Resends spooled records (next_offset, header, body, seq0) still unacked, in order.
+        Fewer than `limit` records: the spool's end was reached, start over after
+        `resend_after`."""
+        self._resend_spooled(records)
+        if len(records) < limit:
+            self._replay_pos = 0
+
+    def _resend_spooled(self, records: list[tuple[int, bytes, bytes, int]]) -> None:
         for nxt, header, body, seq0 in records:
             if seq0 in self._spooled:
                 try:
@@ -234,10 +241,6 @@ class Transport:
         if self._replay_pos == 0:
             self._replay_at = now
         return True, self._replay_pos
-
-    def replay_wrapped(self) -> None:
-        """The end of the spool file was reached: start over after `resend_after`."""
-        self._replay_pos = 0
 
     @property
     def settled(self) -> bool:
