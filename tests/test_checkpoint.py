@@ -24,7 +24,7 @@ import torch
 
 from tests.conftest import REPO, env_without_traintape, query, wait_for
 from traintape import CheckpointPolicy, emitter, load_checkpoint
-from traintape.checkpoints import (
+from traintape.checkpoint import (
     CheckpointError,
     CheckpointFallbackWarning,
     CheckpointNotFoundError,

@@ -20,8 +20,8 @@ import torch
 
 from tests.conftest import query, wait_for
 from traintape import CheckpointPolicy, emitter, load_checkpoint
-from traintape.checkpoints import CheckpointNotFoundError, list_checkpoints, verify
-from traintape.emitter.checkpoint import TMP_NAME
+from traintape.checkpoint import CheckpointNotFoundError, list_checkpoints, verify
+from traintape.emitter.checkpointing.writer import TMP_NAME
 
 TRIALS = 20
 CRASH_POLICY = CheckpointPolicy(keep_last=2, keep_best=1, monitor="loss")
@@ -29,7 +29,7 @@ CRASH_POLICY = CheckpointPolicy(keep_last=2, keep_best=1, monitor="loss")
 
 def _context() -> Any:
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["torch", "traintape.emitter.checkpoint", __name__])
+    ctx.set_forkserver_preload(["torch", "traintape.emitter.checkpointing.writer", __name__])
     return ctx
 
 

@@ -19,7 +19,7 @@ import pytest
 
 from tests.conftest import REPO, CollectorProcess, env_without_traintape, wait_for
 from traintape import CheckpointPolicy, emitter
-from traintape.checkpoints import list_checkpoints
+from traintape.checkpoint import list_checkpoints
 from traintape.cli import main as cli_main
 from traintape.paths import spool_dir
 

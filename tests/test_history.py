@@ -1,4 +1,4 @@
-"""Run history: `traintape.history` and the CLI commands over it, on a store of five known runs.
+"""Run history: `traintape.read.history` and the CLI commands over it, on a store of five known runs.
 
 One real collector serves the whole module; the runs are logged through real emitters, and every
 expected value below is written out from the fixture's definition, then checked against the
@@ -22,8 +22,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.conftest import REPO, CollectorProcess, query, wait_for
-from traintape import cli, history
+from traintape import cli
 from traintape.emitter import Emitter
+from traintape.read import history
 from traintape.schemas.events import CHECKPOINT
 
 STEPS = 10
@@ -432,7 +433,7 @@ def test_plot_writes_png_of_the_size_with_one_line_per_run(
     """`plot` writes a PNG of the asked size; its figure has one line per run per metric panel."""
     import matplotlib.image
 
-    from traintape import plot
+    from traintape.read import plot
 
     out = tmp_path / "curves.png"
     code, text, _ = run_cli(
@@ -480,7 +481,7 @@ def test_plot_writes_png_of_the_size_with_one_line_per_run(
 
 def test_smooth_is_a_trailing_mean_that_skips_nan() -> None:
     """--smooth K averages the last K finite points; NaN points stay NaN and do not spread."""
-    from traintape.plot import smooth
+    from traintape.read.plot import smooth
 
     got = smooth([1.0, 3.0, math.nan, 5.0, 7.0], 2)
     assert got[:2] == [1.0, 2.0] and math.isnan(got[2]) and got[3:] == [4.0, 6.0]
@@ -614,7 +615,7 @@ def test_answers_agree_on_a_plain_connection(fleet: Path) -> None:
     import duckdb
 
     import traintape
-    from traintape.store import view_sql
+    from traintape.read.store import view_sql
 
     plain = duckdb.connect()
     for sql in view_sql(fleet.resolve()):

@@ -63,9 +63,9 @@ def test_collector_modules_never_import_torch() -> None:
     """The collector's code path (server, its materializer and sink processes with every sink,
     sampler, CLI) does not import torch."""
     loaded = _modules_after(
-        "import traintape.collector.server, traintape.cli, traintape.store, "
-        "traintape.collector.materializer_process, traintape.collector.sink_process, "
-        "traintape.collector.sink_runner, traintape.sinks.tensorboard, traintape.sinks.mlflow, "
+        "import traintape.collector.server, traintape.cli, traintape.read.store, "
+        "traintape.collector.materializer_process, traintape.sinks.process, "
+        "traintape.sinks.runner, traintape.sinks.tensorboard, traintape.sinks.mlflow, "
         "traintape.sinks.wandb, traintape.collector.materializer"
     )
     assert "torch" not in loaded

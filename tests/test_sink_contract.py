@@ -14,13 +14,13 @@ from typing import Any
 import pytest
 
 from traintape.collector.journal import Journal
-from traintape.collector.sink_runner import JournalTail, SinkRunner, state_path
 from traintape.schemas.events import CHECKPOINT, METRICS, PARAMS, RUN_END, RUN_START, TEXT
 from traintape.schemas.records import frame_record
 from traintape.schemas.wire import BatchBody, BatchHeader, encode_body, encode_header
 from traintape.sinks import ConfigError, Event, MissingBackendError, RunInfo, Sink, SinkConfig
 from traintape.sinks.config import resolve, single
 from traintape.sinks.projection import Projection
+from traintape.sinks.runner import JournalTail, SinkRunner, state_path
 
 RUN = "r1"
 

@@ -3,7 +3,7 @@
 Ingest checks bodies, but a store may hold files written before that check, or by another tool.
 Here a Parquet part with wrong-typed fields (world_size "abc", bytes "lots", a config that is no
 map, ...) is written straight into the events table of a store a real collector filled, bypassing
-ingest; every view, `traintape.history` and the CLI still answer, with NULL where the bad value
+ingest; every view, `traintape.read.history` and the CLI still answer, with NULL where the bad value
 was.
 """
 
@@ -18,8 +18,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.conftest import CollectorProcess, wait_for
-from traintape import connect, emitter, history
+from traintape import connect, emitter
 from traintape.cli import main as cli_main
+from traintape.read import history
 
 BAD = "badrun"
 

@@ -2,7 +2,7 @@
 
 DuckDB expands those characters in read_parquet paths: unescaped, a store at `a[1]` reads its
 sibling `a1`, and a store under `x*` reads `xa` too. Each store here is filled by a real collector
-process and read back through `traintape.connect()`, `traintape.history` and the CLI.
+process and read back through `traintape.connect()`, `traintape.read.history` and the CLI.
 """
 
 from __future__ import annotations
@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import CollectorProcess, wait_for
-from traintape import connect, emitter, history
+from traintape import connect, emitter
 from traintape.cli import main as cli_main
 from traintape.globs import UnreadablePathError, literal
+from traintape.read import history
 
 
 def _fill(store: Path, run_id: str) -> None:

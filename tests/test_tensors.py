@@ -433,7 +433,8 @@ def test_nvml_samples_per_gpu_and_per_rank_process_memory(tmp_path: Path) -> Non
         )
         assert stranger == [(None, None)]
         assert "sampling failed" not in coll.log.read_text()
-        from traintape import connect, history
+        from traintape import connect
+        from traintape.read import history
 
         system = {
             (s["device"], s["rank"], s["key"]): s

@@ -11,8 +11,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from traintape import emitter
-from traintape.checkpoints import CheckpointPolicy, load_checkpoint
+from traintape import _aliases, emitter
+from traintape.checkpoint import CheckpointPolicy, load_checkpoint
 from traintape.emitter import Emitter, FinishReport
 from traintape.errors import (
     AmbiguousRunError,
@@ -40,11 +40,13 @@ from traintape.errors import (
 )
 
 if TYPE_CHECKING:
-    from traintape.store import connect
+    from traintape.read.store import connect
 
 __version__ = "0.1.0"
 
-_LAZY = {"connect": "traintape.store"}
+_aliases.install()  # old module paths (traintape.history, ...) keep working for one release
+
+_LAZY = {"connect": "traintape.read.store"}
 """Public names whose module is heavy, imported when first used."""
 
 

@@ -9,7 +9,7 @@ import sys
 
 FOLLOWERS = {
     "materializer_process": "traintape.collector.materializer_process",
-    "sink_process": "traintape.collector.sink_process",
+    "sink_process": "traintape.sinks.process",
 }
 
 

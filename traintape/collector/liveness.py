@@ -12,7 +12,7 @@ Every emitting process (a `source`) that sent a `run_start` and no `run_end` is 
 A decision is journaled as a `run_status` event the collector makes itself (queued on the
 ingest loop's local queue, as the system sampler's batches are): run and rank of the process,
 the collector's own source, body {"status": "crashed" | "running", "source": <the process's
-source>, "reason", "pid", "host"}. The `runs` view reads them (traintape.store), so every view
+source>, "reason", "pid", "host"}. The `runs` view reads them (traintape.read.store), so every view
 and reader sees the same truth. `running` is journaled when a source judged crashed speaks again
 (a heartbeat, or a batch while its pid is alive); a new attempt (a resumed run) needs nothing:
 it is the run's latest attempt, which has no end yet.

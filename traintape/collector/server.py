@@ -32,7 +32,6 @@ from traintape.collector.liveness import Liveness
 from traintape.collector.materializer import ensure_empty_tables
 from traintape.collector.materializer_process import MaterializerProcess
 from traintape.collector.routers import Routers, check_bind_address
-from traintape.collector.sink_process import SinkProcess
 from traintape.collector.system import SystemSampler
 from traintape.collector.visibility import VisibilityWaiters
 from traintape.durable import write_json_atomic
@@ -54,6 +53,7 @@ from traintape.schemas.wire import (
     encode_body,
     encode_header,
 )
+from traintape.sinks.process import SinkProcess
 
 MAX_MESSAGES_PER_GROUP = 2048
 

@@ -35,6 +35,7 @@ from traintape.emitter.values import coerce_metrics, flatten, plain
 from traintape.emitter.visibility import finish_visible
 from traintape.errors import RunFinishedError
 from traintape.paths import resolve_address, resolve_store, spool_dir
+from traintape.placement import placement
 from traintape.schemas.events import (
     KIND_NAMES,
     METRICS,
@@ -106,7 +107,7 @@ class Emitter:
             raise ValueError(msg)
         self.project = project
         self.store = resolve_store(store)
-        self.placement = environment.placement()
+        self.placement = placement()
         self.rank = self.placement.rank
         self.world_size = self.placement.world_size
         self.run_id = environment.resolve_run_id(run_id, self.placement)
@@ -303,9 +304,9 @@ class Emitter:
     def save_checkpoint(self, state: Any, step: int, metrics: dict[str, Any] | None = None) -> Any:
         """Snapshots `state` to CPU memory on this thread and writes it on a background thread.
 
-        Returns a future-like handle (see traintape.emitter.checkpoint).
+        Returns a future-like handle (see traintape.emitter.checkpointing.writer).
         """
-        from traintape.emitter.checkpoint import save_checkpoint
+        from traintape.emitter.checkpointing.writer import save_checkpoint
 
         return save_checkpoint(self, state, step, metrics)
 

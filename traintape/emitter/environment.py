@@ -14,39 +14,12 @@ import secrets
 import socket
 import subprocess
 import sys
-from dataclasses import dataclass
 from typing import Any
 
 from traintape import procinfo
+from traintape.placement import Placement, _initialized_dist
 from traintape.schemas.limits import MAX_RUN_ID_CHARS, RUN_ID_PATTERN
 from traintape.schemas.wire import HEARTBEAT_S
-
-
-@dataclass(frozen=True)
-class Placement:
-    rank: int
-    world_size: int
-    local_rank: int
-
-
-def _initialized_dist() -> Any | None:
-    dist = sys.modules.get("torch.distributed")
-    if dist is not None and dist.is_available() and dist.is_initialized():
-        return dist
-    return None
-
-
-def placement() -> Placement:
-    """Rank and world size from torchrun's variables, else an initialised torch.distributed."""
-    env = os.environ
-    if "RANK" in env and "WORLD_SIZE" in env:
-        rank = int(env["RANK"])
-        return Placement(rank, int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", rank)))
-    dist = _initialized_dist()
-    if dist is not None:
-        rank = dist.get_rank()
-        return Placement(rank, dist.get_world_size(), int(env.get("LOCAL_RANK", rank)))
-    return Placement(0, 1, 0)
 
 
 def new_run_id() -> str:

@@ -5,7 +5,7 @@ is deleted only when every batch in it is acknowledged. Sending twice is harmles
 drops duplicates by (run_id, rank, source, seq).
 
 Checkpoint files whose deletion the file's events record (retention, while the collector was
-away) are removed once the collector has stored those events (deletions.py).
+away) are removed once the collector has stored those events (checkpointing/deletions.py).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import zmq
 
-from traintape.emitter.deletions import GONE, Doomed, doomed_files, remove
+from traintape.emitter.checkpointing.deletions import GONE, Doomed, doomed_files, remove
 from traintape.emitter.spool import SpoolFile, spool_files
 from traintape.errors import ReplayError, SecurityError
 from traintape.schemas.wire import ACK_REJECTED, ACK_STORED, decode_ack_full, decode_header

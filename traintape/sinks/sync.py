@@ -47,24 +47,6 @@ def journal_records(store: Path) -> Iterator[tuple[int, int, bytes]]:
     return follower.read(0, follower.files_end())
 
 
-def resolve_run(store: Path, run: str) -> str:
-    """A run id from an id, a unique id prefix, or a run name (`traintape.history.resolve_run`)."""
-    from traintape.errors import RunLookupError, StoreNotFoundError
-    from traintape.history import resolve_run as resolve_any
-    from traintape.store import connect
-
-    try:
-        con = connect(store)
-    except StoreNotFoundError as exc:
-        raise SyncError(str(exc)) from None
-    try:
-        return resolve_any(con, run)
-    except RunLookupError as exc:
-        raise SyncError(str(exc)) from None
-    finally:
-        con.close()
-
-
 def sync_run(
     store: Path,
     run_id: str,

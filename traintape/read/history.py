@@ -1,6 +1,6 @@
 """Questions about past and running runs, as functions over a `traintape.connect()` connection.
 
-Each returns plain rows or dicts; `traintape.cli` prints them and `traintape.plot` draws them.
+Each returns plain rows or dicts; `traintape.cli` prints them and `traintape.read.plot` draws them.
 Across ranks a metric is the mean of the ranks' values at a step (the `metrics_by_step` view);
 "best" ignores NaN and ±Inf, so a diverged step is never a best.
 """
@@ -17,10 +17,10 @@ from typing import Any, TypeVar
 
 import duckdb
 
-from traintape.emitter.values import flatten  # as params are stored: {"opt": {"lr": 1}} -> opt.lr
 from traintape.errors import AmbiguousRunError, RunLookupError, RunNotFoundError
 from traintape.globs import literal
 from traintape.layout import StoreLayout, run_folder_name
+from traintape.schemas.values import flatten  # as params are stored: {"opt": {"lr": 1}} -> opt.lr
 
 __all__ = [
     "AmbiguousRunError",

@@ -191,7 +191,7 @@ def connect(store: str | os.PathLike[str] | None = None) -> duckdb.DuckDBPyConne
     # Files are immutable once in place (new data, merges: new names), so their footers can be
     # cached: views over the same glob then read each footer once per connection.
     con.execute("SET parquet_metadata_cache = true")
-    # For traintape.history, which reads one run's folder directly instead of every run's.
+    # For traintape.read.history, which reads one run's folder directly instead of every run's.
     con.execute("SET VARIABLE traintape_store = " + "'" + str(path).replace("'", "''") + "'")
     for sql in view_sql(path):
         con.execute(sql)

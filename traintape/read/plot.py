@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from traintape.history import Curve
+    from traintape.read.history import Curve
 
 
 def smooth(values: Sequence[float], k: int) -> list[float]:

@@ -6,8 +6,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from traintape.commands.collector import _cmd_replay, _cmd_serve, _cmd_status, _cmd_sync
-from traintape.commands.history import (
+from traintape.cli.collector import _cmd_replay, _cmd_serve, _cmd_status, _cmd_sync
+from traintape.cli.output import format_duration, print_rows
+from traintape.cli.read import (
     _cmd_best,
     _cmd_checkpoints,
     _cmd_compare,
@@ -19,7 +20,6 @@ from traintape.commands.history import (
     _cmd_show,
     _cmd_tail,
 )
-from traintape.commands.output import format_duration, print_rows
 from traintape.schemas.events import RUN_STATES
 
 RUN_STATUSES_SHOWN = RUN_STATES
@@ -120,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_serve)
 
-    p = sub.add_parser("query", help="run SQL over the store's views (see traintape.store)")
+    p = sub.add_parser("query", help="run SQL over the store's views (see traintape.read.store)")
     p.add_argument("sql", help='e.g. "SELECT key, max(value) FROM metrics GROUP BY key"')
     _store_arg(p)
     p.add_argument("--format", choices=("table", "csv", "json"), default="table")
@@ -257,7 +257,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

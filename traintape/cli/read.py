@@ -1,5 +1,5 @@
 """The history commands: query, runs, show, compare, best, importance, plot, export, tail,
-checkpoints. Each reads the store through `traintape.store.connect`."""
+checkpoints. Each reads the store through `traintape.read.store.connect`."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from traintape.commands.output import _format_value, _human_bytes, format_duration, print_rows
+from traintape.cli.output import _format_value, _human_bytes, format_duration, print_rows
 
 
 def _connect(args: argparse.Namespace) -> Any:
-    from traintape.store import connect
+    from traintape.read.store import connect
 
     return connect(args.store)
 
@@ -79,7 +79,7 @@ def _cmd_runs(args: argparse.Namespace) -> int:
 
 def _label_runs(con: Any, run_ids: list[str]) -> list[str]:
     """Column headers for runs side by side: their names when those are unique, else ids."""
-    from traintape.history import run_names
+    from traintape.read.history import run_names
 
     names = run_names(con, run_ids)
     labels = [names.get(r) or r for r in run_ids]
@@ -100,7 +100,7 @@ def _print_pairs(title: str, pairs: dict[str, Any]) -> None:
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
-    from traintape import history
+    from traintape.read import history
 
     con = _connect(args)
     info = history.show(con, history.resolve_run(con, args.run))
@@ -137,7 +137,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from traintape import history
+    from traintape.read import history
 
     con = _connect(args)
     run_ids = history.resolve_runs(con, args.runs)
@@ -169,7 +169,7 @@ def _format_param(value: Any) -> Any:
 
 
 def _cmd_best(args: argparse.Namespace) -> int:
-    from traintape import history
+    from traintape.read import history
 
     con = _connect(args)
     found = history.best_runs(
@@ -204,7 +204,7 @@ def _cmd_best(args: argparse.Namespace) -> int:
 
 
 def _cmd_importance(args: argparse.Namespace) -> int:
-    from traintape import history
+    from traintape.read import history
 
     con = _connect(args)
     found = history.importance(
@@ -223,7 +223,7 @@ def _cmd_importance(args: argparse.Namespace) -> int:
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:
-    from traintape import history, plot
+    from traintape.read import history, plot
 
     try:
         width, height = (int(x) for x in args.size.lower().split("x"))
@@ -250,7 +250,7 @@ def _cmd_plot(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from traintape import history
+    from traintape.read import history
 
     con = _connect(args)
     run_id = history.resolve_run(con, args.run)
@@ -284,7 +284,7 @@ def _tail_frame(info: dict[str, Any]) -> str:
 def _cmd_tail(args: argparse.Namespace) -> int:
     import time
 
-    from traintape import history
+    from traintape.read import history
 
     con = _connect(args)
     deadline = None if args.seconds is None else time.monotonic() + args.seconds
@@ -310,7 +310,7 @@ def _cmd_tail(args: argparse.Namespace) -> int:
 
 
 def _cmd_checkpoints(args: argparse.Namespace) -> int:
-    from traintape.checkpoints import live_checkpoints, resolve_run
+    from traintape.checkpoint import live_checkpoints, resolve_run
     from traintape.errors import CheckpointError
 
     con = _connect(args)

@@ -71,14 +71,14 @@ def _cmd_sync(args: argparse.Namespace) -> int:
 
     from traintape.errors import ConfigError, SinkError, SyncError
     from traintape.sinks.config import single
-    from traintape.sinks.sync import resolve_run, sync_run
+    from traintape.sinks.sync import sync_run
 
     store = resolve_store(args.store)
     try:
         config = single(args.to, args.config)
         if args.ranks:
             config = dataclasses.replace(config, runner={**config.runner, "ranks": args.ranks})
-        run_id = resolve_run(store, args.run)
+        run_id = _resolve_run(store, args.run)
         result = sync_run(store, run_id, config, progress=lambda s: print(s, file=sys.stderr))
     except (ConfigError, SinkError, SyncError) as exc:
         print(f"traintape sync: {exc}", file=sys.stderr)
@@ -92,6 +92,24 @@ def _cmd_sync(args: argparse.Namespace) -> int:
         f"{result.operations} operations" + (f" ({extra})" if extra else "")
     )
     return 0
+
+
+def _resolve_run(store: Path, run: str) -> str:
+    """A run id from an id, a unique id prefix, or a run name (`traintape.read.history.resolve_run`)."""
+    from traintape.errors import RunLookupError, StoreNotFoundError, SyncError
+    from traintape.read.history import resolve_run as resolve_any
+    from traintape.read.store import connect
+
+    try:
+        con = connect(store)
+    except StoreNotFoundError as exc:
+        raise SyncError(str(exc)) from None
+    try:
+        return resolve_any(con, run)
+    except RunLookupError as exc:
+        raise SyncError(str(exc)) from None
+    finally:
+        con.close()
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:

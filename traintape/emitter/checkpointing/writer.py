@@ -11,7 +11,7 @@ rebuild the dicts, lists and tuples around them, so nothing the caller changes a
 into the file (snapshot.py). Then queue the job and return.
 
 On the writer thread (`_write`): a temporary file in the destination folder (O_EXCL, flock'd
-while written) -> `torch.save` through a writer that hashes what it streams (checkpoint_files.py)
+while written) -> `torch.save` through a writer that hashes what it streams (files.py)
 -> the slot is free again -> flush, fsync -> `os.replace` to the final name -> fsync of the folder -> manifest line
 -> `checkpoint` event (action "saved") -> the handle resolves -> retention.
 
@@ -54,7 +54,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from traintape.checkpoints import (
+from traintape.checkpoint import (
     CheckpointInfo,
     CheckpointPolicy,
     best_index,
@@ -62,9 +62,9 @@ from traintape.checkpoints import (
     select_for_deletion,
 )
 from traintape.durable import fsync_dir
-from traintape.emitter.checkpoint_files import HashingFile, Manifest
+from traintape.emitter.checkpointing.files import HashingFile, Manifest
+from traintape.emitter.checkpointing.snapshot import SnapshotSlot, Snapshotter
 from traintape.emitter.emitter import _check_step
-from traintape.emitter.snapshot import SnapshotSlot, Snapshotter
 from traintape.emitter.values import coerce_scalar
 from traintape.errors import RunFinishedError
 from traintape.layout import StoreLayout

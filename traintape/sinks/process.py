@@ -41,7 +41,7 @@ class SinkProcess(FollowerProcess):
 
 
 def build(store: Path, config: dict[str, Any], journal: Any, ingested: Any, log: Any) -> Follower:
-    from traintape.collector.sink_runner import SinkRunners
+    from traintape.sinks.runner import SinkRunners
 
     configs = [SinkConfig(**c) for c in config["sinks"]]
     return SinkRunners(store, journal, configs, log, ingested)

@@ -1,5 +1,5 @@
 """Sink runners: each configured sink gets a thread that follows the journal from its own cursor
-(in the collector's sink process, see sink_process.py).
+(in the collector's sink process, see process.py).
 
 A runner reads journal records from its cursor up to `durable_end`, turns them into sink
 operations (`traintape.sinks.projection`), hands them to the sink, calls `flush()`, and only
