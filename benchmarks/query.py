@@ -11,7 +11,7 @@ logging 8 training metrics every step and 2 eval metrics (val_loss, val_acc) eve
 `--eval-every` steps; run_start/run_end events and params (lr, batch, seed) make the `runs`,
 `params` and `attempts` views real.
 
-Questions, each timed as the `traintape` command asks it (the `traintape.history` function
+Questions, each timed as the `traintape` command asks it (the `traintape.read.history` function
 behind it) and, where it differs, as plain SQL over the views; every timing opens a fresh
 `traintape.connect()`, as one CLI call does; a warm-up first, then median and p99:
 
@@ -53,9 +53,10 @@ import pyarrow as pa
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from traintape import connect, history  # noqa: E402
+from traintape import connect  # noqa: E402
 from traintape.collector import compaction  # noqa: E402
 from traintape.collector.materializer import ensure_empty_tables  # noqa: E402
+from traintape.read import history  # noqa: E402
 from traintape.schemas import tables  # noqa: E402
 
 TRAIN_KEYS = ["loss", "acc", "lr", "grad_norm", "tokens_per_s", "loss_scale", "ppl", "mfu"]

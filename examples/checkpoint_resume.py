@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from traintape import CheckpointPolicy, emitter, load_checkpoint
-from traintape.checkpoints import CheckpointNotFoundError
+from traintape.checkpoint import CheckpointNotFoundError
 
 
 def main() -> None:
