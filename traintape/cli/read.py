@@ -250,13 +250,13 @@ def _cmd_plot(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from traintape.read import history
+    from traintape.read import export, history
 
     con = _connect(args)
     run_id = history.resolve_run(con, args.run)
     out = Path(args.out or f"traintape-export-{run_id}")
-    tables = args.table or history.EXPORT_TABLES
-    written = history.export(con, run_id, out, args.format, tables)
+    tables = args.table or export.EXPORT_TABLES
+    written = export.export(con, run_id, out, args.format, tables)
     print_rows(("table", "path", "rows"), [(t, str(p), n) for t, p, n in written])
     return 0
 

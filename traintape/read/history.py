@@ -9,17 +9,24 @@ from __future__ import annotations
 
 import json
 import re
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, TypeVar
+from collections.abc import Sequence
+from typing import Any
 
 import duckdb
 
 from traintape.errors import AmbiguousRunError, RunLookupError, RunNotFoundError
-from traintape.globs import literal
 from traintape.layout import StoreLayout, run_folder_name
+from traintape.read.curves import Curve, curves, latest, newest_run
+from traintape.read.query import (
+    by_step,
+    latest_params,
+    records,
+    rows,
+    run_metrics,
+    run_names,
+    run_rows,
+    store_of,
+)
 from traintape.schemas.values import flatten  # as params are stored: {"opt": {"lr": 1}} -> opt.lr
 
 __all__ = [
@@ -30,7 +37,6 @@ __all__ = [
     "best_runs",
     "compare",
     "curves",
-    "export",
     "flatten",
     "guess_mode",
     "importance",
@@ -49,9 +55,7 @@ __all__ = [
 ]
 
 MODES = ("min", "max")
-EXPORT_TABLES = ("metrics", "params", "events", "checkpoints", "system")
 
-_T = TypeVar("_T")
 _HIGHER_IS_BETTER = frozenset(
     [
         "acc",
@@ -78,106 +82,6 @@ _HIGHER_IS_BETTER = frozenset(
 )
 
 
-def _retry(fn: Callable[[], _T], attempts: int = 3) -> _T:
-    """Runs a query again if a file it listed vanished (a compaction moved it meanwhile)."""
-    for i in range(attempts):
-        try:
-            return fn()
-        except duckdb.IOException:
-            if i == attempts - 1:
-                raise
-            time.sleep(0.05)
-    raise AssertionError("unreachable")
-
-
-def rows(
-    con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] = ()
-) -> list[tuple[Any, ...]]:
-    return _retry(lambda: con.execute(sql, list(params)).fetchall())
-
-
-def records(
-    con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] = ()
-) -> list[dict[str, Any]]:
-    def run() -> list[dict[str, Any]]:
-        cur = con.execute(sql, list(params))
-        names = [d[0] for d in cur.description]
-        return [dict(zip(names, r)) for r in cur.fetchall()]
-
-    return _retry(run)
-
-
-def run_rows(con: duckdb.DuckDBPyConnection, table: str, run_ids: Sequence[str]) -> str:
-    """A FROM clause with the stored rows of `table` (metrics, params, events, system) of
-    `run_ids`, as in the Parquet files (no view columns such as `attempt`).
-
-    On a `traintape.connect()` connection it reads only those runs' folders: a question about
-    one run then opens its few files, not every run's. Elsewhere, the view of the same name.
-    """
-    ids = ", ".join(_literal(r) for r in run_ids) or "NULL"
-    store = _store_of(con)
-    if store is None:
-        return f"(SELECT * FROM {table} WHERE run_id IN ({ids}))"
-    layout = StoreLayout(store)
-    empty = layout.empty_table_file(table)
-    globs = [(empty.parent, empty.name)]  # never an empty list
-    globs += [(f, "*.parquet") for f in sorted({layout.run_folder(table, r) for r in run_ids})]
-    # A folder can exist without a file (a collector died between mkdir and its first write).
-    # The folder's path is escaped: the `[`, `*`, `?` of a store's path match nothing else.
-    files = ", ".join(
-        _literal(f"{literal(folder)}/{name}")
-        for folder, name in globs
-        if any(folder.glob("*.parquet"))
-    )
-    # Folder names are run ids made safe for a path, so two ids can share one: filter by id too.
-    return f"(SELECT * FROM read_parquet([{files}]) WHERE run_id IN ({ids}))"
-
-
-def run_metrics(con: duckdb.DuckDBPyConnection, run_ids: Sequence[str]) -> str:
-    """`run_rows` of the metrics: run_id, rank, step, ts, key, value (and source, seq)."""
-    return run_rows(con, "metrics", run_ids)
-
-
-def latest_params(con: duckdb.DuckDBPyConnection, run_ids: Sequence[str]) -> list[tuple[Any, ...]]:
-    """(run_id, key, value as JSON text) of the runs' params, the latest value per key, as the
-    params view has them, read from the runs' folders only."""
-    return rows(
-        con,
-        f"""SELECT run_id, key, arg_max(value, ts) FROM {run_rows(con, "params", run_ids)}
-            GROUP BY run_id, key ORDER BY run_id, key""",
-    )
-
-
-def run_names(con: duckdb.DuckDBPyConnection, run_ids: Sequence[str]) -> dict[str, str]:
-    """{run_id: name} from the runs' latest run_start."""
-    return dict(
-        rows(
-            con,
-            f"""SELECT run_id, arg_max(json_extract_string(body, '$.name'), ts)
-                FROM {run_rows(con, "events", run_ids)} WHERE kind = 'run_start'
-                GROUP BY run_id""",
-        )
-    )
-
-
-def _store_of(con: duckdb.DuckDBPyConnection) -> Path | None:
-    """The store folder of a `traintape.connect()` connection (None for another connection)."""
-    try:
-        row = con.execute("SELECT getvariable('traintape_store')").fetchone()
-        store = row[0] if row is not None else None
-    except duckdb.Error:
-        return None
-    return Path(store) if store else None
-
-
-def _by_step(source: str) -> str:
-    """metrics_by_step's definition, over `source`."""
-    return (
-        f"(SELECT run_id, step, key, avg(value) AS mean, min(value) AS min, max(value) AS max, "
-        f"count(*) AS count FROM {source} GROUP BY run_id, step, key)"
-    )
-
-
 def guess_mode(key: str) -> str:
     """The direction of "best" a metric's name suggests: "max" for accuracy-like names (acc,
     f1, reward, score, ...), else "min"."""
@@ -190,7 +94,7 @@ def guess_mode(key: str) -> str:
 
 def resolve_run(con: duckdb.DuckDBPyConnection, ref: str) -> str:
     """The run id for a full id, a unique id prefix, or a run name."""
-    store = _store_of(con)
+    store = store_of(con)
     if (
         store is not None
         and run_folder_name(ref) == ref
@@ -266,7 +170,7 @@ FROM s GROUP BY run_id, key ORDER BY run_id, key
 def metric_summary(con: duckdb.DuckDBPyConnection, run_ids: Sequence[str]) -> list[dict[str, Any]]:
     """Per (run, metric): steps, last step and value, min/max with their steps, and `best`
     (min or max as `guess_mode` reads the name) with `best_step` and `mode`."""
-    out = records(con, _SUMMARY_SQL.format(by_step=_by_step(run_metrics(con, run_ids))))
+    out = records(con, _SUMMARY_SQL.format(by_step=by_step(run_metrics(con, run_ids))))
     for r in out:
         r["mode"] = guess_mode(r["key"])
         r["best"] = r[r["mode"]]
@@ -464,124 +368,3 @@ def importance(
         else:
             r["better"] = "higher" if (s < 0) == (mode == "min") else "lower"
     return out
-
-
-# -- curves and the live view ---------------------------------------------------------------
-
-
-@dataclass
-class Curve:
-    """One line of a plot: a metric of a run (mean across ranks), or of one rank of it."""
-
-    run_id: str
-    name: str
-    key: str
-    rank: int | None
-    steps: list[int]
-    values: list[float]
-
-
-def curves(
-    con: duckdb.DuckDBPyConnection,
-    run_ids: Sequence[str],
-    keys: Sequence[str],
-    per_rank: bool = False,
-) -> list[Curve]:
-    """Per run and metric, (step, value) ordered by step: the mean across ranks, or one curve per
-    rank with `per_rank`. Runs or metrics without values give no curve."""
-    ids, ks = list(run_ids), list(keys)
-    source = run_metrics(con, ids)
-    if per_rank:
-        sql = f"""SELECT run_id, key, rank, list(step ORDER BY step, ts), list(value ORDER BY step, ts)
-                  FROM {source} WHERE key IN (SELECT unnest(?::VARCHAR[]))
-                  GROUP BY run_id, key, rank"""
-    else:
-        source = _by_step(f"(SELECT * FROM {source} WHERE key IN (SELECT unnest(?::VARCHAR[])))")
-        sql = f"""SELECT run_id, key, NULL, list(step ORDER BY step), list(mean ORDER BY step)
-                  FROM {source} GROUP BY run_id, key"""
-    names = run_names(con, ids)
-    found = rows(con, sql, [ks])
-    found.sort(key=lambda r: (ids.index(r[0]), ks.index(r[1]), r[2] or 0))
-    return [Curve(r[0], names.get(r[0]) or r[0], r[1], r[2], r[3], r[4]) for r in found]
-
-
-def latest(con: duckdb.DuckDBPyConnection, run_id: str) -> dict[str, Any]:
-    """What `traintape tail` shows: the run's `runs` row and, per metric, the value at its newest
-    step (mean across ranks) with the min and max so far."""
-    run = records(
-        con,
-        "SELECT run_id, name, project, status, started, duration_s, ranks FROM runs WHERE run_id = ?",
-        [run_id],
-    )
-    metrics = records(
-        con,
-        f"""SELECT key, max(step) AS step, arg_max(mean, step) AS value, count(*) AS steps,
-                  min(mean) FILTER (WHERE isfinite(mean)) AS min,
-                  max(mean) FILTER (WHERE isfinite(mean)) AS max
-           FROM {_by_step(run_metrics(con, [run_id]))} GROUP BY key ORDER BY key""",
-    )
-    return {"run": run[0] if run else None, "metrics": metrics}
-
-
-def newest_run(con: duckdb.DuckDBPyConnection) -> str | None:
-    """The running run started last, else the run started last; None in an empty store."""
-    found = rows(
-        con, "SELECT run_id FROM runs ORDER BY status = 'running' DESC, started DESC LIMIT 1"
-    )
-    return str(found[0][0]) if found else None
-
-
-# -- export ---------------------------------------------------------------------------------
-
-
-def export(
-    con: duckdb.DuckDBPyConnection,
-    run_id: str,
-    out: Path,
-    fmt: str = "parquet",
-    tables: Sequence[str] = EXPORT_TABLES,
-) -> list[tuple[str, Path, int]]:
-    """Writes the run's rows of each view in `tables` to `out/<table>.<fmt>` and its `runs` row,
-    config and environment to `out/run.json`; returns (table, path, rows) per file."""
-    if fmt not in ("parquet", "csv"):
-        msg = f"format must be parquet or csv, got {fmt!r}"
-        raise ValueError(msg)
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-    order = {
-        "metrics": "rank, step, key, ts, source, seq",
-        "params": "key",
-        "events": "ts, rank, source, seq",
-        "checkpoints": "ts, rank",
-        "system": "ts, host, device, key",
-    }
-    run_lit = _literal(run_id)
-    options = "FORMAT parquet, COMPRESSION zstd" if fmt == "parquet" else "FORMAT csv, HEADER"
-    for table in tables:
-        if table not in order:
-            msg = f"unknown table {table!r}; one of {', '.join(EXPORT_TABLES)}"
-            raise ValueError(msg)
-        path = out / f"{table}.{fmt}"
-        tmp = path.with_name(path.name + ".tmp")
-        select = f"SELECT * FROM {table} WHERE run_id = {run_lit} ORDER BY {order[table]}"
-        if table == "checkpoints":  # JSON columns as text, which every reader understands
-            select = select.replace("SELECT *", "SELECT * REPLACE (metrics::VARCHAR AS metrics)")
-        copy = f"COPY ({select}) TO {_literal(str(tmp))} ({options})"
-        count = rows(con, copy)[0][0]  # COPY answers the number of rows it wrote
-        tmp.replace(path)
-        written.append((table, path, int(count)))
-    info = show(con, run_id)
-    path = out / "run.json"
-    path.write_text(
-        json.dumps(
-            {"run": info["run"], "config": info["config"], "environment": info["environment"]},
-            default=str,
-            indent=1,
-        )
-    )
-    written.append(("run", path, 1))
-    return written
-
-
-def _literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
