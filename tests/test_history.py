@@ -358,6 +358,7 @@ def test_best_ranks_runs_and_names_the_best_last(
     last = out.strip().splitlines()[-1]
     assert "bbb333" in last and "gamma" in last and "val_loss=0.2" in last and "step 9" in last
     rows = table(out)
+    assert rows[0][0] == "position"  # not `rank`, which reads as a distributed rank
     assert [r[1] for r in rows[1:]] == ["bbb333", "aab222", "ccc444", "aaa111"]
     for r in rows[1:]:
         value, step = BEST_VAL[r[1]]
@@ -377,6 +378,17 @@ def test_best_unknown_metric_is_an_error(fleet: Path, capsys: pytest.CaptureFixt
     """`best` on a metric no run has fails and lists the metrics there are."""
     code, out, err = run_cli(capsys, "best", "--metric", "nope", "--store", str(fleet))
     assert code == 1 and "acc, loss, val_loss" in err
+
+
+def test_plot_unknown_metric_lists_the_known_ones(
+    fleet: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """`plot` on a metric no run has fails and lists the metrics there are, as `best` does."""
+    out = tmp_path / "none.png"
+    code, _, err = run_cli(
+        capsys, "plot", "aaa", "--metric", "nope", "-o", str(out), "--store", str(fleet)
+    )
+    assert code == 1 and "'nope'" in err and "acc, loss, val_loss" in err and not out.exists()
 
 
 def _spearman(xs: list[float], ys: list[float]) -> float:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
+from traintape import __version__
 from traintape.cli.collector import _cmd_replay, _cmd_serve, _cmd_status, _cmd_sync
 from traintape.cli.output import format_duration, print_rows
 from traintape.cli.read import (
@@ -28,6 +31,33 @@ RUN_STATUSES_SHOWN = RUN_STATES
 __all__ = ["build_parser", "format_duration", "main", "print_rows"]
 
 
+_FORMAT = "output: an aligned table for people, csv or json for programs"
+_MODE = "min or max: which end of the metric is best"
+
+
+class _Formatter(argparse.HelpFormatter):
+    """Every option's help ends with its default, unless the text already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if (
+            action.option_strings
+            and "default" not in text
+            and default not in (None, False, argparse.SUPPRESS)
+        ):
+            text += " (default: %(default)s)"
+        return text
+
+
+class _Parser(argparse.ArgumentParser):
+    """A subcommand's parser: help with defaults."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
+
+
 def _store_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--store",
@@ -47,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="traintape", description="A flight recorder for ML training."
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser.add_argument("--version", action="version", version=f"traintape {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     p = sub.add_parser("serve", help="run the collector (Ctrl-C or SIGTERM stops it cleanly)")
     _store_arg(p)
@@ -123,13 +154,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("query", help="run SQL over the store's views (see traintape.read.store)")
     p.add_argument("sql", help='e.g. "SELECT key, max(value) FROM metrics GROUP BY key"')
     _store_arg(p)
-    p.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    p.add_argument("--format", choices=("table", "csv", "json"), default="table", help=_FORMAT)
     p.set_defaults(func=_cmd_query)
 
     p = sub.add_parser("runs", help="one line per run: status, duration, steps, last metrics")
     _store_arg(p)
     _run_filter_args(p)
-    p.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    p.add_argument("--format", choices=("table", "csv", "json"), default="table", help=_FORMAT)
     p.set_defaults(func=_cmd_runs)
 
     p = sub.add_parser("replay", help="deliver spooled batches to the collector, exactly once")
@@ -163,37 +194,37 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("status", help="the collector's counters and lag")
     _store_arg(p)
-    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.add_argument("--format", choices=("table", "json"), default="table", help=_FORMAT)
     p.set_defaults(func=_cmd_status)
 
     p = sub.add_parser("show", help="one run: config, params, environment, metrics, checkpoints")
     p.add_argument("run", help="run id, unique id prefix, or run name")
     _store_arg(p)
-    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.add_argument("--format", choices=("table", "json"), default="table", help=_FORMAT)
     p.set_defaults(func=_cmd_show)
 
     p = sub.add_parser("compare", help="runs side by side: params that differ, metrics")
     p.add_argument("runs", nargs="+", metavar="RUN", help="run ids, id prefixes or names")
     _store_arg(p)
     p.add_argument("--all-params", action="store_true", help="list equal params too")
-    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.add_argument("--format", choices=("table", "json"), default="table", help=_FORMAT)
     p.set_defaults(func=_cmd_compare)
 
     p = sub.add_parser("best", help="runs ranked by the best value of a metric")
     _store_arg(p)
-    p.add_argument("--metric", required=True)
-    p.add_argument("--mode", choices=("min", "max"), default="min")
+    p.add_argument("--metric", required=True, help="metric key, e.g. val_loss (see `runs`)")
+    p.add_argument("--mode", choices=("min", "max"), default="min", help=_MODE)
     _run_filter_args(p)
-    p.add_argument("--top", type=int, default=10, help="rows to list (default 10)")
-    p.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    p.add_argument("--top", type=int, default=10, help="rows to list")
+    p.add_argument("--format", choices=("table", "csv", "json"), default="table", help=_FORMAT)
     p.set_defaults(func=_cmd_best)
 
     p = sub.add_parser("importance", help="how each numeric param correlates with a metric's best")
     _store_arg(p)
-    p.add_argument("--metric", required=True)
-    p.add_argument("--mode", choices=("min", "max"), default="min")
+    p.add_argument("--metric", required=True, help="metric key whose best value each run reached")
+    p.add_argument("--mode", choices=("min", "max"), default="min", help=_MODE)
     _run_filter_args(p)
-    p.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    p.add_argument("--format", choices=("table", "csv", "json"), default="table", help=_FORMAT)
     p.set_defaults(func=_cmd_importance)
 
     p = sub.add_parser("plot", help="metric curves of runs as a PNG (matplotlib)")
@@ -202,16 +233,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metric", action="append", required=True, help="repeatable: one panel each")
     p.add_argument("--smooth", type=int, default=1, metavar="K", help="trailing mean over K points")
     p.add_argument("--per-rank", action="store_true", help="one line per rank, not the mean")
-    p.add_argument("--size", default="1200x800", metavar="WxH", help="pixels (default 1200x800)")
-    p.add_argument("--dpi", type=int, default=100)
-    p.add_argument("--title")
-    p.add_argument("-o", "--out", default="curves.png", help="PNG path (default curves.png)")
+    p.add_argument("--size", default="1200x800", metavar="WxH", help="pixels")
+    p.add_argument("--dpi", type=int, default=100, help="dots per inch of the PNG")
+    p.add_argument("--title", help="figure title (default: none, or the smoothing when --smooth)")
+    p.add_argument("-o", "--out", default="curves.png", help="PNG path")
     p.set_defaults(func=_cmd_plot)
 
     p = sub.add_parser("export", help="a run's rows as Parquet or CSV files, one per table")
     p.add_argument("run", help="run id, unique id prefix, or run name")
     _store_arg(p)
-    p.add_argument("--format", choices=("parquet", "csv"), default="parquet")
+    p.add_argument("--format", choices=("parquet", "csv"), default="parquet", help="file format")
     p.add_argument(
         "--table",
         action="append",
@@ -237,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _store_arg(p)
     p.add_argument("--rank", type=int, help="only this rank's files (ranks='all' runs)")
-    p.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    p.add_argument("--format", choices=("table", "csv", "json"), default="table", help=_FORMAT)
     p.set_defaults(func=_cmd_checkpoints)
     return parser
 
@@ -257,3 +288,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `traintape query ... | head`: the reader left. Quiet, as Unix tools are: point stdout
+        # at /dev/null so the interpreter's last flush does not raise again, and exit as a
+        # process killed by SIGPIPE would (128 + 13).
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141

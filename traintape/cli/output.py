@@ -6,6 +6,7 @@ import csv
 import json
 import math
 import sys
+import unicodedata
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Any
@@ -23,10 +24,28 @@ def _format_value(value: Any) -> str:
     return str(value)
 
 
+def display_width(text: str) -> int:
+    """Columns `text` takes in a terminal: East Asian wide and fullwidth characters take two,
+    combining marks none (so a CJK run name keeps its table aligned)."""
+    width = 0
+    for ch in text:
+        if unicodedata.combining(ch):
+            continue
+        width += 2 if unicodedata.east_asian_width(ch) in ("W", "F") else 1
+    return width
+
+
+def pad(text: str, width: int) -> str:
+    """`text` padded with spaces to `width` terminal columns."""
+    return text + " " * (width - display_width(text))
+
+
 def print_rows(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str = "table") -> None:
     out = sys.stdout
     if fmt == "csv":
-        writer = csv.writer(out)
+        # Plain \n line ends (the csv module's default is \r\n): `... | tail -1` in a shell
+        # must not carry a \r into the next command.
+        writer = csv.writer(out, lineterminator="\n")
         writer.writerow(columns)
         writer.writerows(rows)
     elif fmt == "json":
@@ -35,11 +54,14 @@ def print_rows(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str =
         out.write("\n")
     else:
         text = [[_format_value(v) for v in row] for row in rows]
-        widths = [max([len(c), *(len(r[i]) for r in text)]) for i, c in enumerate(columns)]
-        out.write("  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip() + "\n")
+        widths = [
+            max([display_width(c), *(display_width(r[i]) for r in text)])
+            for i, c in enumerate(columns)
+        ]
+        out.write("  ".join(pad(c, w) for c, w in zip(columns, widths)).rstrip() + "\n")
         out.write("  ".join("-" * w for w in widths) + "\n")
         for row in text:
-            out.write("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() + "\n")
+            out.write("  ".join(pad(v, w) for v, w in zip(row, widths)).rstrip() + "\n")
 
 
 def format_duration(seconds: float | None) -> str:

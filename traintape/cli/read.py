@@ -10,7 +10,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from traintape.cli.output import _format_value, _human_bytes, format_duration, print_rows
+from traintape.cli.output import (
+    _format_value,
+    _human_bytes,
+    display_width,
+    format_duration,
+    pad,
+    print_rows,
+)
 
 
 def _connect(args: argparse.Namespace) -> Any:
@@ -93,10 +100,10 @@ def _print_pairs(title: str, pairs: dict[str, Any]) -> None:
     if not pairs:
         print("  (none)")
         return
-    width = max(map(len, pairs))
+    width = max(map(display_width, pairs))
     for key, value in pairs.items():
         shown = value if isinstance(value, str) else json.dumps(value, default=str)
-        print(f"  {key.ljust(width)}  {shown}")
+        print(f"  {pad(key, width)}  {shown}")
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
@@ -111,9 +118,9 @@ def _cmd_show(args: argparse.Namespace) -> int:
     run = {k: v for k, v in info["run"].items() if k != "duration_s"}
     run["duration"] = format_duration(info["run"]["duration_s"])
     run["tags"] = ", ".join(run["tags"] or [])
-    width = max(map(len, run))
+    width = max(map(display_width, run))
     for key, value in run.items():
-        print(f"{key.ljust(width)}  {_format_value(value)}")
+        print(f"{pad(key, width)}  {_format_value(value)}")
     _print_pairs("config", info["config"])
     if info["params"]:
         _print_pairs("params (logged after init, or changed since)", info["params"])
@@ -187,7 +194,7 @@ def _cmd_best(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
-    cols = ["rank", "run_id", "name", "project", "status", "best", "step", "last", "steps"]
+    cols = ["position", "run_id", "name", "project", "status", "best", "step", "last", "steps"]
     shown = found if args.top is None else found[: args.top]
     print_rows(
         [args.metric if c == "best" else c for c in cols],
@@ -234,10 +241,12 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     run_ids = history.resolve_runs(con, args.runs)
     curves = history.curves(con, run_ids, args.metric, per_rank=args.per_rank)
     have = {(c.run_id, c.key) for c in curves}
-    for run_id in run_ids:
-        for key in args.metric:
-            if (run_id, key) not in have:
-                print(f"traintape plot: run {run_id} has no values of {key!r}", file=sys.stderr)
+    missing = [(r, k) for r in run_ids for k in args.metric if (r, k) not in have]
+    for run_id, key in missing:
+        print(f"traintape plot: run {run_id} has no values of {key!r}", file=sys.stderr)
+    if missing:
+        keys = ", ".join(history.metric_keys(con)) or "none"
+        print(f"traintape plot: the store's metrics: {keys}", file=sys.stderr)
     if not curves:
         print("traintape plot: nothing to plot", file=sys.stderr)
         return 1

@@ -276,7 +276,7 @@ def best_runs(
 ) -> list[dict[str, Any]]:
     """Runs ranked by the best value of `metric` (per step, mean across ranks), best first.
 
-    Each row: rank, run_id, name, project, status, best, step (the first step reaching it),
+    Each row: position (1 = best; not a distributed rank), run_id, name, project, status, best, step (the first step reaching it),
     last (the value at the last step), steps.
     """
     if mode not in MODES:
@@ -293,10 +293,10 @@ def best_runs(
                arg_max(mean, step) AS last, count(*) AS steps
         FROM metrics_by_step WHERE key = ? {_semi_join(where)}
         GROUP BY run_id HAVING best IS NOT NULL)
-    SELECT row_number() OVER (ORDER BY b.best {order}, p.started, p.run_id) AS rank,
+    SELECT row_number() OVER (ORDER BY b.best {order}, p.started, p.run_id) AS position,
            p.run_id, p.name, p.project, p.status, b.best, b.step, b.last, b.steps
     FROM b JOIN picked p USING (run_id)
-    ORDER BY rank {"" if limit is None else f"LIMIT {int(limit)}"}
+    ORDER BY position {"" if limit is None else f"LIMIT {int(limit)}"}
     """
     return records(con, sql, [*params, metric])
 
