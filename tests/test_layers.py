@@ -8,7 +8,17 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "traintape"
 
-LEAVES = {"errors", "layout", "paths", "durable", "globs", "placement", "procinfo", "security"}
+LEAVES = {
+    "errors",
+    "layout",
+    "paths",
+    "durable",
+    "globs",
+    "placement",
+    "probe",
+    "procinfo",
+    "security",
+}
 """Top-level modules any layer may import (each imports only schemas, errors or other leaves)."""
 
 FORBIDDEN = {

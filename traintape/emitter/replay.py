@@ -20,6 +20,7 @@ import zmq
 from traintape.emitter.checkpointing.deletions import GONE, Doomed, doomed_files, remove
 from traintape.emitter.spool import SpoolFile, spool_files
 from traintape.errors import ReplayError, SecurityError
+from traintape.probe import nothing_listens
 from traintape.schemas.wire import ACK_REJECTED, ACK_STORED, decode_ack_full, decode_header
 from traintape.security import configure_client
 
@@ -48,6 +49,10 @@ def replay(
     if not files:
         progress(f"no spool files in {folder}")
         return result
+    absent = nothing_listens(address)
+    if absent is not None:  # ZeroMQ would wait out `timeout` to learn it
+        msg = f"{absent}: no collector is serving {address}; the spool is kept"
+        raise ReplayError(msg)
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
