@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import traintape
+from traintape.layout import StoreLayout
 from traintape.paths import resolve_store
 
 HERE = Path(__file__).resolve().parent
@@ -29,9 +30,9 @@ def main() -> int:
         [sys.executable, "-m", "traintape.collector", "serve", "--store", str(store)], env=env
     )
     try:
-        status = store / "state" / "collector.json"
+        layout = StoreLayout(store)
         deadline = time.monotonic() + 30
-        while not (store / "collector.pid").exists() or not status.exists():
+        while not layout.pid.exists() or not layout.collector_status.exists():
             if collector.poll() is not None or time.monotonic() > deadline:
                 print("[demo] the collector did not start; see its output above", file=sys.stderr)
                 return 1
@@ -61,11 +62,12 @@ def main() -> int:
     print(f"\n[demo] run {run_id} ({name}): {status_}, {ranks} ranks, {duration:.1f}s")
     summary_sql = """
         SELECT key, count(*) AS values_logged, count(DISTINCT rank) AS ranks, max(step) AS last_step,
-               round(arg_max(value, step), 5) AS last_value, round(min(value), 5) AS best
+               round(arg_max(value, step), 5) AS last_value, round(min(value), 5) AS min_value,
+               round(max(value), 5) AS max_value
         FROM metrics WHERE run_id = ? GROUP BY key ORDER BY key"""
     print(f"[demo] SQL: {' '.join(summary_sql.split())}\n")
     cur = con.execute(summary_sql, [run_id])
-    from traintape.cli import print_rows
+    from traintape.cli.output import print_rows
 
     print_rows([d[0] for d in cur.description], cur.fetchall())
     print(f"\n[demo] explore it: .venv/bin/traintape runs --store {store}")

@@ -139,6 +139,8 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
                         "sha256": "ab" * 32,
                         "metrics": {"val_loss": 0.3},
                         "is_best": True,
+                        "monitor": "val_loss",  # as the writer records it: best by val_loss
+                        "mode": "min",
                     },
                 )
             for em in emitters:

@@ -86,8 +86,8 @@ def test_one_bad_body_yields_nulls_not_a_failed_query(
         rows = con.execute("SELECT run_id, world_size, tags FROM runs").fetchall()
         assert {r[0]: r[1:] for r in rows} == {BAD: (None, None), run.run_id: (1, ["ok"])}
         assert con.execute(
-            "SELECT bytes, blocked_s, write_s, is_best, sha256 FROM checkpoints"
-        ).fetchall() == [(None, None, None, None, "0" * 64)]
+            "SELECT bytes, blocked_s, write_s, best_when_saved, sha256, is_best FROM checkpoints"
+        ).fetchall() == [(None, None, None, None, "0" * 64, False)]  # is_best: no monitor
         assert history.show(con, BAD)["run"]["name"] == "bad-name"
     finally:
         con.close()

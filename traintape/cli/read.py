@@ -125,12 +125,14 @@ def _cmd_show(args: argparse.Namespace) -> int:
     if info["params"]:
         _print_pairs("params (logged after init, or changed since)", info["params"])
     _print_pairs("environment", history.flatten(info["environment"]))
+    if info["summary"]:
+        _print_pairs("summary", history.flatten(info["summary"]))
     print("\nmetrics (per step, mean across ranks; best = min or max as the name reads)")
     cols: tuple[str, ...] = ("key", "steps", "last_step", "last", "best", "best_step", "mode")
     print_rows(cols, [[m[c] for c in cols] for m in info["metrics"]])
     if info["checkpoints"]:
         print("\ncheckpoints")
-        cols = ("step", "rank", "action", "path", "bytes", "sha256", "is_best", "error")
+        cols = ("step", "rank", "action", "live", "path", "bytes", "sha256", "is_best", "error")
         cps = [
             [c[k] if k != "sha256" else (c[k] or "")[:12] for k in cols]
             for c in info["checkpoints"]

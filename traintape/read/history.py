@@ -51,6 +51,7 @@ __all__ = [
     "rows",
     "run_names",
     "run_rows",
+    "run_summary",
     "show",
 ]
 
@@ -179,8 +180,8 @@ def metric_summary(con: duckdb.DuckDBPyConnection, run_ids: Sequence[str]) -> li
 
 
 def show(con: duckdb.DuckDBPyConnection, run_id: str) -> dict[str, Any]:
-    """Everything about one run: its `runs` row, config, params, environment, metrics,
-    checkpoints, and the system samples taken while it was active."""
+    """Everything about one run: its `runs` row, config, params, environment, summary,
+    metrics, checkpoints, and the system samples taken while it was active."""
     found = records(con, "SELECT * FROM runs WHERE run_id = ?", [run_id])
     if not found:
         msg = f"no run {run_id!r}"
@@ -200,12 +201,13 @@ def show(con: duckdb.DuckDBPyConnection, run_id: str) -> dict[str, Any]:
         # Only what config does not already say: params logged later, or changed since.
         "params": {k: v for k, v in params if k not in flat_config or flat_config[k] != v},
         "environment": environment,
+        "summary": run_summary(con, run_id),
         "metrics": [
             {k: v for k, v in m.items() if k != "run_id"} for m in metric_summary(con, [run_id])
         ],
         "checkpoints": records(
             con,
-            """SELECT step, rank, ts, action, path, bytes, sha256, is_best, blocked_s, write_s,
+            """SELECT step, rank, ts, action, path, live, bytes, sha256, is_best, blocked_s, write_s,
                       error, metrics::VARCHAR AS metrics, attempt
                FROM checkpoints WHERE run_id = ? ORDER BY ts, rank""",
             [run_id],
@@ -219,6 +221,20 @@ def show(con: duckdb.DuckDBPyConnection, run_id: str) -> dict[str, Any]:
             [run_id],
         ),
     }
+
+
+def run_summary(con: duckdb.DuckDBPyConnection, run_id: str) -> dict[str, Any]:
+    """The summary the run's latest `run_end` holds (`Emitter.summary`, `wandb.summary` of
+    traintape.wandb), rank 0's when it has one; {} when none (or not a map)."""
+    found = rows(
+        con,
+        """SELECT body FROM events WHERE run_id = ? AND kind = 'run_end'
+           ORDER BY rank, ts DESC LIMIT 1""",
+        [run_id],
+    )
+    body = decode_param(found[0][0]) if found else None
+    summary = body.get("summary") if isinstance(body, dict) else None
+    return summary if isinstance(summary, dict) else {}
 
 
 def decode_param(text: str | None) -> Any:

@@ -12,7 +12,8 @@ Views
     params           latest value per (run_id, key): value (JSON text), value_num (when numeric)
     events           every event but metric values: kind, body (JSON text)
     checkpoints      one row per checkpoint event: action (saved, deleted, failed), path, bytes,
-                     sha256, metrics, blocked_s, write_s, is_best, error, monitor, mode, reason
+                     sha256, metrics, blocked_s, write_s, is_best (the run's best live file now),
+                     live (saved, not deleted since), best_when_saved, error, monitor, mode, reason
     system           system samples: host, device, key, value, run_id, rank
     attempts         one row per (run_id, rank, attempt): source, started
 """
@@ -26,6 +27,7 @@ import duckdb
 
 from traintape.errors import StoreNotFoundError
 from traintape.globs import literal, sql_string
+from traintape.layout import StoreLayout
 from traintape.paths import resolve_store
 
 
@@ -34,7 +36,8 @@ def _glob(store: Path, table: str) -> str:
     # from the first file. union_by_name would read the footer of every file at each bind of each
     # view (seconds per query at 1,000 runs); a change of a table's schema must migrate old files.
     # The store's own path is escaped: its `[`, `*`, `?` must never match a sibling store.
-    return f"read_parquet({sql_string(literal(store / 'tables' / table) + '/*/*.parquet')})"
+    files = literal(StoreLayout(store).table(table)) + "/*/*.parquet"  # every run folder's
+    return f"read_parquet({sql_string(files)})"
 
 
 def view_sql(store: Path) -> list[str]:
@@ -89,23 +92,55 @@ def view_sql(store: Path) -> list[str]:
               ON s.per_process AND r.host = s.host AND r.pid_device = s.device
              AND s.ts >= r.started AND (r.ended IS NULL OR s.ts <= r.ended)
             WHERE s.per_process""",
+        # `live`: the newest saved-or-deleted event of its path is this save. `is_best`: the one
+        # live checkpoint of its run with the best monitored value (the monitor and mode of the
+        # run's newest live save that names one; ties: the earlier save), the one
+        # `traintape checkpoints` and `load_checkpoint("best")` pick (checkpoint/load.py).
         """CREATE OR REPLACE VIEW checkpoints AS
-           SELECT e.run_id, e.rank, e.step, e.ts,
-                  json_extract_string(e.body, '$.path') AS path,
-                  json_extract_string(e.body, '$.action') AS action,
-                  TRY_CAST(json_extract(e.body, '$.bytes') AS BIGINT) AS bytes,
-                  json_extract_string(e.body, '$.sha256') AS sha256,
-                  json_extract(e.body, '$.metrics') AS metrics,
-                  TRY_CAST(json_extract(e.body, '$.blocked_s') AS DOUBLE) AS blocked_s,
-                  TRY_CAST(json_extract(e.body, '$.write_s') AS DOUBLE) AS write_s,
-                  TRY_CAST(json_extract(e.body, '$.is_best') AS BOOLEAN) AS is_best,
-                  json_extract_string(e.body, '$.error') AS error,
-                  json_extract_string(e.body, '$.monitor') AS monitor,
-                  json_extract_string(e.body, '$.mode') AS mode,
-                  json_extract_string(e.body, '$.reason') AS reason,
-                  a.attempt, e.source, e.seq
-           FROM events e LEFT JOIN attempts a USING (run_id, rank, source)
-           WHERE e.kind = 'checkpoint'""",
+           WITH c AS (
+               SELECT e.run_id, e.rank, e.step, e.ts,
+                      json_extract_string(e.body, '$.path') AS path,
+                      json_extract_string(e.body, '$.action') AS action,
+                      TRY_CAST(json_extract(e.body, '$.bytes') AS BIGINT) AS bytes,
+                      json_extract_string(e.body, '$.sha256') AS sha256,
+                      json_extract(e.body, '$.metrics') AS metrics,
+                      TRY_CAST(json_extract(e.body, '$.blocked_s') AS DOUBLE) AS blocked_s,
+                      TRY_CAST(json_extract(e.body, '$.write_s') AS DOUBLE) AS write_s,
+                      TRY_CAST(json_extract(e.body, '$.is_best') AS BOOLEAN) AS best_when_saved,
+                      json_extract_string(e.body, '$.error') AS error,
+                      json_extract_string(e.body, '$.monitor') AS monitor,
+                      json_extract_string(e.body, '$.mode') AS mode,
+                      json_extract_string(e.body, '$.reason') AS reason,
+                      a.attempt, e.source, e.seq
+               FROM events e LEFT JOIN attempts a USING (run_id, rank, source)
+               WHERE e.kind = 'checkpoint'),
+           l AS (
+               SELECT *, coalesce(action = 'saved' AND path IS NOT NULL AND row_number() OVER (
+                          PARTITION BY run_id, path, action IN ('saved', 'deleted')
+                          ORDER BY ts DESC, seq DESC) = 1, false) AS live
+               FROM c),
+           judged AS (
+               SELECT run_id,
+                      arg_max(monitor, ts) FILTER (WHERE monitor IS NOT NULL) AS by_monitor,
+                      arg_max(coalesce(mode, 'min'), ts) FILTER (WHERE monitor IS NOT NULL)
+                          AS by_mode
+               FROM l WHERE live GROUP BY run_id),
+           v AS (
+               SELECT l.*, j.by_mode,
+                      CASE WHEN l.live THEN TRY_CAST(json_extract_string(
+                          l.metrics, '$."' || replace(j.by_monitor, '"', '\\"') || '"') AS DOUBLE)
+                      END AS judged_value
+               FROM l LEFT JOIN judged j USING (run_id)),
+           w AS (
+               SELECT *, judged_value IS NOT NULL AND NOT isnan(judged_value) AS candidate
+               FROM v)
+           SELECT run_id, rank, step, ts, path, action, bytes, sha256, metrics, blocked_s,
+                  write_s, candidate AND row_number() OVER (
+                      PARTITION BY run_id, candidate
+                      ORDER BY CASE WHEN by_mode = 'max' THEN -judged_value
+                                    ELSE judged_value END, ts, seq) = 1 AS is_best,
+                  live, best_when_saved, error, monitor, mode, reason, attempt, source, seq
+           FROM w""",
         # The events files are read once (ev): each of their scans opens every run's folder.
         """CREATE OR REPLACE VIEW runs AS
            WITH ev AS MATERIALIZED (
@@ -181,7 +216,7 @@ def connect(store: str | os.PathLike[str] | None = None) -> duckdb.DuckDBPyConne
     `store` defaults to $TRAINTAPE_STORE, else ./traintape-store.
     """
     path = resolve_store(store)
-    if not (path / "tables").is_dir():
+    if not StoreLayout(path).tables.is_dir():
         msg = (
             f"no traintape store at {path}: start `traintape serve --store {path}`, "
             "or pass the store's folder (store=... / --store / $TRAINTAPE_STORE)"
