@@ -13,7 +13,7 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.conftest import CollectorProcess, query, start_ranks
+from tests.conftest import CollectorProcess, query, start_ranks, value_now
 from tests.test_sink_tensorboard import read_scalars
 from traintape.collector.follower import status_path
 
@@ -29,6 +29,11 @@ def _children(collector: CollectorProcess, module: str) -> list[psutil.Process]:
 
 def _sink_children(collector: CollectorProcess) -> list[psutil.Process]:
     return _children(collector, "sink_process")
+
+
+def _logging(store: Path, run_id: str) -> bool:
+    """The run's ranks are under way: some of their values are in the store (mid-run)."""
+    return (value_now(store, f"SELECT count(*) FROM metrics WHERE run_id = '{run_id}'") or 0) > 0
 
 
 def _wait(condition, seconds: float = 30.0) -> None:
@@ -49,7 +54,7 @@ def test_sink_process_killed_mid_run_is_restarted_and_loses_nothing(tmp_path: Pa
         procs = start_ranks(
             store, "sp", "--steps", 600, "--metrics", 4, "--pause-every", 10, "--pause", 0.02
         )
-        time.sleep(1.0)
+        _wait(lambda: _logging(store, "sp"))
         child.send_signal(signal.SIGKILL)
         _wait(lambda: "the sink process exited" in collector.log.read_text())
         _wait(lambda: len(_sink_children(collector)) == 1 and _sink_children(collector)[0] != child)
@@ -103,7 +108,7 @@ def test_materializer_process_killed_mid_run_is_restarted_and_stores_each_row_on
         procs = start_ranks(
             store, "mp", "--steps", 800, "--metrics", 5, "--pause-every", 10, "--pause", 0.02
         )
-        time.sleep(1.0)
+        _wait(lambda: _logging(store, "mp"))
         child.send_signal(signal.SIGKILL)
         _wait(lambda: "the materializer process exited" in collector.log.read_text())
         for p in procs:
@@ -216,15 +221,18 @@ def test_a_follower_that_hangs_at_its_stop_exits_within_its_budget(tmp_path: Pat
     import sys
 
     script = (
-        "import threading, time\n"
-        "from traintape.collector.follower import _finish\n"
+        "import io, time\n"
+        "from pathlib import Path\n"
+        "from traintape.collector.follower import FollowerChild\n"
+        "from traintape.collector.logs import to_stderr\n"
         "class Hangs:\n"
+        "    def start(self): pass\n"
         "    def stop(self): time.sleep(600)\n"
         "    def status(self): return {}\n"
-        "stop = threading.Event()\n"
-        "reporter = threading.Thread(target=stop.wait)\n"
-        "reporter.start()\n"
-        "_finish(Hangs(), 0.5, stop, reporter, lambda: None, print)\n"
+        "to_stderr()\n"
+        "stdin = io.BytesIO(b'{\"stop_timeout\": 0.5}\\n0 0\\n')  # the config, one end, EOF\n"
+        f"child = FollowerChild('hangs_process', Path({str(tmp_path)!r}), stdin)\n"
+        "child.run(lambda *args: Hangs())\n"
     )
     done = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
@@ -232,7 +240,8 @@ def test_a_follower_that_hangs_at_its_stop_exits_within_its_budget(tmp_path: Pat
     from traintape.collector.follower import UNFINISHED_EXIT
 
     assert done.returncode == UNFINISHED_EXIT, done.stderr
-    assert "resumes from the cursor" in done.stdout
+    assert "traintape collector: did not finish" in done.stderr
+    assert "resumes from the cursor" in done.stderr
 
 
 @pytest.mark.slow

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -154,6 +155,10 @@ class StoreLayout:
 
     def empty_table_file(self, table: str) -> Path:
         return self.tables / table / EMPTY_FOLDER / "empty.parquet"
+
+    def run_files(self, pattern: str) -> Iterator[Path]:
+        """The files matching `pattern` (a glob: "part-*") in every run folder of every table."""
+        return self.tables.glob(f"*/*/{pattern}")
 
     # -- beside the collector --------------------------------------------------------------------
 

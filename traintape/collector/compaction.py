@@ -50,53 +50,40 @@ whose range ends at or below the cursor, so the two never delete each other's fi
 
 from __future__ import annotations
 
-import argparse
-import fcntl
 import json
+import logging
 import os
 import shutil
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from traintape.collector import swap
+from traintape.collector.merging import (
+    SORT_KEYS,
+    TARGET_BYTES,
+    DataFile,
+    data_files,
+    merged_table,
+    plan,
+    sort_for_storage,
+    write_parquet,
+)
+from traintape.collector.schedule import (
+    MIN_FILES_PERIODIC,
+    SETTLE_S,
+    SWEEP_INTERVAL_S,
+    CompactionSchedule,
+    run_folders,
+)
 from traintape.durable import fsync_dir, write_json_atomic
-from traintape.layout import StoreLayout, compacted_name, data_file_range, run_folder_name
-
-TARGET_BYTES = 64 << 20
-"""A file at least this big is left as it is; a merge reads at most about this many bytes."""
-
-MIN_FILES_PERIODIC = 16
-"""A live run's folder is compacted by the periodic sweep once it has this many small files."""
-
-SETTLE_S = 30.0
-"""Seconds a run's folders are left as they are after its end (and after the collector starts)
-before they are merged: whoever queries a run the moment it ends reads it undisturbed."""
-
-SWEEP_INTERVAL_S = 300.0
-"""Seconds between sweeps over every run folder (ended runs are compacted at once)."""
-
-ROW_GROUP_ROWS = 64 * 1024
-"""Most rows per Parquet row group in merged files."""
-
-MIN_GROUP_ROWS = 4096
-"""Row groups of sorted tables start at a new key once they hold this many rows: a query for
-one metric then reads only that metric's row groups (DuckDB skips the others by their min/max
-statistics), while metrics logged rarely still share a group and keep the footer small."""
-
-SORT_KEYS: dict[str, list[tuple[str, str]]] = {
-    "metrics": [("key", "ascending"), ("rank", "ascending"), ("step", "ascending")],
-    "system": [("key", "ascending"), ("ts", "ascending")],
-}
-"""How merged rows are ordered per table (other tables keep the journal's order)."""
+from traintape.layout import StoreLayout, compacted_name, data_file_range
 
 INTENT = StoreLayout(Path()).compaction_intent.relative_to(".")
 """The intent file, relative to the store (for tests)."""
@@ -109,84 +96,7 @@ PAUSE_ENV = "TRAINTAPE_TEST_COMPACTION_PAUSE"
 each step and sleeps SECONDS after each step (or only after those whose text contains STEP), so a
 test can SIGKILL the process at a known point."""
 
-
-@dataclass(frozen=True)
-class DataFile:
-    path: Path
-    start: int
-    end: int
-    size: int
-
-
-def data_files(folder: Path) -> list[DataFile]:
-    """The `part-*` and `compact-*` Parquet files of one run folder, oldest range first."""
-    found = []
-    for path in folder.glob("*.parquet"):
-        bounds = data_file_range(path.name)
-        if bounds is not None:
-            found.append(DataFile(path, *bounds, path.stat().st_size))
-    return sorted(found, key=lambda f: f.start)
-
-
-def plan(files: list[DataFile], committed: int, min_files: int) -> list[list[DataFile]]:
-    """Groups of files to merge: contiguous small files past the last big one, each group under
-    TARGET_BYTES, only ranges already committed by the materializer."""
-    files = [f for f in files if f.end <= committed]
-    tail: list[DataFile] = []
-    for f in files:
-        if f.size >= TARGET_BYTES:
-            tail = []
-        else:
-            tail.append(f)
-    if len(tail) < min_files:
-        return []
-    groups: list[list[DataFile]] = [[]]
-    total = 0
-    for f in tail:
-        if groups[-1] and total + f.size > TARGET_BYTES:
-            groups.append([])
-            total = 0
-        groups[-1].append(f)
-        total += f.size
-    return [g for g in groups if len(g) >= 2]
-
-
-def merged_table(table: str, paths: Iterable[Path]) -> pa.Table:
-    data = pa.concat_tables([pq.ParquetFile(p).read() for p in paths], promote_options="default")
-    return sort_for_storage(table, data)
-
-
-def sort_for_storage(table: str, data: pa.Table) -> pa.Table:
-    keys = SORT_KEYS.get(table)
-    return data.sort_by(keys) if keys else data
-
-
-def write_parquet(data: pa.Table, path: Path, table: str | None = None) -> None:
-    """Writes and fsyncs `path` (the caller renames it into place); a table sorted by key
-    (`SORT_KEYS`) gets row groups that start at key boundaries."""
-    bounds = _row_groups(data) if table in SORT_KEYS else None
-    if bounds is None:
-        pq.write_table(data, path, compression="zstd", row_group_size=ROW_GROUP_ROWS)
-    else:
-        with pq.ParquetWriter(path, data.schema, compression="zstd") as writer:
-            for lo, hi in zip(bounds, bounds[1:]):
-                writer.write_table(data.slice(lo, hi - lo), row_group_size=ROW_GROUP_ROWS)
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
-def _row_groups(data: pa.Table) -> list[int]:
-    """Row offsets where groups start (and the end): at a key change once a group has
-    MIN_GROUP_ROWS rows, and every ROW_GROUP_ROWS rows within a key."""
-    keys = data.column("key").combine_chunks().dictionary_encode().indices.to_numpy()
-    changes = (np.flatnonzero(keys[1:] != keys[:-1]) + 1).tolist() if len(keys) else []
-    bounds = [0]
-    for at in [*changes, len(keys)]:
-        while at - bounds[-1] > ROW_GROUP_ROWS:
-            bounds.append(bounds[-1] + ROW_GROUP_ROWS)
-        if at - bounds[-1] >= MIN_GROUP_ROWS or at == len(keys):
-            bounds.append(at)
-    return [b for i, b in enumerate(bounds) if i == 0 or b > bounds[i - 1]]
+logger = logging.getLogger(__name__)
 
 
 class Compactor:
@@ -219,18 +129,10 @@ class Compactor:
         self.store = store
         self.layout = StoreLayout(store)
         self.method = method  # "auto": swap where the filesystem can, decided at the first merge
-        self.sweep_interval = sweep_interval
-        self.settle = settle
-        self._log = log or _stderr
-        self._started = time.monotonic()
-        # (table or "*", folder) -> when it became due: compacted `settle` seconds later.
-        self._pending: dict[tuple[str, str], float] = {}
-        self._touched: set[tuple[str, str]] = set()  # (table, folder) written since the sweep
-        self._last_sweep: float | None = None  # the first sweep, at startup, merges any 2 files
+        self.schedule = CompactionSchedule(self.layout, sweep_interval, settle)
+        self._info = log or _info
+        self._warning = log or _warning
         self._folder_lock = folder_lock or threading.Lock()
-        self._due_lock = (
-            threading.Lock()
-        )  # _pending and _touched: note_chunk runs on another thread
         self.merges = 0
         self.last_error: str | None = None
 
@@ -244,12 +146,12 @@ class Compactor:
         """
         self.resolve_intent()
         shutil.rmtree(self._staging_root(), ignore_errors=True)  # no intent names any of it now
-        for path in self.layout.tables.glob("*/*/compact-*"):
+        for path in self.layout.run_files("compact-*"):
             bounds = data_file_range(path.name)
             if path.name.endswith(".tmp") or bounds is None or bounds[0] >= committed:
                 path.unlink(missing_ok=True)  # a merge that never committed / a reset cursor
             elif path.name.endswith(HIDDEN):
-                self._log(f"{path} is hidden but no compaction intent names it; left as is")
+                self._warning(f"{path} is hidden but no compaction intent names it; left as is")
 
     def resolve_intent(self, quiet: bool = False) -> None:
         """Rolls a leftover intent forward (merged file in place) or back (it is not)."""
@@ -279,12 +181,14 @@ class Compactor:
             (folder / (intent["merged"] + ".tmp")).unlink(missing_ok=True)
             fsync_dir(folder)
         if not done and not quiet:  # after a crash: merge again soon (a failure waits a sweep)
-            self._pending[intent["table"], intent["folder"]] = time.monotonic()
+            self.schedule.soon(intent["table"], intent["folder"])
         intent_path.unlink()
         fsync_dir(intent_path.parent)
         if not quiet:
             action = "finished" if done else "rolled back"
-            self._log(f"{action} an interrupted compaction of {intent['table']}/{intent['folder']}")
+            self._info(
+                f"{action} an interrupted compaction of {intent['table']}/{intent['folder']}"
+            )
 
     def _staging_root(self) -> Path:
         return self.layout.tables / STAGING
@@ -295,7 +199,7 @@ class Compactor:
             root.mkdir(parents=True, exist_ok=True)
             self.method = "swap" if swap.supported(root) else "hide"
             if self.method == "hide":
-                self._log(
+                self._info(
                     "this filesystem cannot exchange folders atomically: compaction renames "
                     "files one by one (a query during a merge may count a run short)"
                 )
@@ -419,85 +323,36 @@ class Compactor:
 
     def note_chunk(self, built: dict[tuple[str, str], pa.Table]) -> None:
         """Remembers the folders a just-materialized chunk wrote to, and the runs it ended."""
-        ended = [
-            run_id
-            for (table, run_id), data in built.items()
-            if table == "events" and "run_end" in data.column("kind").to_pylist()
-        ]
-        with self._due_lock:
-            self._touched.update((table, run_folder_name(run_id)) for table, run_id in built)
-            for run_id in ended:
-                self._pending.setdefault(("*", run_folder_name(run_id)), time.monotonic())
+        self.schedule.note_chunk(built)
 
     def run_due(self, committed: int) -> None:
-        """Compacts ended runs now; every sweep interval, the folders written to since the last
-        sweep that have MIN_FILES_PERIODIC small files; at the first call, every folder.
+        """Compacts what the schedule says is due (schedule.py): ended runs, and at each sweep
+        the folders that grew.
 
         Never raises: the files stay valid whatever fails here; a folder that failed is tried
         again at a later sweep.
         """
-        now = time.monotonic()
-        first = self._last_sweep is None and now - self._started >= self.settle
-        sweep = first or (
-            self._last_sweep is not None and now - self._last_sweep >= self.sweep_interval
-        )
-        with self._due_lock:
-            ready = sorted(k for k, since in self._pending.items() if now - since >= self.settle)
-            if not ready and not sweep:
-                return
-            for key in ready:
-                del self._pending[key]
-            touched = sorted(self._touched) if sweep else []
-            if sweep:
-                self._touched = set()
-        due: list[tuple[str, str, int]] = []
-        for table, folder in ready:
-            for name in _table_names(self.store) if table == "*" else [table]:
-                due.append((name, folder, 2))
-        if first:  # whatever was left uncompacted while no collector ran
-            due += [(t, f, 2) for t, f in self._all_folders()]
-        elif sweep:
-            due += [(t, f, MIN_FILES_PERIODIC) for t, f in touched]
-        if sweep:
-            self._last_sweep = time.monotonic()
         errors = []
-        for table, folder, min_files in due:
-            if not (self.layout.table(table) / folder).is_dir():
-                continue
+        for table, folder, min_files in self.schedule.due():
             try:
                 self.compact_folder(table, folder, committed, min_files)
             except Exception as exc:  # disk full, a damaged file: log, keep materializing
                 errors.append(f"{table}/{folder}: {type(exc).__name__}: {exc}")
-                with self._due_lock:
-                    self._touched.add((table, folder))
+                self.schedule.at_next_sweep(table, folder)
         self.last_error = "; ".join(errors) or None
         if errors:
-            self._log(f"compaction failed (those files are unchanged): {self.last_error}")
-
-    def _all_folders(self) -> list[tuple[str, str]]:
-        return [
-            (table, folder.name)
-            for table in _table_names(self.store)
-            for folder in sorted(self.layout.table(table).iterdir())
-            if folder.is_dir() and not folder.name.startswith("_")
-        ]
+            self._warning(f"compaction failed (those files are unchanged): {self.last_error}")
 
     def compact_all(self, committed: int, min_files: int = 2) -> int:
         """Compacts every run folder of every table; returns the number of merges."""
-        return sum(self.compact_folder(t, f, committed, min_files) for t, f in self._all_folders())
+        folders = run_folders(self.layout)
+        return sum(self.compact_folder(t, f, committed, min_files) for t, f in folders)
 
 
 def committed_position(store: Path) -> int:
     """The materializer's cursor: every file range below it is committed."""
     state = _read_json(StoreLayout(store).materializer_cursor)
     return int(state["position"]) if state else 0
-
-
-def _table_names(store: Path) -> list[str]:
-    root = StoreLayout(store).tables
-    if not root.is_dir():
-        return []
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
 def _read_json(path: Path) -> Any:
@@ -516,39 +371,21 @@ def _pause(step: str) -> None:
             time.sleep(float(seconds))
 
 
-def _stderr(text: str) -> None:
-    print(f"traintape collector: {text}", file=sys.stderr, flush=True)
+def _info(text: str) -> None:
+    logger.info("%s", text)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`python -m traintape.collector.compaction --store DIR`: compacts a store offline."""
-    from traintape.paths import resolve_store
-
-    p = argparse.ArgumentParser(prog="python -m traintape.collector.compaction")
-    p.add_argument("--store", default=None)
-    p.add_argument("--min-files", type=int, default=2)
-    p.add_argument(
-        "--method",
-        choices=METHODS,
-        default="auto",
-        help="swap: exchange folders atomically; hide: rename file by file; auto: swap if "
-        "this filesystem can (default)",
-    )
-    args = p.parse_args(argv)
-    store = resolve_store(args.store)
-    with open(StoreLayout(store).lock, "a") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            print(f"a collector serves {store}; it compacts by itself", file=sys.stderr)
-            return 2
-        committed = committed_position(store)
-        compactor = Compactor(store, method=args.method)
-        compactor.recover(committed)
-        merges = compactor.compact_all(committed, args.min_files)
-    print(f"{merges} merges")
-    return 0
+def _warning(text: str) -> None:
+    logger.warning("%s", text)
 
 
-if __name__ == "__main__":
+# Beside this module's own names, what it takes from merging.py and schedule.py.
+__all__ = ["MIN_FILES_PERIODIC", "SETTLE_S", "SORT_KEYS", "SWEEP_INTERVAL_S", "TARGET_BYTES"]
+__all__ += ["Compactor", "DataFile", "committed_position", "data_files", "merged_table", "plan"]
+__all__ += ["sort_for_storage", "write_parquet"]
+
+
+if __name__ == "__main__":  # `python -m traintape.collector.compaction`: offline.py
+    from traintape.collector.offline import main
+
     sys.exit(main())

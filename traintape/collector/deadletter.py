@@ -16,8 +16,8 @@ a full disk is counted (`write_errors`) and said once, and ingest goes on.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -32,6 +32,8 @@ PREFIX_BYTES = 64 << 10
 DEFAULT_CAP_BYTES = 64 << 20
 """Dead-letter files of one kind take at most this much disk (the file and its one rotation)."""
 
+logger = logging.getLogger(__name__)
+
 
 class DeadLetters:
     def __init__(
@@ -41,13 +43,15 @@ class DeadLetters:
         *,
         cap_bytes: int = DEFAULT_CAP_BYTES,
         prefix_bytes: int = PREFIX_BYTES,
-        label: str = "traintape collector",
+        label: str = "",
     ) -> None:
+        """`label`: whose dead letters these are, at the start of each message (the
+        materializer's); none for the collector's ingest."""
         self.path = StoreLayout(store).deadletter / name
         self.rotated = self.path.with_name(self.path.stem + ".1" + self.path.suffix)
         self.cap_bytes = cap_bytes
         self.prefix_bytes = prefix_bytes
-        self.label = label
+        self.label = f"{label}: " if label else ""
         self.count = 0
         self.write_errors = 0
         self._file: BinaryIO | None = None
@@ -70,18 +74,20 @@ class DeadLetters:
         except OSError as exc:
             self.write_errors += 1
             if self.write_errors == 1:  # a full disk must not flood the log either
-                print(
-                    f"{self.label}: cannot write dead letter #{self.count} to {self.path} "
-                    f"({exc}); dead letters are counted but not kept until it can",
-                    file=sys.stderr,
+                logger.warning(
+                    "%scannot write dead letter #%d to %s (%s); dead letters are counted but not "
+                    "kept until it can",
+                    self.label,
+                    self.count,
+                    self.path,
+                    exc,
                 )
             self._close_quietly()
             return
         # A flood of garbage must not flood the log: the first 20, then every 1000th.
         if self.count <= 20 or self.count % 1000 == 0:
-            print(
-                f"{self.label}: dead letter #{self.count} ({reason[:300]}) kept in {self.path}",
-                file=sys.stderr,
+            logger.warning(
+                "%sdead letter #%d (%s) kept in %s", self.label, self.count, reason[:300], self.path
             )
 
     def _write(self, data: bytes) -> None:

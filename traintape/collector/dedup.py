@@ -13,6 +13,10 @@ so the resends of its batches are taken as new, without re-reading the journal.
 from __future__ import annotations
 
 from bisect import bisect_left
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from traintape.collector.journal import Journal
 
 Key = tuple[str, int, str]
 
@@ -105,3 +109,16 @@ class Deduplicator:
 
     def __len__(self) -> int:
         return len(self._seen)
+
+    def recover(self, journal: Journal) -> int:
+        """Admits (and commits) every batch the journal holds, as it was acknowledged once;
+        returns how many there were."""
+        records = 0
+        for batch in journal.read(0).batches(want_body=False):
+            header = batch.header
+            if header is None:
+                continue  # no sequence numbers to remember; the materializer sets it aside
+            self.admit((header.run_id, header.rank, header.source), header.seq0, header.n)
+            records += 1
+        self.commit()
+        return records

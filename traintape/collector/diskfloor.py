@@ -14,7 +14,7 @@ disk under a flood of resends must not flood the log too.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
 from pathlib import Path
 
 from traintape.durable import free_bytes
@@ -24,17 +24,18 @@ DEFAULT_MIN_FREE_BYTES = 64 << 20
 
 _MIB = 1 << 20
 
+logger = logging.getLogger(__name__)
+
 
 class DiskFloor:
     """Decides whether a group may be journaled, and says once why not (`reason`)."""
 
-    def __init__(self, folder: Path, min_free_bytes: int, log: Callable[[str], None]) -> None:
+    def __init__(self, folder: Path, min_free_bytes: int) -> None:
         if min_free_bytes < 0:
             msg = f"the free-space floor must be >= 0 bytes, got {min_free_bytes}"
             raise ValueError(msg)
         self.folder = folder
         self.min_free_bytes = min_free_bytes
-        self._log = log
         self.reason: str | None = None  # why groups are not journaled now, or None
         self._errors: dict[str, str] = {}  # what else failed to be written: what -> error
 
@@ -47,9 +48,10 @@ class DiskFloor:
             return True
         if free - nbytes >= self.min_free_bytes:
             if self.reason is not None:
-                self._log(
-                    f"{free / _MIB:.0f} MiB free on {self.folder} again: journaling and "
-                    "acknowledging again"
+                logger.info(
+                    "%.0f MiB free on %s again: journaling and acknowledging again",
+                    free / _MIB,
+                    self.folder,
                 )
                 self.reason = None
             return True
@@ -69,16 +71,16 @@ class DiskFloor:
 
     def _note_reason(self, reason: str) -> None:
         if self.reason is None:
-            self._log(reason)
+            logger.warning("%s", reason)
         self.reason = reason
 
     def error(self, what: str, exc: OSError) -> None:
         """Something besides the journal could not be written (the status file): logged once."""
         if what not in self._errors:
-            self._log(f"cannot write {what} ({exc}); the collector goes on")
+            logger.warning("cannot write %s (%s); the collector goes on", what, exc)
         self._errors[what] = str(exc)
 
     def cleared(self, what: str) -> None:
         """`what` was written again."""
         if self._errors.pop(what, None) is not None:
-            self._log(f"{what} written again")
+            logger.info("%s written again", what)

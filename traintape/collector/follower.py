@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -35,9 +36,10 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import IO, Any, BinaryIO, Protocol
 
 from traintape.collector.journal import JournalFollower
+from traintape.collector.logs import to_stderr
 from traintape.durable import write_json_atomic
 from traintape.layout import StoreLayout
 
@@ -48,6 +50,8 @@ UNFINISHED_EXIT = 3
 """A child's exit code when its stop budget ran out first: work left, nothing failed."""
 KILL_GRACE_S = 3.0
 """After its own stop budget a child exits by itself; the collector kills it this much later."""
+
+logger = logging.getLogger(__name__)
 
 
 def status_path(store: Path, name: str) -> Path:
@@ -79,16 +83,17 @@ class FollowerProcess:
         config: dict[str, Any],
         *,
         ingested: Callable[[], int],
-        log: Callable[[str], None],
         stop_timeout: float,
+        log: Callable[[str], None] | None = None,
     ) -> None:
+        """`log`: where its messages go instead of this module's logger (tests)."""
         self.name = name
         self.label = name.removesuffix("_process")  # "the sink process", in messages
         self.store = store
         self.journal = journal
         self.config = {**config, "stop_timeout": stop_timeout}
         self.ingested = ingested
-        self._log = log
+        self._log = log or _warning
         self.stop_timeout = stop_timeout
         self._proc: subprocess.Popen[bytes] | None = None
         self._told: tuple[int, int] | None = None
@@ -224,11 +229,11 @@ class Follower(Protocol):
     def status(self) -> dict[str, Any]: ...
 
 
-Build = Callable[[Path, dict[str, Any], JournalFollower, Callable[[], int], Callable], Follower]
+Build = Callable[[Path, dict[str, Any], JournalFollower, Callable[[], int]], Follower]
 
 
 def child_main(name: str, build: Build, argv: list[str] | None = None) -> int:
-    """The main of a follower process: `build(store, config, journal, ingested, log)` makes the
+    """The main of a follower process: `build(store, config, journal, ingested)` makes the
     follower, which runs until the collector closes this process's stdin."""
     import argparse
 
@@ -238,89 +243,110 @@ def child_main(name: str, build: Build, argv: list[str] | None = None) -> int:
     )
     p.add_argument("--store", required=True)
     args = p.parse_args(argv)
+    # The collector decides when this process stops (see the module docstring).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    store = Path(args.store)
+    to_stderr()
+    return FollowerChild(name, Path(args.store), sys.stdin.buffer).run(build)
 
-    def log(text: str) -> None:
-        print(f"traintape collector: {text}", file=sys.stderr, flush=True)
 
-    layout = StoreLayout(store)
-    lock_path = layout.follower_lock(name)
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    lock = open(lock_path, "w")  # held until this process exits
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        log(f"waiting for the previous {name.removesuffix('_process')} process to finish")
-        fcntl.flock(lock, fcntl.LOCK_EX)
+class FollowerChild:
+    """A follower process's side of the pipe: its lock, the durable end and event count the
+    collector tells it, the status file it writes, and its stop within a budget."""
 
-    stdin = sys.stdin.buffer
-    config = json.loads(stdin.readline() or "{}")
-    journal = JournalFollower(layout.journal, log=log)
-    told = {"events": 0}
+    def __init__(self, name: str, store: Path, stdin: BinaryIO) -> None:
+        self.name = name
+        self.store = store
+        self.stdin = stdin
+        self.layout = StoreLayout(store)
+        self.journal = JournalFollower(self.layout.journal)
+        self.events = 0
+        """What the collector has journaled since it started, as it last said."""
+        self.follower: Follower | None = None
+        self._lock: IO[str] | None = None
+        self._stop_reporting = threading.Event()
 
-    def take(line: bytes) -> bool:
+    def run(self, build: Build) -> int:
+        self._take_lock()
+        config = json.loads(self.stdin.readline() or "{}")
+        if not self.take(self.stdin.readline()):
+            return 0  # the collector stopped before telling anything
+        self.follower = build(self.store, config, self.journal, lambda: self.events)
+        self.follower.start()
+        reporter = threading.Thread(target=self._report_every, daemon=True)
+        reporter.start()
+        for line in self.stdin:  # until the collector closes the pipe, or dies
+            self.take(line)
+        return self._finish(float(config.get("stop_timeout", 60.0)), reporter)
+
+    def _take_lock(self) -> None:
+        """Waits until the previous process of this follower has exited (one writer each);
+        held until this one exits."""
+        path = self.layout.follower_lock(self.name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = open(path, "w")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            label = self.name.removesuffix("_process")
+            logger.info("waiting for the previous %s process to finish", label)
+            fcntl.flock(self._lock, fcntl.LOCK_EX)
+
+    def take(self, line: bytes) -> bool:
+        """Takes a `<durable end> <events>` line; False if it is not one."""
         try:
             end, events = line.split()
-            journal.durable_end = max(journal.durable_end, int(end))
-            told["events"] = max(told["events"], int(events))
+            self.journal.durable_end = max(self.journal.durable_end, int(end))
+            self.events = max(self.events, int(events))
             return True
         except ValueError:
             return False
 
-    if not take(stdin.readline()):
-        return 0  # the collector stopped before telling anything
-    follower = build(store, config, journal, lambda: told["events"], log)
-    follower.start()
-    stop = threading.Event()
-
-    def report() -> None:
+    def report(self) -> None:
+        assert self.follower is not None
         with contextlib.suppress(OSError):
             write_json_atomic(
-                status_path(store, name), {"updated": time.time(), "status": follower.status()}
+                self.layout.follower_status(self.name),
+                {"updated": time.time(), "status": self.follower.status()},
             )
 
-    def reporter() -> None:
-        while not stop.wait(STATUS_INTERVAL_S):
-            report()
+    def _report_every(self) -> None:
+        while not self._stop_reporting.wait(STATUS_INTERVAL_S):
+            self.report()
 
-    thread = threading.Thread(target=reporter, daemon=True)
-    thread.start()
-    for line in stdin:  # until the collector closes the pipe, or dies
-        take(line)
-    return _finish(follower, float(config.get("stop_timeout", 60.0)), stop, thread, report, log)
+    def _finish(self, budget: float, reporter: threading.Thread) -> int:
+        """Stops the follower within `budget` s. Past it the process exits anyway: an orphan
+        never holds its lock (and the next collector's follower) for work the journal still
+        holds."""
+        follower = self.follower
+        assert follower is not None
+        failed: list[BaseException] = []
+
+        def stop_follower() -> None:
+            try:
+                follower.stop()
+            except BaseException as exc:  # reported below; the exit code says the stage failed
+                failed.append(exc)
+
+        stopper = threading.Thread(
+            target=stop_follower, name="traintape-follower-stop", daemon=True
+        )
+        stopper.start()
+        stopper.join(budget)
+        self._stop_reporting.set()
+        reporter.join()
+        self.report()
+        if stopper.is_alive():
+            logger.warning(
+                "did not finish in %g s; the rest resumes from the cursor at the next start", budget
+            )
+            sys.stderr.flush()
+            os._exit(UNFINISHED_EXIT)  # the stopper may hang in a backend: do not wait for it
+        if failed:
+            logger.error("failed while stopping: %s: %s", type(failed[0]).__name__, failed[0])
+            return 1
+        return 0
 
 
-def _finish(
-    follower: Follower,
-    budget: float,
-    stop: threading.Event,
-    reporter: threading.Thread,
-    report: Callable[[], None],
-    log: Callable[[str], None],
-) -> int:
-    """Stops the follower within `budget` s. Past it the process exits anyway: an orphan never
-    holds its lock (and the next collector's follower) for work the journal still holds."""
-    failed: list[BaseException] = []
-
-    def stop_follower() -> None:
-        try:
-            follower.stop()
-        except BaseException as exc:  # reported below; the exit code says the stage failed
-            failed.append(exc)
-
-    stopper = threading.Thread(target=stop_follower, name="traintape-follower-stop", daemon=True)
-    stopper.start()
-    stopper.join(budget)
-    stop.set()
-    reporter.join()
-    report()
-    if stopper.is_alive():
-        log(f"did not finish in {budget:g} s; the rest resumes from the cursor at the next start")
-        sys.stderr.flush()
-        os._exit(UNFINISHED_EXIT)  # the stopper thread may hang in a backend: do not wait for it
-    if failed:
-        log(f"failed while stopping: {type(failed[0]).__name__}: {failed[0]}")
-        return 1
-    return 0
+def _warning(text: str) -> None:
+    logger.warning("%s", text)

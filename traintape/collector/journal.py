@@ -13,6 +13,10 @@ record (see traintape.schemas.records):
 - any other damage is copied aside to `journal/damaged/<start>-<end>.bin` with a loud message,
   left in place (so no position is ever reused), and reading resumes at the next intact record.
 
+`JournalReader.batches()` decodes what it reads, with one policy for an intact record that
+does not decode (a journal from an older version, a bug): it is yielded with its `error` and
+reading goes on, never raised; what to do with it (skip, count, set aside) is the caller's.
+
 A position never goes back: if a follower's cursor lies past the journal's end (files removed or
 restored by hand), `advance_to` starts a new segment at that cursor, so the bytes a follower has
 passed are never a different record's.
@@ -22,12 +26,15 @@ from __future__ import annotations
 
 import logging
 import os
+import struct
 from bisect import bisect_right
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 from traintape.durable import fsync_dir
-from traintape.schemas.records import Damaged, Torn, is_legacy, scan
+from traintape.schemas.records import Damaged, Torn, is_legacy, scan, split_payload
+from traintape.schemas.wire import BatchBody, BatchHeader, WireError, decode_body, decode_header
 
 SEGMENT_BYTES = 64 << 20
 DAMAGED_DIR = "damaged"
@@ -79,6 +86,23 @@ class _DamagePolicy:
         return f"copied to {target}"
 
 
+class Batch(NamedTuple):
+    """One journal record, decoded: where it lies, its header and body (the body only when the
+    reader asked for it), or why it could not be decoded (`error`; then `header` is None when
+    the header itself did not decode, `body` always). A tuple: one is made per record."""
+
+    position: int
+    next_position: int
+    header: BatchHeader | None
+    body: BatchBody | None
+    error: WireError | None = None
+
+    @property
+    def events(self) -> int:
+        """The events the record holds, as its header says (0 without a header)."""
+        return self.header.n if self.header is not None else 0
+
+
 class JournalReader:
     """The intact records of [start, end) in order, as (position, next_position, payload).
 
@@ -105,6 +129,27 @@ class JournalReader:
 
     def close(self) -> None:
         self._records.close()
+
+    def batches(self, want_body: bool | Callable[[BatchHeader], bool] = True) -> Iterator[Batch]:
+        """The records as `Batch`es; `want_body` (or `want_body(header)`) says whether to decode
+        a record's body (a reader that needs headers only, or some runs only, skips the cost)."""
+        for position, next_position, payload in self:
+            try:
+                header_frame, body_frame = split_payload(payload)
+                header = decode_header(header_frame)
+            except (WireError, struct.error) as exc:
+                error = exc if isinstance(exc, WireError) else WireError(f"no header: {exc}")
+                yield Batch(position, next_position, None, None, error)
+                continue
+            if not (want_body(header) if callable(want_body) else want_body):
+                yield Batch(position, next_position, header, None)
+                continue
+            try:
+                decoded = decode_body(body_frame, header.n)
+            except WireError as exc:
+                yield Batch(position, next_position, header, None, exc)
+                continue
+            yield Batch(position, next_position, header, decoded)
 
     def _read(
         self, folder: Path, starts: list[int], start: int, end: int, on_damage: _DamagePolicy

@@ -25,10 +25,10 @@ crashed stays so.
 
 from __future__ import annotations
 
+import logging
 import queue
 import secrets
 import socket
-import struct
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -38,14 +38,12 @@ import msgpack
 
 from traintape import procinfo
 from traintape.durable import write_json_atomic
+from traintape.layout import StoreLayout
 from traintape.schemas.events import RUN_END, RUN_START, RUN_STATUS
-from traintape.schemas.records import split_payload
 from traintape.schemas.wire import (
     MAGIC,
     BatchBody,
     BatchHeader,
-    decode_body,
-    decode_header,
     encode_body,
     encode_header,
 )
@@ -67,6 +65,8 @@ STATE_VERSION = 1
 MAX_ENDED = 100_000
 """Ended sources remembered (about 2 MiB in the state file at most)."""
 
+logger = logging.getLogger(__name__)
+
 
 class Liveness:
     """The watch over emitting processes; driven by the collector's ingest thread only."""
@@ -75,11 +75,13 @@ class Liveness:
         self,
         store: Path,
         out: queue.SimpleQueue[tuple[bytes, bytes]],
-        log: Callable[[str], None] = print,
+        log: Callable[[str], None] | None = None,
     ) -> None:
-        self.path = store / "state" / "liveness.json"
+        """`log`: where its messages go instead of this module's logger (tests)."""
+        self.path = StoreLayout(store).liveness
         self.out = out
-        self._log = log
+        self._info = log or _info
+        self._warning = log or _warning
         self.host = socket.gethostname()
         # A fresh source per collector start: its seq can never collide with an earlier one's.
         self.source = "liveness-" + secrets.token_hex(6)
@@ -107,7 +109,7 @@ class Liveness:
         except FileNotFoundError:
             state = None
         except (OSError, ValueError) as exc:
-            self._log(f"liveness: {self.path} is unreadable ({exc}); reading the whole journal")
+            self._warning(f"liveness: {self.path} is unreadable ({exc}); reading the whole journal")
             state = None
         if isinstance(state, dict) and state.get("version") == STATE_VERSION:
             self.procs = {s: p for s, p in state.get("procs", {}).items() if isinstance(p, dict)}
@@ -116,20 +118,16 @@ class Liveness:
         now = time.monotonic()
         t0 = time.perf_counter()
         records = 0
-        for _, _, payload in journal.read(self.position):
-            try:
-                header_frame, body_frame = split_payload(payload)
-                header = decode_header(header_frame)
-                body = decode_body(body_frame, header.n)
-            except (ValueError, struct.error):
+        for batch in journal.read(self.position).batches():
+            if batch.header is None or batch.body is None:
                 continue  # what ingest journaled decodes; damage is the journal's to report
-            self.observe(header, body, now)
+            self.observe(batch.header, batch.body, now)
             records += 1
         self.position = journal.durable_end
         self._heard = dict.fromkeys(self.procs, now)  # a full silence allowance from now on
         self._dirty = True
         if records:
-            self._log(
+            self._info(
                 f"liveness: {len(self.procs)} processes watched after {records} journal "
                 f"batches in {time.perf_counter() - t0:.2f}s"
             )
@@ -285,7 +283,7 @@ class Liveness:
         self._seq += 1
         self.out.put((header, encode_body([RUN_STATUS], [time.time_ns()], [None], [body])))
         self._pending[source] = time.monotonic()
-        self._log(f"run {proc['run_id']} rank {proc['rank']}: {status} ({reason})")
+        self._warning(f"run {proc['run_id']} rank {proc['rank']}: {status} ({reason})")
 
     def save(self) -> None:
         """Writes the state file (position: the journal this state has seen all of)."""
@@ -299,9 +297,17 @@ class Liveness:
             write_json_atomic(self.path, state)
         except OSError as exc:  # a full disk: keep it in memory and try again at the next tick
             if not self._save_failed:
-                self._log(f"liveness: cannot write {self.path} ({exc}); retrying")
+                self._warning(f"liveness: cannot write {self.path} ({exc}); retrying")
             self._save_failed = True
             return
         self._save_failed = False
         self._dirty = False
         self._saved_position = self.position
+
+
+def _info(text: str) -> None:
+    logger.info("%s", text)
+
+
+def _warning(text: str) -> None:
+    logger.warning("%s", text)

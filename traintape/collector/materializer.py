@@ -10,8 +10,8 @@ that died before committing and are deleted, so no row is ever stored twice.
 
 from __future__ import annotations
 
+import logging
 import os
-import sys
 import threading
 import time
 from pathlib import Path
@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from traintape.collector.compaction import SETTLE_S, Compactor, committed_position
 from traintape.collector.deadletter import DeadLetters
-from traintape.collector.journal import Journal
+from traintape.collector.journal import Batch, Journal
 from traintape.collector.tables import BuildError, TableBuilder
 from traintape.collector.validate import (
     bad_events,
@@ -33,7 +33,7 @@ from traintape.durable import write_json_atomic
 from traintape.layout import StoreLayout, data_file_range, part_name
 from traintape.schemas import tables
 from traintape.schemas.records import split_payload
-from traintape.schemas.wire import BatchBody, BatchHeader, decode_body, decode_header
+from traintape.schemas.wire import BatchBody, BatchHeader, WireError
 
 MAX_CHUNK_BYTES = 16 << 20
 """Journal bytes turned into one set of files at most (plus one record, itself at most a message,
@@ -41,6 +41,8 @@ MAX_CHUNK_BYTES = 16 << 20
 chunk of metrics, 245 MiB for one of 12 MiB text events (at 32 MiB: 385 MiB, no faster)."""
 COMPACTION_TICK_S = 1.0
 """How often the compaction thread looks for due work (runs ended `settle` seconds ago, sweeps)."""
+
+logger = logging.getLogger(__name__)
 
 
 def ensure_empty_tables(store: Path) -> None:
@@ -99,7 +101,7 @@ class Materializer:
         write_json_atomic(self._cursor_path, {"position": position})
 
     def _remove_uncommitted(self) -> None:
-        for path in self.layout.tables.glob("*/*/part-*"):
+        for path in self.layout.run_files("part-*"):
             bounds = data_file_range(path.name)
             if bounds is None or bounds[0] >= self.position or path.name.endswith(".tmp"):
                 path.unlink(missing_ok=True)
@@ -141,9 +143,7 @@ class Materializer:
                 self.catch_up()
             except Exception as exc:  # keep serving; the journal still holds everything
                 self.last_error = f"{type(exc).__name__}: {exc}"
-                print(
-                    f"traintape collector: materializer error: {self.last_error}", file=sys.stderr
-                )
+                logger.error("materializer error: %s", self.last_error)
                 time.sleep(1.0)
 
     def catch_up(self) -> None:
@@ -191,28 +191,30 @@ class Materializer:
     def _read_chunk(self, start: int, end: int, aside: dict[int, str]) -> _Chunk:
         chunk = _Chunk(start)
         records = self.journal.read(start, end)
-        for pos, nxt, payload in records:
-            chunk.stop = nxt
-            if pos not in aside:
+        for batch in records.batches():
+            chunk.stop = batch.next_position
+            if batch.position not in aside:
                 try:
-                    self._add_record(chunk, pos, nxt, payload)
+                    self._add_record(chunk, batch)
                 except Exception as exc:  # whatever a bad record raises, it alone is set aside
-                    aside[pos] = f"cannot be stored: {type(exc).__name__}: {exc}"
+                    aside[batch.position] = f"cannot be stored: {type(exc).__name__}: {exc}"
             if chunk.stop - start >= MAX_CHUNK_BYTES:
                 break
         else:
-            stop = getattr(records, "position", chunk.stop)  # past damage set aside at the end
-            chunk.stop = max(chunk.stop, stop)
+            chunk.stop = max(chunk.stop, records.position)  # past damage set aside at the end
         return chunk
 
-    def _add_record(self, chunk: _Chunk, pos: int, nxt: int, payload: bytes) -> None:
-        """Decodes and checks one record (ingest's checks again: a journal written before them,
-        or damaged on disk, may hold anything) and adds its good events to the chunk."""
-        header_frame, body_frame = split_payload(payload)
-        header = decode_header(header_frame)
+    def _add_record(self, chunk: _Chunk, batch: Batch) -> None:
+        """Checks one decoded record (ingest's checks again: a journal written before them, or
+        damaged on disk, may hold anything) and adds its good events to the chunk; raises what
+        makes it unstorable."""
+        header, body, pos = batch.header, batch.body, batch.position
+        if header is None:
+            raise batch.error or WireError("no header")
         check_batch(header, run_id_pattern=False)  # acknowledged once: kept, in a safe folder
-        body = decode_body(body_frame, header.n)
-        chunk.runs.setdefault(header.run_id, []).append((pos, nxt))
+        if body is None:
+            raise batch.error or WireError("no body")
+        chunk.runs.setdefault(header.run_id, []).append((pos, batch.next_position))
         bad = bad_events(body)
         if not bad:
             chunk.builder.add(header, body)
@@ -237,8 +239,8 @@ class Materializer:
                 continue
             solo = _Chunk(pos)
             try:
-                for rpos, rnext, payload in self.journal.read(pos, nxt):
-                    self._add_record(solo, rpos, rnext, payload)
+                for batch in self.journal.read(pos, nxt).batches():
+                    self._add_record(solo, batch)
                 solo.builder.build()
             except Exception as exc:
                 aside[pos] = f"cannot be stored: {type(exc).__name__}: {exc}"
@@ -295,7 +297,7 @@ class Materializer:
 
     def _dead_letters(self) -> DeadLetters:
         if self._dead is None:
-            self._dead = DeadLetters(self.store, "materializer.log", label="traintape materializer")
+            self._dead = DeadLetters(self.store, "materializer.log", label="materializer")
         return self._dead
 
 

@@ -25,12 +25,11 @@ class MaterializerProcess(FollowerProcess):
         journal: Any,
         interval: float,
         compact_settle: float | None,
-        log: Callable[[str], None],
         ingested: Callable[[], int],
     ) -> None:
         config = {"interval": interval, "compact_settle": compact_settle}
         super().__init__(
-            NAME, store, journal, config, ingested=ingested, log=log, stop_timeout=STOP_TIMEOUT_S
+            NAME, store, journal, config, ingested=ingested, stop_timeout=STOP_TIMEOUT_S
         )
 
     @property
@@ -43,7 +42,7 @@ class MaterializerProcess(FollowerProcess):
         return (self.status() or {}).get("last_error")
 
 
-def build(store: Path, config: dict[str, Any], journal: Any, ingested: Any, log: Any) -> Follower:
+def build(store: Path, config: dict[str, Any], journal: Any, ingested: Any) -> Follower:
     from traintape.collector.materializer import Materializer
 
     return Materializer(store, journal, config["interval"], config.get("compact_settle"))

@@ -10,7 +10,7 @@ follower failed (the journal keeps its work for the next start).
 
 from __future__ import annotations
 
-import fcntl
+import logging
 import os
 import queue
 import signal
@@ -29,9 +29,11 @@ from traintape.collector.diskfloor import DEFAULT_MIN_FREE_BYTES, DiskFloor
 from traintape.collector.follower import max_follower_position
 from traintape.collector.journal import Journal
 from traintape.collector.liveness import Liveness
+from traintape.collector.logs import to_stderr
 from traintape.collector.materializer import ensure_empty_tables
 from traintape.collector.materializer_process import MaterializerProcess
 from traintape.collector.routers import Routers, check_bind_address
+from traintape.collector.storelock import take_store
 from traintape.collector.system import SystemSampler
 from traintape.collector.visibility import VisibilityWaiters
 from traintape.durable import write_json_atomic
@@ -40,7 +42,7 @@ from traintape.layout import StoreLayout
 from traintape.paths import default_address
 from traintape.schemas.events import RUN_END
 from traintape.schemas.limits import MAX_MESSAGE_BYTES
-from traintape.schemas.records import frame_parts, frame_record, split_payload
+from traintape.schemas.records import frame_parts, frame_record
 from traintape.schemas.wire import (
     ACK_REJECTED,
     ACK_STORED,
@@ -56,6 +58,8 @@ from traintape.schemas.wire import (
 from traintape.sinks.process import SinkProcess
 
 MAX_MESSAGES_PER_GROUP = 2048
+
+logger = logging.getLogger(__name__)
 
 
 class Collector:
@@ -73,78 +77,85 @@ class Collector:
         min_free_bytes: int = DEFAULT_MIN_FREE_BYTES,
         max_message_bytes: int = MAX_MESSAGE_BYTES,
     ) -> None:
+        """`quiet`: this object's own lines are not logged (its parts log on their loggers,
+        `traintape.collector.*`, which a program routes or silences with `logging`)."""
         self.store = store
+        self.layout = StoreLayout(store)
         self.max_message_bytes = max_message_bytes
         self.binds = binds or [default_address(store)]
         self.quiet = quiet
-        layout = StoreLayout(store)
-        self._lock_file = _take_store(layout)
-        self.disk = DiskFloor(store, min_free_bytes, self._log)
-        try:
-            layout.pid.write_text(str(os.getpid()))
-        except OSError as exc:  # a full disk: serve anyway (the lock above is what excludes)
-            self.disk.error("collector.pid", exc)
-        self.journal = Journal(layout.journal, log=self._log)
-        self.journal.advance_to(max_follower_position(store))
         self.failures: list[str] = []
         """Why a follower (materializer, sinks) failed at the stop: `serve` then exits 1."""
-        self.dedup = Deduplicator()
-        self.dead = DeadLetters(store)
-        self.visible = VisibilityWaiters(store)  # ACK_VISIBLE once a run_end is materialized
         self.stats: dict[str, Any] = {
             "batches": 0,
             "events": 0,
             "duplicate_events": 0,
             "dead_letters": 0,
         }
-        self._recover()
-        ensure_empty_tables(store)  # queryable at once, before the materializer process runs
-        self.materializer = MaterializerProcess(
-            store,
-            self.journal,
-            materialize_interval,
-            compact_settle,
-            self._log,
-            lambda: self.stats["events"],
-        )
-        # The sinks (traintape.sinks.config.SinkConfig) follow the journal in a child process,
-        # one thread each, so their backends never hold this process's GIL.
-        self.sinks = (
-            SinkProcess(store, self.journal, list(sinks), self._log, lambda: self.stats["events"])
-            if sinks
-            else None
-        )
-        # Batches made inside the collector (system samples); journaled by the ingest loop, the
-        # journal's only writer.
-        self._local: queue.SimpleQueue[tuple[bytes, bytes]] = queue.SimpleQueue()
-        self.sampler = (
-            SystemSampler(system_interval, self._local, self._log) if system_interval > 0 else None
-        )
-        # Runs whose processes vanished become `crashed` (run_status events, on _local too).
-        self.liveness = Liveness(store, self._local, self._log)
-        self.liveness.load(self.journal)
+        self._take_store(min_free_bytes)
+        self._open_journal()
+        self._start_followers(materialize_interval, compact_settle, sinks)
+        self._watch(system_interval)
         self._stop = threading.Event()
         self.routers = Routers(
             store, self.binds, curve=curve, max_message_bytes=max_message_bytes, log=self._log
         )
         self._sockets = self.routers.sockets
 
-    def _log(self, text: str) -> None:
+    def _take_store(self, min_free_bytes: int) -> None:
+        """The store's lock (one collector per store), its pid file and the free-space floor."""
+        self._lock_file = take_store(self.layout)
+        self.disk = DiskFloor(self.store, min_free_bytes)
+        try:
+            self.layout.pid.write_text(str(os.getpid()))
+        except OSError as exc:  # a full disk: serve anyway (the lock above is what excludes)
+            self.disk.error(self.layout.pid.name, exc)
+
+    def _open_journal(self) -> None:
+        """The journal, and what it already holds: sequence numbers seen, dead letters."""
+        self.journal = Journal(self.layout.journal)
+        self.journal.advance_to(max_follower_position(self.store))
+        self.dedup = Deduplicator()
+        self.dead = DeadLetters(self.store)
+        self.visible = VisibilityWaiters(self.store)  # ACK_VISIBLE once a run_end is materialized
+        self._recover()
+        ensure_empty_tables(self.store)  # queryable at once, before the materializer process runs
+
+    def _start_followers(
+        self, materialize_interval: float, compact_settle: float | None, sinks: list[Any] | None
+    ) -> None:
+        """The materializer's and the sinks' processes (started by `serve`)."""
+        self.materializer = MaterializerProcess(
+            self.store,
+            self.journal,
+            materialize_interval,
+            compact_settle,
+            lambda: self.stats["events"],
+        )
+        # The sinks (traintape.sinks.config.SinkConfig) follow the journal in a child process,
+        # one thread each, so their backends never hold this process's GIL.
+        self.sinks = (
+            SinkProcess(self.store, self.journal, list(sinks), lambda: self.stats["events"])
+            if sinks
+            else None
+        )
+
+    def _watch(self, system_interval: float) -> None:
+        """The collector's own batches: system samples, and `crashed` for runs that vanished."""
+        # Journaled by the ingest loop, the journal's only writer.
+        self._local: queue.SimpleQueue[tuple[bytes, bytes]] = queue.SimpleQueue()
+        self.sampler = SystemSampler(system_interval, self._local) if system_interval > 0 else None
+        self.liveness = Liveness(self.store, self._local)
+        self.liveness.load(self.journal)
+
+    def _log(self, text: str, level: int = logging.INFO) -> None:
         if not self.quiet:
-            try:
-                print(f"traintape collector: {text}", file=sys.stderr, flush=True)
-            except OSError:
-                pass  # stderr redirected to a file on a full disk: losing a line beats dying
+            logger.log(level, "%s", text)
 
     def _recover(self) -> None:
         """Rebuilds the dedup state from the journal: what it holds was acknowledged once."""
         t0 = time.perf_counter()
-        records = 0
-        for _, _, payload in self.journal.read(0):
-            header = decode_header(split_payload(payload)[0])
-            self.dedup.admit((header.run_id, header.rank, header.source), header.seq0, header.n)
-            records += 1
-        self.dedup.commit()
+        records = self.dedup.recover(self.journal)
         if records:
             self._log(
                 f"recovered {records} journal batches ({self.journal.end} bytes) "
@@ -298,7 +309,7 @@ class Collector:
 
     def write_status(self) -> None:
         try:
-            write_json_atomic(StoreLayout(self.store).collector_status, self.status(), indent=1)
+            write_json_atomic(self.layout.collector_status, self.status(), indent=1)
         except OSError as exc:  # a full disk stops acknowledgements, never the collector
             self.disk.error("the status file", exc)
         else:
@@ -325,7 +336,7 @@ class Collector:
         for address in self.binds:
             if address.startswith("ipc://"):
                 Path(address[len("ipc://") :]).unlink(missing_ok=True)
-        StoreLayout(self.store).pid.unlink(missing_ok=True)
+        self.layout.pid.unlink(missing_ok=True)
         self._log(
             f"stopped: {self.stats['events']} events stored, "
             f"{self.stats['duplicate_events']} duplicates dropped, "
@@ -334,26 +345,10 @@ class Collector:
         for failure in self.failures:
             self._log(
                 f"FAILED: {failure}. Every event is in the journal; the stage resumes from its "
-                "cursor at the next start (see the log above for the cause)"
+                "cursor at the next start (see the log above for the cause)",
+                logging.ERROR,
             )
         self._lock_file.close()
-
-
-def _take_store(layout: StoreLayout) -> Any:
-    """The store's lock, held while this collector lives (one collector per store)."""
-    layout.root.mkdir(parents=True, exist_ok=True)
-    lock = open(layout.lock, "w")
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        lock.close()
-        owner = layout.pid.read_text().strip() if layout.pid.exists() else "?"
-        msg = (
-            f"a collector (pid {owner}) already serves {layout.root}; stop it or use another "
-            "--store"
-        )
-        raise CollectorError(msg) from None
-    return lock
 
 
 def _slice_record(header: BatchHeader, body: BatchBody, lo: int, hi: int) -> bytes:
@@ -365,7 +360,9 @@ def _slice_record(header: BatchHeader, body: BatchBody, lo: int, hi: int) -> byt
 
 
 def run(store: Path, binds: list[str] | None = None, **options: Any) -> int:
-    """Runs a collector until SIGINT/SIGTERM; returns the exit code."""
+    """Runs a collector until SIGINT/SIGTERM; returns the exit code (`traintape serve`: its
+    messages go to stderr)."""
+    to_stderr()
     try:
         collector = Collector(store, binds, **options)
     except CollectorError as exc:

@@ -11,6 +11,7 @@ view joins them to the runs active on that host.
 
 from __future__ import annotations
 
+import logging
 import queue
 import re
 import secrets
@@ -23,18 +24,17 @@ from traintape.schemas.events import SYSTEM
 from traintape.schemas.limits import MAX_RUN_ID_CHARS, SYSTEM_RUN_PREFIX
 from traintape.schemas.wire import encode_body, encode_header
 
+logger = logging.getLogger(__name__)
+
 
 class SystemSampler:
-    def __init__(
-        self, interval: float, out: queue.SimpleQueue[tuple[bytes, bytes]], log: Any = print
-    ) -> None:
+    def __init__(self, interval: float, out: queue.SimpleQueue[tuple[bytes, bytes]]) -> None:
         self.interval = interval
         self.out = out
         self.host = socket.gethostname()
         self.run_id = system_run_id(self.host)
         self.source = secrets.token_hex(8)
         self._seq = 0
-        self._log = log
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="traintape-system", daemon=True)
         self._psutil = self._import_psutil()
@@ -44,7 +44,7 @@ class SystemSampler:
         try:
             import psutil
         except ImportError:
-            self._log(
+            logger.info(
                 "system metrics: psutil is missing (pip install 'traintape[gpu]'); no CPU/RAM samples"
             )
             return None
@@ -55,15 +55,15 @@ class SystemSampler:
         try:
             import pynvml
         except ImportError:
-            self._log(
+            logger.info(
                 "system metrics: nvidia-ml-py is missing (pip install 'traintape[gpu]'); no GPU samples"
             )
             return None
         try:
             pynvml.nvmlInit()
         except Exception as exc:  # NVMLError_LibraryNotFound / DriverNotLoaded on a CPU host
-            self._log(
-                f"system metrics: no NVIDIA driver ({type(exc).__name__}); CPU/RAM samples only"
+            logger.info(
+                "system metrics: no NVIDIA driver (%s); CPU/RAM samples only", type(exc).__name__
             )
             return None
         return pynvml
@@ -86,7 +86,7 @@ class SystemSampler:
             try:
                 self.sample_once()
             except Exception as exc:  # a sampler must never take the collector down
-                self._log(f"system metrics: sampling failed: {type(exc).__name__}: {exc}")
+                logger.warning("system metrics: sampling failed: %s: %s", type(exc).__name__, exc)
 
     def sample_once(self) -> None:
         bodies = [*self._cpu(), *self._gpus()]

@@ -37,11 +37,9 @@ through the runner, which checks first.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import math
+import logging
 import os
-import sys
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -50,50 +48,22 @@ from typing import Any
 from traintape.errors import SinkRejected
 from traintape.schemas.events import CHECKPOINT, METRICS, PARAMS, RUN_END, TEXT
 from traintape.sinks._base import Event, Option, RunInfo, Sink, flatten
+from traintape.sinks.mlflow_names import (
+    MAX_KEY,
+    MAX_METRICS_PER_CALL,
+    MAX_PARAM_VALUE,
+    MAX_PARAMS_TAGS_PER_CALL,
+    MAX_TAG_VALUE,
+    clean_key,
+    param_text,
+    rename_tag,
+    row_value,
+)
 
-MAX_METRICS_PER_CALL = 1000
-MAX_PARAMS_TAGS_PER_CALL = 100
-MAX_KEY = 250
-MAX_PARAM_VALUE = 6000
-MAX_TAG_VALUE = 8000
 _STATUS = {"completed": "FINISHED", "failed": "FAILED", "killed": "KILLED"}
 _PERMANENT = {"INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "INVALID_STATE", "BAD_REQUEST"}
-_MAX_FLOAT = 1.7976931348623157e308
-_ALLOWED = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-. /:")
 
-
-_DIGEST = 10
-
-
-def clean_key(key: str) -> str:
-    """A name MLflow accepts for a metric or param: `key` itself when MLflow takes it as it is,
-    else `key` cleaned (and cut) + `-` + 10 hex digits of the sha1 of `key`. The suffix keeps
-    names that clean alike apart (`损失`, `精度`), the same in every process."""
-    text = "".join(c if c in _ALLOWED else "_" for c in key)
-    # MLflow refuses names that normalise to another path ("a//b", "./a", "a/", "/a").
-    parts = [("__" if p == ".." else p) for p in text.split("/") if p not in ("", ".")]
-    text = "/".join(parts) or "_"
-    if text == key and len(text) <= MAX_KEY:
-        return key
-    digest = hashlib.sha1(key.encode("utf-8", "surrogatepass")).hexdigest()[:_DIGEST]
-    return f"{text[: MAX_KEY - _DIGEST - 1]}-{digest}"
-
-
-def _row_value(value: float) -> Any:
-    """A metric value as MLflow gives it back: NaN as a marker, ±Inf as ±max float."""
-    if math.isnan(value):
-        return "nan"
-    if math.isinf(value) or abs(value) == _MAX_FLOAT:
-        return "+inf" if value > 0 else "-inf"
-    return value
-
-
-def _param_text(value: Any) -> str:
-    if isinstance(value, str):
-        return value
-    if value is None or isinstance(value, (bool, int, float)):
-        return str(value)
-    return json.dumps(value, default=str)
+logger = logging.getLogger(__name__)
 
 
 class _Run:
@@ -262,7 +232,7 @@ class MlflowSink(Sink):
         if end is not None:
             summary = flatten(end.body.get("summary") or {})
             self._log_tags(
-                state, {f"summary.{clean_key(k)}": _param_text(v) for k, v in summary.items()}
+                state, {f"summary.{clean_key(k)}": param_text(v) for k, v in summary.items()}
             )
             status = _STATUS.get(str(end.body.get("status")), "FINISHED")
             self.client.set_terminated(state.mlflow_id, status, end_time=end.ts // 1_000_000)
@@ -281,12 +251,12 @@ class MlflowSink(Sink):
         for key in {m.key for m in metrics} - state.existing.keys():
             history = self.client.get_metric_history(state.mlflow_id, key)
             state.existing[key] = Counter(
-                (m.step, m.timestamp, _row_value(m.value)) for m in history
+                (m.step, m.timestamp, row_value(m.value)) for m in history
             )
         out = []
         for m in metrics:
             held = state.existing[m.key]
-            row = (m.step, m.timestamp, _row_value(m.value))
+            row = (m.step, m.timestamp, row_value(m.value))
             if held[row] > 0:
                 held[row] -= 1
                 self.counts["already_stored"] += 1
@@ -303,7 +273,7 @@ class MlflowSink(Sink):
             key = clean_key(str(raw_key))
             if key != raw_key:
                 renamed[key] = str(raw_key)
-            value = _param_text(raw_value)
+            value = param_text(raw_value)
             if len(value) > MAX_PARAM_VALUE:
                 value = value[:MAX_PARAM_VALUE]
                 self._truncated(run, state, f"{key} (value cut to {MAX_PARAM_VALUE} chars)")
@@ -347,7 +317,7 @@ class MlflowSink(Sink):
                     f"letters, digits, '_-. /:' and space, at most {MAX_KEY} characters); "
                     "the run's tags traintape.key.<key> hold the original names"
                 )
-        self._log_tags(state, {_rename_tag(k): v for k, v in new.items()})
+        self._log_tags(state, {rename_tag(k): v for k, v in new.items()})
         state.renamed.update(new)
 
     def _truncated(self, run: RunInfo, state: _Run, what: str) -> None:
@@ -391,13 +361,6 @@ class MlflowSink(Sink):
         self.counts["artifacts"] += 1
 
 
-def _rename_tag(name: str) -> str:
-    """The tag that names the original of MLflow key `name` (a renamed key ends with its hash,
-    which stands for it when the whole tag would pass MLflow's 250 characters)."""
-    tag = f"traintape.key.{name}"
-    return tag if len(tag) <= MAX_KEY else f"traintape.key.{name[-_DIGEST:]}"
-
-
 def _reraise(exc: Exception, where: str) -> None:
     """MLflow refusing the data itself is permanent (SinkRejected); the rest is retried."""
     code = getattr(exc, "error_code", None)
@@ -408,4 +371,4 @@ def _reraise(exc: Exception, where: str) -> None:
 
 
 def _warn(text: str) -> None:
-    print(f"traintape sink {text}", file=sys.stderr, flush=True)
+    logger.warning("sink %s", text)

@@ -21,16 +21,13 @@ class SinkProcess(FollowerProcess):
         store: Path,
         journal: Any,
         configs: list[SinkConfig],
-        log: Callable[[str], None],
         ingested: Callable[[], int],
     ) -> None:
         """`ingested()`: events the collector has journaled since it started (for the lag)."""
         self.configs = configs
         drain = max(c.runner_option("drain_timeout") for c in configs)
         config = {"sinks": [dataclasses.asdict(c) for c in configs]}
-        super().__init__(
-            NAME, store, journal, config, ingested=ingested, log=log, stop_timeout=drain + 60
-        )
+        super().__init__(NAME, store, journal, config, ingested=ingested, stop_timeout=drain + 60)
 
     def sinks_status(self) -> dict[str, Any]:
         """Each sink's status as its runner reports it (`state: starting` before that)."""
@@ -40,8 +37,8 @@ class SinkProcess(FollowerProcess):
         return {c.name: {"type": c.type, "state": "starting"} for c in self.configs}
 
 
-def build(store: Path, config: dict[str, Any], journal: Any, ingested: Any, log: Any) -> Follower:
+def build(store: Path, config: dict[str, Any], journal: Any, ingested: Any) -> Follower:
     from traintape.sinks.runner import SinkRunners
 
     configs = [SinkConfig(**c) for c in config["sinks"]]
-    return SinkRunners(store, journal, configs, log, ingested)
+    return SinkRunners(store, journal, configs, ingested=ingested)

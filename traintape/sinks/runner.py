@@ -19,6 +19,7 @@ At shutdown each runner gets `drain_timeout` seconds to catch up, then stops whe
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import threading
 import time
@@ -32,11 +33,11 @@ from traintape.durable import write_json_atomic
 from traintape.errors import SinkRejected
 from traintape.layout import StoreLayout
 from traintape.schemas.events import RUN_START
-from traintape.schemas.records import split_payload
-from traintape.schemas.wire import BatchBody, BatchHeader, WireError, decode_body, decode_header
+from traintape.schemas.wire import BatchBody, BatchHeader
 from traintape.sinks._base import RunInfo, Sink, safe_name
 from traintape.sinks.config import SinkConfig
 from traintape.sinks.projection import Op, Projection, apply
+from traintape.sinks.tail import JournalTail, find_run_start
 
 LOG_EVERY_S = 30.0
 START_WAIT_S = 30.0
@@ -44,67 +45,11 @@ START_WAIT_S = 30.0
 `SinkRunner._start_awaited`)."""
 SWITCH_INTERVAL_S = 0.0005
 
+logger = logging.getLogger(__name__)
+
 
 def state_path(store: Path, name: str) -> Path:
     return StoreLayout(store).sink_state(safe_name(name))
-
-
-class JournalTail:
-    """How many events the journal holds, for every runner's lag (events not yet passed).
-
-    In the collector it counts once at start, from the slowest runner's persisted (position,
-    events) to the journal's end, and then adds what the ingest loop reports as stored
-    (`ingested`), so a status costs nothing. Without `ingested` (a runner on its own), idle
-    runners advance it by reading the new records' headers.
-    """
-
-    def __init__(
-        self, journal: Journal | JournalFollower, ingested: Callable[[], int] | None = None
-    ) -> None:
-        self.journal = journal
-        self.ingested = ingested
-        self.position: int | None = None
-        self._events = 0
-        self._ingested_at_start = 0
-        self._lock = threading.Lock()
-
-    @property
-    def events(self) -> int:
-        if self.ingested is None:
-            return self._events
-        return self._events + self.ingested() - self._ingested_at_start
-
-    def seed(self, position: int, events: int) -> None:
-        if self.position is None or position < self.position:
-            self.position, self._events = position, events
-
-    def count_from_seed(self) -> None:
-        """Counts the records after the seed, before the ingest loop appends any."""
-        if self.ingested is not None:
-            self._ingested_at_start = self.ingested()
-            self.ingested, ingested = None, self.ingested
-            self.advance()
-            self.ingested = ingested
-
-    def advance(self) -> None:
-        if self.ingested is not None or self.position is None:
-            return
-        if not self._lock.acquire(blocking=False):
-            return
-        try:
-            end = self.journal.durable_end
-            if end <= self.position:
-                return
-            events = self._events
-            records = self.journal.read(self.position, end)
-            for _, _, payload in records:
-                try:
-                    events += decode_header(split_payload(payload)[0]).n
-                except (WireError, ValueError):
-                    pass
-            self._events, self.position = events, records.position
-        finally:
-            self._lock.release()
 
 
 @dataclass
@@ -126,14 +71,15 @@ class SinkRunner:
         store: Path,
         journal: Journal | JournalFollower,
         tail: JournalTail,
-        log: Callable[[str], None],
+        log: Callable[[str], None] | None = None,
     ) -> None:
+        """`log`: where its messages go instead of this module's logger (tests)."""
         self.config = config
         self.name = config.name
         self.store = store
         self.journal = journal
         self.tail = tail
-        self._log = log
+        self._log = log or _warning
         self.path = state_path(store, config.name)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         state = self._load()
@@ -215,16 +161,7 @@ class SinkRunner:
         last_tail = 0.0
         while True:
             try:
-                if self.sink is None:
-                    sink = self.config.create(self.store)
-                    sink.restore(self._checkpoint)
-                    self.sink = sink
-                if self._unit is None:
-                    try:
-                        self._unit = self._build_unit()
-                    except Exception:
-                        self._reset_projection()  # it may have taken part of the records
-                        raise
+                sink, self._unit = self._next_unit()
                 if self._unit is None:
                     self.state = "idle"
                     self.tail.advance()
@@ -233,8 +170,8 @@ class SinkRunner:
                     self._wait(self.config.runner_option("interval"))
                     continue
                 self.state = "writing"
-                self._deliver(self._unit)
-                self._commit(self._unit, self.sink.flush())
+                self._deliver(sink, self._unit)
+                self._commit(self._unit, sink.flush())
                 full = self._unit.full
                 self._unit = None
                 if self.failing_since is not None:
@@ -267,6 +204,19 @@ class SinkRunner:
                 self._wait(backoff)
                 backoff = min(backoff * 2, self.config.runner_option("retry_max"))
         self._close()
+
+    def _next_unit(self) -> tuple[Sink, _Unit | None]:
+        """The sink (made at the first call) and the batch to deliver to it: the one a failure
+        left, else the next (None: nothing new)."""
+        if self.sink is None:
+            sink = self.config.create(self.store)
+            sink.restore(self._checkpoint)  # made again if this fails
+            self.sink = sink
+        try:
+            return self.sink, self._unit or self._build_unit()
+        except Exception:
+            self._reset_projection()  # it may have taken part of the records
+            raise
 
     def _wait(self, seconds: float) -> None:
         if self._stopping:  # the wake-up was spent: sleep, but not past the drain deadline
@@ -302,21 +252,22 @@ class SinkRunner:
         full = False
         records = self.journal.read(self.position, end)
         try:
-            for _, nxt, payload in records:
-                header_frame, body_frame = split_payload(payload)
-                try:
-                    header = decode_header(header_frame)
-                    if projection.wants(header):
-                        body = decode_body(body_frame, header.n)
+            for batch in records.batches(want_body=projection.wants):
+                header, body = batch.header, batch.body
+                error: Exception | None = batch.error
+                if header is not None and body is not None:  # decoded, and this sink's
+                    try:
                         if self._start_awaited(header, body):
                             break  # this record waits for its run's start (a resend on its way)
                         projection.feed(header, body)
-                except (WireError, ValueError, TypeError, KeyError) as exc:
+                    except (ValueError, TypeError, KeyError) as exc:
+                        error = exc
+                if error is not None:
                     self.skipped_records += 1
-                    self._log(f"sink {self.name}: skipping journal record at {stop}: {exc}")
+                    self._log(f"sink {self.name}: skipping journal record at {stop}: {error}")
                     header = None
                 n += header.n if header is not None else 0
-                stop = nxt
+                stop = batch.next_position
                 if n >= limit:
                     full = True
                     break
@@ -339,9 +290,7 @@ class SinkRunner:
         fresh.late_values = self.projection.late_values
         self.projection = fresh
 
-    def _deliver(self, unit: _Unit) -> None:
-        sink = self.sink
-        assert sink is not None
+    def _deliver(self, sink: Sink, unit: _Unit) -> None:
         ops = unit.ops
         while unit.done < len(ops):
             if self._stopping and time.monotonic() >= self._deadline:
@@ -405,26 +354,6 @@ class _Abandon(Exception):
     """Stop delivering: the drain deadline passed. The batch stays after the cursor."""
 
 
-def find_run_start(records: Any, run_id: str) -> RunInfo | None:
-    """RunInfo from the latest rank-0 run_start of `run_id` (else any rank's) in `records`."""
-    best: tuple[int, RunInfo] | None = None
-    for _, _, payload in records:
-        header_frame, body_frame = split_payload(payload)
-        try:
-            header = decode_header(header_frame)
-            if header.run_id != run_id:
-                continue
-            body = decode_body(body_frame, header.n)
-        except (WireError, ValueError):
-            continue
-        for kind, ts, b in zip(body.kinds, body.ts, body.bodies):
-            if kind == RUN_START:
-                rank_order = 1 if header.rank == 0 else 0
-                if best is None or rank_order >= best[0]:
-                    best = (rank_order, RunInfo.from_run_start(run_id, ts, b))
-    return best[1] if best else None
-
-
 class SinkRunners:
     """Every configured sink's runner, started and stopped together by the collector."""
 
@@ -438,8 +367,7 @@ class SinkRunners:
     ) -> None:
         """`ingested()`: events the collector has journaled since it started (for the lag)."""
         self.tail = JournalTail(journal, ingested)
-        self._log = log or (lambda text: print(f"traintape collector: {text}", file=sys.stderr))
-        self.runners = [SinkRunner(c, store, journal, self.tail, self._log) for c in configs]
+        self.runners = [SinkRunner(c, store, journal, self.tail, log) for c in configs]
         self.tail.count_from_seed()
 
     def start(self) -> None:
@@ -464,3 +392,7 @@ class SinkRunners:
 
 
 __all__ = ["JournalTail", "SinkRunner", "SinkRunners", "find_run_start", "state_path"]
+
+
+def _warning(text: str) -> None:
+    logger.warning("%s", text)

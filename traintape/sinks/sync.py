@@ -9,14 +9,15 @@ the rows the run does not hold yet, W&B offline replaces the run's offline folde
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from traintape.collector.journal import JournalFollower, JournalReader, segment_starts
 from traintape.errors import SinkRejected, SyncError
-from traintape.schemas.records import split_payload
-from traintape.schemas.wire import WireError, decode_body, decode_header
+from traintape.layout import StoreLayout
+from traintape.schemas.wire import BatchHeader
 from traintape.sinks.config import SinkConfig
 from traintape.sinks.projection import Op, Projection, apply
 
@@ -33,12 +34,9 @@ class SyncResult:
     stats: dict[str, Any] = field(default_factory=dict)
 
 
-def journal_records(store: Path) -> Iterator[tuple[int, int, bytes]]:
+def journal_records(store: Path) -> JournalReader:
     """Every intact record of the store's journal, read-only (a live collector may append), with
     the journal's one policy for damage (set aside loudly, read on)."""
-    from traintape.collector.journal import JournalFollower, segment_starts
-    from traintape.layout import StoreLayout
-
     folder = StoreLayout(store).journal
     if not segment_starts(folder):
         msg = f"no journal in {store}: is it a traintape store?"
@@ -64,6 +62,9 @@ def sync_run(
     limit = config.runner_option("batch_events")
     pending = 0
 
+    def wanted(header: BatchHeader) -> bool:
+        return header.run_id == run_id and projection.wants(header)
+
     def deliver(ops: list[Op]) -> None:
         for op in ops:
             try:
@@ -75,14 +76,13 @@ def sync_run(
             result.operations += 1
 
     try:
-        for _, _, payload in journal_records(store):
-            header_frame, body_frame = split_payload(payload)
+        for batch in journal_records(store).batches(want_body=wanted):
+            header, body = batch.header, batch.body
+            if header is None or body is None:
+                continue  # another run's, or a record that does not decode
             try:
-                header = decode_header(header_frame)
-                if header.run_id != run_id or not projection.wants(header):
-                    continue
-                projection.feed(header, decode_body(body_frame, header.n))
-            except (WireError, ValueError):
+                projection.feed(header, body)
+            except ValueError:
                 continue
             result.events += header.n
             pending += header.n

@@ -24,18 +24,17 @@ leaves one copy.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
 import shutil
 import socket
-import struct
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from traintape.layout import StoreLayout
 from traintape.schemas.events import CHECKPOINT, HISTOGRAM, METRICS, PARAMS, RUN_END, TEXT
 from traintape.sinks._base import (
     Event,
@@ -46,77 +45,21 @@ from traintape.sinks._base import (
     histogram_bins,
     safe_name,
 )
+from traintape.sinks.tbevents import (
+    DOUBLE,
+    EventFile,
+    load_crc32c,
+    scalar_event,
+    scalar_metadata,
+    value_prefix,
+)
 
 MARKER = ".traintape-run"
 PARAMS_FILE = "traintape-params.json"
-_D = struct.Struct("<d")
-_Q = struct.Struct("<Q")
-_I = struct.Struct("<I")
-# TensorProto{dtype: DT_DOUBLE, double_val: [8 bytes]} as field 8 (tensor) of Summary.Value.
-_TENSOR_PREFIX = b"\x42\x0c\x08\x02\x32\x08"
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def _crc32c() -> Any:
-    try:
-        import google_crc32c  # a C implementation, ~400x faster than the pure-Python fallback
-
-        return google_crc32c.value
-    except ImportError:
-        from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import crc32c
-
-        return crc32c
-
-
-class _EventFile:
-    """One tfevents file: records framed as TensorBoard's RecordWriter frames them."""
-
-    def __init__(self, path: Path, crc: Any) -> None:
-        from tensorboard.compat.proto import event_pb2
-
-        self.path = path
-        self._crc = crc
-        self._f = open(path, "ab")
-        self.tags: set[str] = set()  # tags whose summary metadata this file already holds
-        self.write(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
-
-    def _masked(self, data: bytes) -> int:
-        x = self._crc(data)
-        return ((((x >> 15) | (x << 17)) & 0xFFFFFFFF) + 0xA282EAD8) & 0xFFFFFFFF
-
-    def write_bytes(self, data: bytes) -> None:
-        header = _Q.pack(len(data))
-        self._f.write(
-            b"".join((header, _I.pack(self._masked(header)), data, _I.pack(self._masked(data))))
-        )
-
-    def write(self, event: Any) -> None:
-        self.write_bytes(event.SerializeToString())
-
-    def flush(self) -> int:
-        self._f.flush()
-        return self._f.tell()
-
-    def close(self) -> None:
-        if not self._f.closed:
-            self._f.flush()
-            os.fsync(self._f.fileno())
-            self._f.close()
 
 
 class _Run:
-    def __init__(self, info: RunInfo, folder: Path, file: _EventFile) -> None:
+    def __init__(self, info: RunInfo, folder: Path, file: EventFile) -> None:
         self.info = info
         self.folder = folder
         self.file = file
@@ -137,9 +80,11 @@ class TensorBoardSink(Sink):
 
     def __init__(self, name: str, options: Any, store: Path, *, replay: bool = False) -> None:
         super().__init__(name, options, store, replay=replay)
-        self.root = Path(self.config["dir"] or store / "tensorboard").expanduser().resolve()
+        self.root = (
+            Path(self.config["dir"] or StoreLayout(store).tensorboard).expanduser().resolve()
+        )
         self.root.mkdir(parents=True, exist_ok=True)
-        self._crc = _crc32c()
+        self._crc = load_crc32c()
         self._host = safe_name(socket.gethostname())
         # Files are named by sink and store, so restore() never touches another collector's.
         self._tag = (
@@ -190,7 +135,7 @@ class TensorBoardSink(Sink):
             folder / f"events.out.tfevents.{stamp:010d}.{self._host}.{self._next_file}.{self._tag}"
         )
         self._next_file += 1
-        state = _Run(run, folder, _EventFile(path, self._crc))
+        state = _Run(run, folder, EventFile(path, self._crc))
         saved = folder / PARAMS_FILE
         if saved.exists():
             state.params = json.loads(saved.read_text())
@@ -256,33 +201,19 @@ class TensorBoardSink(Sink):
     def _scalars(self, state: _Run, step: int, ts: int, values: dict[str, Any]) -> None:
         tags = state.file.tags
         prefix = state.prefix
-        pack = _D.pack
+        pack = DOUBLE.pack
         parts = []
         for key, value in values.items():
             if key in tags:
                 head = prefix.get(key)
                 if head is None:
-                    head = prefix[key] = _value_prefix(key)
+                    head = prefix[key] = value_prefix(key)
             else:  # TensorBoard keeps the metadata of a tag's first value in each file
-                head = _value_prefix(key, _scalar_metadata())
+                head = value_prefix(key, scalar_metadata())
                 tags.add(key)
             parts.append(head)
             parts.append(pack(float(value)))
-        # Event{wall_time (1): double, step (2): varint, summary (5): Summary{value (1)...}}
-        summary = b"".join(parts)
-        state.file.write_bytes(
-            b"".join(
-                (
-                    b"\x09",
-                    pack(ts / 1e9),
-                    b"\x10",
-                    _varint(max(step, 0)),
-                    b"\x2a",
-                    _varint(len(summary)),
-                    summary,
-                )
-            )
-        )
+        state.file.write_bytes(scalar_event(ts, step, b"".join(parts)))
         self.values_written += len(values)
         if step > state.last_step:
             state.last_step = step
@@ -382,22 +313,6 @@ class TensorBoardSink(Sink):
 
 
 _MISSING = object()
-
-
-def _value_prefix(tag: str, metadata: bytes = b"") -> bytes:
-    """Summary.Value{tag (1), metadata (9), tensor (8): DT_DOUBLE scalar} up to the double."""
-    raw = tag.encode("utf-8")
-    inner = b"\x0a" + _varint(len(raw)) + raw + metadata
-    return b"\x0a" + _varint(len(inner) + len(_TENSOR_PREFIX) + 8) + inner + _TENSOR_PREFIX
-
-
-@functools.cache
-def _scalar_metadata() -> bytes:
-    """The scalar plugin's SummaryMetadata, encoded as field 9 of a Summary.Value."""
-    from tensorboard.plugins.scalar import metadata as scalar_metadata
-
-    data = scalar_metadata.create_summary_metadata("", "").SerializeToString()
-    return b"\x4a" + _varint(len(data)) + data
 
 
 def _hparam_value(value: Any) -> bool | float | str:
