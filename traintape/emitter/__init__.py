@@ -15,7 +15,7 @@ import sys
 import threading
 from typing import Any
 
-from traintape.emitter.emitter import Emitter, FinishReport, RunFinishedError
+from traintape.emitter.emitter import Emitter, FinishReport, RunFinishedError, run_end
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +76,11 @@ def init(
     share one run id. `address` defaults to $TRAINTAPE_ADDRESS, else the collector of the store
     ($TRAINTAPE_STORE or ./traintape-store). A current run that was not finished is finished.
     Use as a context manager to mark the run `failed` when the block raises.
+
+    Values of secret-looking config, params, summary and text keys and argv flags (`api_key`,
+    `db.password`, `--hf-token=...`) are stored as "***redacted***": `redact=None` uses the
+    default names plus $TRAINTAPE_REDACT, a list adds names ("!name" keeps one), `redact=False`
+    turns it off (see traintape.emitter.redact for the matching rule).
     """
     global _current
     if isinstance(_current, Emitter):
@@ -142,7 +147,7 @@ def _install_excepthook() -> None:
 
         def hook(exc_type: type[BaseException], exc: BaseException, tb: Any) -> None:
             if isinstance(_current, Emitter):
-                _current._failed_by = (
+                run_end(_current).status = (
                     "killed" if issubclass(exc_type, KeyboardInterrupt) else "failed"
                 )
             previous(exc_type, exc, tb)

@@ -1,5 +1,5 @@
 """What the emitter checks before anything is queued or sent, so the collector never has to
-refuse what a user logged: event bodies (shape, depth, int range, size) and batch sizes.
+refuse what a user logged: steps, event bodies (shape, depth, int range, size) and batch sizes.
 
 The collector refuses a message over its limit (`serve --max-message-mb`, default
 MAX_MESSAGE_BYTES), and ZeroMQ drops a connection that carries a frame over it; so one event over
@@ -8,13 +8,16 @@ the limit is refused at the call, and a batch is split so that every message sta
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import msgpack
 
-from traintape.schemas.limits import MAX_MESSAGE_BYTES
+from traintape.emitter.values import coerce_scalar
+from traintape.schemas.events import METRICS
+from traintape.schemas.limits import MAX_INT64, MAX_MESSAGE_BYTES
 from traintape.schemas.shape import body_problem
+from traintape.schemas.values import plain, to_float
 from traintape.schemas.wire import encode_body
 
 SLACK_BYTES = 4096
@@ -38,6 +41,39 @@ def check_body(body: dict[str, Any], what: str) -> None:
             f"(messages are at most {MAX_MESSAGE_BYTES} bytes); nothing of it was logged"
         )
         raise ValueError(msg)
+
+
+def check_arguments(project: Any, batch_size: int) -> None:
+    """ValueError for an `Emitter` that cannot start: no project name, or no room in a batch."""
+    if not isinstance(project, str) or not project:
+        msg = "init() needs a project name (a non-empty str)"
+        raise ValueError(msg)
+    if batch_size < 1:
+        msg = f"batch_size must be >= 1, got {batch_size}"
+        raise ValueError(msg)
+
+
+def check_step(step: Any) -> int:
+    """`step` as an int in 0..MAX_INT64 (stored as int64); TypeError or ValueError otherwise."""
+    try:
+        if isinstance(step, bool):
+            raise TypeError
+        value = step.__index__()
+    except (AttributeError, TypeError):
+        msg = f"step must be an int, got {step!r} ({type(step).__name__})"
+        raise TypeError(msg) from None
+    if not 0 <= value <= MAX_INT64:
+        msg = f"step must be in 0..{MAX_INT64} (stored as int64), got {value}"
+        raise ValueError(msg)
+    return int(value)
+
+
+def storable(kind: int, body: dict[str, Any]) -> dict[str, Any]:
+    """A body msgpack can pack: metric ints beyond 64 bits become floats (±inf past the float
+    range)."""
+    if kind == METRICS:
+        return {k: to_float(v) if type(v) is int else v for k, v in body.items()}
+    return plain(body)
 
 
 def split_batch(
@@ -80,3 +116,22 @@ def split_batch(
     if group:
         batches.append((len(group), encode_body(*zip(*group))))
     return batches, refused
+
+
+def checkpoint_metrics(metrics: Any) -> dict[str, Any]:
+    """The metrics of a `save_checkpoint()` as plain numbers (one-element tensors read)."""
+    if metrics is None:
+        return {}
+    if not isinstance(metrics, Mapping):
+        msg = f"metrics must be a dict of name -> number, not {type(metrics).__name__}"
+        raise TypeError(msg)
+    out: dict[str, Any] = {}
+    for key, value in metrics.items():
+        if not isinstance(key, str):
+            msg = f"metric names must be str, got {key!r}"
+            raise TypeError(msg)
+        numel = getattr(value, "numel", None)
+        if callable(numel) and numel() == 1:  # a one-element tensor
+            value = value.item()
+        out[key] = coerce_scalar(key, value)
+    return out

@@ -9,8 +9,9 @@ call: from later `log` calls, from the emitter's keeper thread, and (waiting on 
 `finish()`. While an entry is on its way, plain values logged after it queue behind it
 (`add_ready`), so events leave in the order of the calls, whatever the GPU's lag.
 
-CPU tensors are read at once (that is no device sync). Tensors on other devices (MPS, XLA) are
-read with `.tolist()`, which does synchronise: said here so nobody is surprised.
+`take_tensors` is `log()`'s slow path: it splits device tensors from plain values and queues
+them here. CPU tensors are read at once (that is no device sync). Tensors on other devices (MPS,
+XLA) are read with `.tolist()`, which does synchronise: said here so nobody is surprised.
 """
 
 from __future__ import annotations
@@ -24,13 +25,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from traintape.emitter.port import Build, DeferredQueue
+from traintape.emitter.values import coerce_metrics
+from traintape.schemas.events import METRICS
+
 logger = logging.getLogger(__name__)
 
 HOLD_S = 5.0
 """Longest that values needing no copy wait behind a GPU value: past it (a hung device, a stuck
 collective) they go out at once, out of order, so the host's record of the hang keeps coming."""
 
-Build = Callable[[list[float]], dict[str, Any]]
 Emit = Callable[[int, int | None, dict[str, Any], int], None]  # (kind, step, body, ts)
 
 
@@ -77,6 +81,11 @@ class DeferredValues:
 
     def __len__(self) -> int:
         return len(self._queue)
+
+    @property
+    def queue(self) -> deque[_Pending]:
+        """What is on its way, in the order of the calls (truth-tested by `log()`)."""
+        return self._queue
 
     def add(self, ts: int, step: int | None, kind: int, values: Any, build: Build) -> None:
         """Emits `build(values)` once the 1-D tensor `values` can be read without a sync."""
@@ -185,6 +194,48 @@ class DeferredValues:
 def _floats(values: list[Any]) -> list[float]:
     # Integer and bool tensors are numbers too; metrics are stored as doubles.
     return [float(v) for v in values]
+
+
+def take_tensors(deferred: DeferredQueue, metrics: Any, step: int, ts: int) -> dict[str, Any]:
+    """The slow path of `log`: numpy scalars, tensors, and errors. Returns the plain values and
+    queues the device tensors on `deferred`.
+
+    Everything is checked before anything is queued, so a bad value logs nothing.
+    """
+    if not isinstance(metrics, dict):
+        return coerce_metrics(metrics)
+    plain, tensors = split_tensors(metrics)
+    plain = coerce_metrics(plain)
+    if tensors:
+        for key in tensors:
+            if not isinstance(key, str):
+                msg = f"metric names must be str, got {key!r} ({type(key).__name__})"
+                raise TypeError(msg)
+        defer_tensors(deferred, ts, step, tensors)
+    deferred.poll()
+    return plain
+
+
+def defer_tensors(
+    deferred: DeferredQueue, ts: int, step: int | None, tensors: dict[str, Any]
+) -> None:
+    """Queues one-element tensors, one metrics event per device, on `deferred`."""
+    torch = torch_module()
+    assert torch is not None
+    by_device: dict[Any, list[str]] = {}
+    for key, value in tensors.items():
+        by_device.setdefault(value.device, []).append(key)
+    for keys in by_device.values():
+        group = [tensors[k].detach().reshape(()) for k in keys]
+        if len({t.dtype for t in group}) > 1:  # no promotion to a dtype that loses values
+            group = [t.to(torch.float64) for t in group]
+        # One tensor (the usual loss) is a view: no kernel, only the copy to the host.
+        values = group[0].reshape(1) if len(group) == 1 else torch.stack(group)
+        deferred.add(ts, step, METRICS, values, _metrics_builder(keys))
+
+
+def _metrics_builder(keys: list[str]) -> Build:
+    return lambda values: dict(zip(keys, values))
 
 
 def split_tensors(metrics: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

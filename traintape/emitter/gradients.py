@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from traintape.emitter.port import Build, EmitterPort
 from traintape.schemas.events import HISTOGRAM, METRICS
 
 logger = logging.getLogger(__name__)
@@ -33,13 +34,15 @@ HIST_BINS = 64
 
 
 class GradientWatcher:
+    """Hooks on `model`'s parameters that log its training health through the run's port."""
+
     def __init__(
-        self, emitter: Any, model: Any, every: int, per_layer: bool, histograms: bool
+        self, port: EmitterPort, model: Any, every: int, per_layer: bool, histograms: bool
     ) -> None:
         if every < 1:
             msg = f"watch(every=...) must be >= 1, got {every}"
             raise ValueError(msg)
-        self.emitter = emitter
+        self.port = port
         self.every = every
         self.per_layer = per_layer
         self.histograms = histograms
@@ -87,8 +90,8 @@ class GradientWatcher:
         named = [(n, p.grad) for n, p in self.params if p.grad is not None]
         if not named:
             return
-        em = self.emitter
-        step = em._step
+        port = self.port
+        step = port.next_step()
         ts = _now()
         with torch.no_grad():
             grads = [g.detach() for _, g in named]
@@ -108,9 +111,7 @@ class GradientWatcher:
             if self.per_layer:
                 keys += [f"grad_norm/{name}" for name, _ in named]
                 stacked = torch.cat([stacked, per_param])
-            em._deferred.add(
-                ts, step, METRICS, stacked, lambda vals, keys=keys: dict(zip(keys, vals))
-            )
+            port.deferred.add(ts, step, METRICS, stacked, _keyed(keys))
             if self.histograms:
                 for name, tensor in [
                     *((f"weights/{n}", p) for n, p in self.params),
@@ -128,12 +129,16 @@ class GradientWatcher:
         def build(vals: list[float], key: str = name) -> dict[str, Any]:
             return {"key": key, "min": vals[0], "max": vals[1], "counts": vals[2:]}
 
-        self.emitter._deferred.add(ts, step, HISTOGRAM, values, build)
+        self.port.deferred.add(ts, step, HISTOGRAM, values, build)
 
     def remove(self) -> None:
         for handle in self._handles:
             handle.remove()
         self._handles = []
+
+
+def _keyed(keys: list[str]) -> Build:
+    return lambda values: dict(zip(keys, values))
 
 
 _NOT_QUEUED = object()

@@ -4,9 +4,11 @@ torchrun sends SIGTERM to every rank when one of them fails; Slurm and Kubernete
 preemption, and SIGKILL a grace period later (30 s by default in all three). Without a handler
 Python dies at once: the events still in memory are gone and the run stays `running`.
 
-`install()` (called by every `Emitter`) puts `_on_term` in place once per process, from the main
-thread only (the only thread that may), and only over a disposition that it can give back: the
-default, or a Python callable. A SIGTERM that is ignored (SIG_IGN) or handled from C stays so.
+`install()` (called by every `Emitter`, with `emitter.live_runs`: each live run's `RunEnd`, see
+port.py, the only part of a run this module touches) puts `_on_term` in place once per process,
+from the main thread only (the only thread that may), and only over a disposition that it can
+give back: the default, or a Python callable. A SIGTERM that is ignored (SIG_IGN) or handled
+from C stays so.
 A script that installs its own handler after `init()` simply replaces this one.
 
 On SIGTERM, with the default disposition before: every live run is finished as `killed` within
@@ -35,6 +37,8 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from traintape.emitter.port import EmitterPort, RunEnd
+
 logger = logging.getLogger(__name__)
 
 TERM_TIMEOUT_S = 10.0
@@ -50,18 +54,19 @@ RETRY_S = 0.02
 _EMITTER_DIR = os.path.dirname(os.path.abspath(__file__))
 _install_lock = threading.Lock()
 _previous: Any = None
-_emitters: Callable[[], Iterable[Any]] | None = None
+_runs: Callable[[], Iterable[RunEnd]] | None = None
 _first_at: float | None = None  # when the first SIGTERM of a retry series arrived
 _handling = False
 
 
-def install(emitters: Callable[[], Iterable[Any]]) -> bool:
+def install(runs: Callable[[], Iterable[RunEnd]]) -> bool:
     """Installs the SIGTERM handler if this thread and the current disposition allow it.
 
-    `emitters` returns the process's live Emitters when the signal comes. Returns whether the
-    handler is in place now (installing twice is a no-op).
+    `runs` returns the process's live runs when the signal comes (`emitter.live_runs`: not
+    finished, and not forked children that never logged). Returns whether the handler is in
+    place now (installing twice is a no-op).
     """
-    global _previous, _emitters
+    global _previous, _runs
     if threading.current_thread() is not threading.main_thread():
         return False  # signal.signal() works only there; a later init() on it installs
     with _install_lock:
@@ -70,7 +75,7 @@ def install(emitters: Callable[[], Iterable[Any]]) -> bool:
         except (ValueError, OSError):
             return False
         if current is _on_term:
-            _emitters = emitters
+            _runs = runs
             return True
         # None: a handler set from C, which signal.signal() could not give back; SIG_IGN: the
         # process chose to survive SIGTERM, and so it shall.
@@ -81,7 +86,7 @@ def install(emitters: Callable[[], Iterable[Any]]) -> bool:
         except (ValueError, OSError):  # not the main interpreter
             return False
         _previous = current
-        _emitters = emitters
+        _runs = runs
         return True
 
 
@@ -93,7 +98,7 @@ def _on_term(signum: int, frame: Any) -> None:
     if _first_at is None:
         _first_at = now
     deadline = _first_at + TERM_TIMEOUT_S
-    runs = _live_runs()
+    runs = list(_runs() if _runs is not None else ())
     if runs and _in_emitter_code(frame):
         if now < deadline:
             # The interrupted code may hold a lock that finishing needs: come back when it is
@@ -108,38 +113,27 @@ def _on_term(signum: int, frame: Any) -> None:
     if callable(previous):
         _handling = True
         try:
-            for em in runs:
-                _deliver(em, min(deadline, now + CHAINED_WAIT_S))
+            for run in runs:
+                _deliver(run.port, min(deadline, now + CHAINED_WAIT_S))
         finally:
             _handling = False
-        marks = [(em, em._failed_by) for em in runs]
-        for em in runs:
-            em._failed_by = "killed"  # what atexit finishes them as, if `previous` ends us
+        marks = [(run, run.status) for run in runs]
+        for run in runs:
+            run.status = "killed"  # what atexit finishes them as, if `previous` ends us
         previous(signum, frame)
-        for em, mark in marks:  # it returned: the script handled SIGTERM and goes on
-            em._failed_by = mark
+        for run, mark in marks:  # it returned: the script handled SIGTERM and goes on
+            run.status = mark
         return
     _handling = True
     try:
-        for em in runs:
-            em.finish("killed", timeout=max(deadline - time.monotonic(), 0.5))
+        for run in runs:
+            run.finish("killed", timeout=max(deadline - time.monotonic(), 0.5))
     except Exception as exc:  # the process must still end as SIGTERM ends it
         logger.warning(f"traintape: finishing on SIGTERM failed: {exc!r}")
     finally:
         _handling = False
     signal.signal(signum, signal.SIG_DFL)
     signal.raise_signal(signum)
-
-
-def _live_runs() -> list[Any]:
-    runs = []
-    for em in list(_emitters() if _emitters is not None else ()):
-        if em._report is not None:
-            continue
-        if em._fork_child and em._transport is None and not em._pending:
-            continue  # a forked child (DataLoader worker) that never logged
-        runs.append(em)
-    return runs
 
 
 def _in_emitter_code(frame: Any) -> bool:
@@ -155,13 +149,13 @@ def _raise_again(signum: int) -> None:
     os.kill(os.getpid(), signum)
 
 
-def _deliver(em: Any, deadline: float) -> None:
-    """Sends what `em` holds and waits until the collector acknowledged it, or `deadline`."""
+def _deliver(port: EmitterPort, deadline: float) -> None:
+    """Sends what a run holds and waits until the collector acknowledged it, or `deadline`."""
     try:
-        em._deferred.poll(wait=True)  # values still on their way from the GPU
-        below = em.send_now()
+        port.deferred.poll(wait=True)  # values still on their way from the GPU
+        below = port.send_now()
         while below is not None and time.monotonic() < deadline:
-            acked = em.acked_below()
+            acked = port.acked_below()
             if acked is None or acked >= below:
                 return
             time.sleep(0.005)

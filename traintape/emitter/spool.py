@@ -18,7 +18,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from traintape.durable import check_room
+from traintape.durable import check_room, mkdir_private
 from traintape.schemas.records import Damaged, frame_record, scan, split_payload
 from traintape.schemas.wire import decode_header
 
@@ -53,7 +53,7 @@ class SpoolFile:
         data = b"".join(frame_record(b.header, b.body) for b in batches)
         if not data:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        mkdir_private(self.path.parent)  # 0700: the store, or the spool folder apart
         if keep_floor:
             check_room(self.path.parent, len(data), self.min_free_bytes)
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)

@@ -1,6 +1,7 @@
-"""The emitter's side of the ZeroMQ link: send batches, track acks, resend, spool, replay.
+"""The emitter's side of the ZeroMQ link: send batches, track acks, resend, and the bookkeeping of
+batches taken for the spool and replayed from it (the file work is the Spooler's, spooler.py).
 
-Not thread-safe by itself: the Emitter calls it under its I/O lock, from the training thread
+Not thread-safe by itself: the Outbox calls it under its I/O lock, from the training thread
 (when a batch fills) or from its keeper thread (on a timer). Nothing here blocks: sends are
 non-blocking, and a batch that cannot leave stays in `unacked` until a later tick.
 
@@ -24,7 +25,9 @@ from traintape.security import configure_client
 
 
 @dataclass(slots=True)
-class _Batch:
+class Batch:
+    """One packed batch of events this process sent (or will send) and holds until acked."""
+
     seq0: int
     n: int
     header: bytes
@@ -80,7 +83,7 @@ class Transport:
             self._ctx.term()
             raise
         self._sock.connect(address)
-        self._unacked: dict[int, _Batch] = {}  # seq0 -> batch; insertion order is seq order
+        self._unacked: dict[int, Batch] = {}  # seq0 -> batch; insertion order is seq order
         self._memory = 0
         # Taken for the spool but not written yet: still this process's memory, so still counted
         # against the bound (the keeper writes it piece by piece).
@@ -96,14 +99,14 @@ class Transport:
     # -- called with the I/O lock held -------------------------------------------------------
 
     def send(self, seq0: int, n: int, header: bytes, body: bytes) -> None:
-        batch = _Batch(seq0, n, header, body, time.monotonic())
+        batch = Batch(seq0, n, header, body, time.monotonic())
         self._unacked[seq0] = batch
         self._memory += batch.size
         # Order does not matter for correctness (the collector deduplicates by seq ranges), so
         # a new batch leaves at once even when older ones still wait for a resend.
         self._try_send(batch)
 
-    def _try_send(self, batch: _Batch) -> bool:
+    def _try_send(self, batch: Batch) -> bool:
         try:
             self._sock.send_multipart((batch.header, batch.body), flags=zmq.NOBLOCK, copy=False)
         except zmq.Again:
@@ -173,14 +176,14 @@ class Transport:
             return  # no collector connected: nobody to tell
         self._last_out = time.monotonic()
 
-    def take_for_spool(self, force: bool = False) -> list[_Batch]:
+    def take_for_spool(self, force: bool = False) -> list[Batch]:
         """Removes from memory the batches that waited too long or overflow the memory bound.
 
         The caller writes them to the spool outside the lock, and gives them back with
         `unspool()` if that write fails.
         """
         now = time.monotonic()
-        taken: list[_Batch] = []
+        taken: list[Batch] = []
         # From a quarter of the bound on, down to an eighth: the training thread goes on adding
         # while the keeper writes (measured: a 4 MiB piece can take 0.3 s beside a busy training
         # thread), and the bound must hold through that. The keeper is woken then.
@@ -206,7 +209,7 @@ class Transport:
         not counted here: the spool write's copy, replay reads, the allocator's slack.)"""
         return self._memory + self.spooling_bytes > self.max_memory_bytes // 2
 
-    def unspool(self, batches: list[_Batch]) -> None:
+    def unspool(self, batches: list[Batch]) -> None:
         """Takes back batches whose spool write failed: memory over its bound beats losing them."""
         for batch in batches:
             if self._spooled.pop(batch.seq0, None) is not None:

@@ -15,8 +15,8 @@ no real batch's: an answer to anything else is never taken for an answer to it.
 from __future__ import annotations
 
 import time
-from typing import Any
 
+from traintape.emitter.transport import Transport
 from traintape.schemas.events import RUN_END
 from traintape.schemas.wire import ACK_REJECTED, ACK_VISIBLE, encode_body, encode_header
 
@@ -56,7 +56,7 @@ class VisibilityRequest:
         return now - self.sent_at >= (RETRY_S if self.stored else self.resend_after)
 
 
-def wait_visible(transport: Any, request: VisibilityRequest, deadline: float) -> bool:
+def wait_visible(transport: Transport, request: VisibilityRequest, deadline: float) -> bool:
     """Asks the collector and waits (until `deadline`, monotonic) for the answer; True once
     every event this transport had acknowledged can be read."""
     transport.on_ack = request.on_ack
@@ -74,17 +74,15 @@ def wait_visible(transport: Any, request: VisibilityRequest, deadline: float) ->
         transport.on_ack = None
 
 
-def finish_visible(emitter: Any, transport: Any, status: str, deadline: float) -> bool | None:
-    """For `finish()`, once it waited for the acks: whether readers see the run (None when not
-    asked: something is unacknowledged, or this is a forked child, whose exit ends no run)."""
-    if emitter._fork_child or not transport.settled or transport.stored_seq is None:
+def finish_visible(
+    transport: Transport, where: tuple[str, int, str], status: str, deadline: float
+) -> bool | None:
+    """For `finish()`, once it waited for the acks: whether readers see the run of `where`
+    (run_id, rank, source); None when not asked: something is still unacknowledged."""
+    if not transport.settled or transport.stored_seq is None:
         return None
+    run_id, rank, source = where
     request = VisibilityRequest(
-        emitter.run_id,
-        emitter.rank,
-        emitter.source,
-        transport.stored_seq,
-        status,
-        transport.resend_after,
+        run_id, rank, source, transport.stored_seq, status, transport.resend_after
     )
     return wait_visible(transport, request, deadline)

@@ -10,7 +10,10 @@ the state; pinned buffers and one stream sync for CUDA tensors, never a clone on
 rebuild the dicts, lists and tuples around them, so nothing the caller changes afterwards leaks
 into the file (snapshot.py). Then queue the job and return.
 
-On the writer thread (`_write`): a temporary file in the destination folder (O_EXCL, flock'd
+The writer acts on the run through its `EmitterPort` (emitter/port.py): `emit`, `send_now`,
+`acked_below`, and whether the run is finished.
+
+On the writer thread (`_write`, then `_write_file`): a temporary file in the destination folder (O_EXCL, flock'd
 while written) -> `torch.save` through a writer that hashes what it streams (files.py)
 -> the slot is free again -> flush, fsync -> `os.replace` to the final name -> fsync of the folder -> manifest line
 -> `checkpoint` event (action "saved") -> the handle resolves -> retention.
@@ -24,8 +27,8 @@ Failures (disk full, a folder that cannot be written, a state torch.save cannot 
 file: the temporary file is removed, the handle carries the exception, a `checkpoint` event with
 action "failed" records it, a line goes to stderr, and training goes on.
 
-Retention runs on the writer thread after a new checkpoint is durable, over the files this run
-and rank wrote into the folder. They are listed in an append-only manifest
+Retention (retention.py) runs on the writer thread after a new checkpoint is durable, over the
+files this run and rank wrote into the folder. They are listed in an append-only manifest
 (`.traintape-<run>[.rank<R>].jsonl`), so a resumed run still knows the metrics of the files an
 earlier attempt wrote. A deletion is first recorded as a `checkpoint` event (action "deleted")
 and the file is unlinked only once the collector has acknowledged that event: the store never
@@ -43,75 +46,34 @@ import fcntl
 import logging
 import os
 import queue
-import re
 import secrets
 import threading
 import time
 import traceback
-from collections.abc import Callable, Mapping
-from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from traintape.checkpoint import (
-    CheckpointInfo,
-    CheckpointPolicy,
-    best_index,
-    monitored_value,
-    select_for_deletion,
-)
+from traintape.checkpoint import CheckpointInfo, CheckpointPolicy, best_index, monitored_value
 from traintape.durable import fsync_dir
 from traintape.emitter.checkpointing.files import HashingFile, Manifest
+from traintape.emitter.checkpointing.handle import CheckpointHandle
+from traintape.emitter.checkpointing.retention import TMP_NAME, Retention
 from traintape.emitter.checkpointing.snapshot import SnapshotSlot, Snapshotter
-from traintape.emitter.emitter import _check_step
-from traintape.emitter.values import coerce_scalar
+from traintape.emitter.checks import check_step, checkpoint_metrics
+from traintape.emitter.port import EmitterPort
 from traintape.errors import RunFinishedError
 from traintape.layout import StoreLayout
 from traintape.schemas.events import CHECKPOINT
 
 logger = logging.getLogger(__name__)
 
+__all__ = ["TMP_NAME", "CheckpointHandle", "CheckpointWriter"]
+
 SUFFIX = ".pt"
-TMP_NAME = re.compile(r"^\..+\.pt\.[0-9a-f]{8}\.tmp$")
-"""`.<final name>.<8 hex>.tmp`: the temporary file of a write in progress (or of a crashed one)."""
 
 _WRITE_BUFFER = 1 << 20
 _DELETE_POLL_S = 0.05
-
-
-class CheckpointHandle:
-    """A future for one save: `done()`, `result(timeout)` -> CheckpointInfo, `exception()`.
-
-    It resolves once the file is durable and its event emitted; `result()` raises whatever made
-    the save fail (an OSError for a full disk, ...). Nothing is raised on the training thread.
-    """
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-        self._future: Future[CheckpointInfo] = Future()
-        self._future.set_running_or_notify_cancel()
-
-    def done(self) -> bool:
-        return self._future.done()
-
-    def result(self, timeout: float | None = None) -> CheckpointInfo:
-        return self._future.result(timeout)
-
-    def exception(self, timeout: float | None = None) -> BaseException | None:
-        return self._future.exception(timeout)
-
-    @property
-    def error(self) -> BaseException | None:
-        """The failure, once done; None while writing or after a success."""
-        return self._future.exception(0) if self._future.done() else None
-
-    def add_done_callback(self, fn: Callable[[CheckpointHandle], Any]) -> None:
-        self._future.add_done_callback(lambda _future: fn(self))
-
-    def __repr__(self) -> str:
-        state = "writing" if not self.done() else ("failed" if self.error else "done")
-        return f"<CheckpointHandle step {self.step} {state}>"
 
 
 # -- the writer ------------------------------------------------------------------------------
@@ -133,30 +95,47 @@ class _Stop:
     timeout: float
 
 
+@dataclass
+class _Attempt:
+    """How far one write got: what `_undo` must take back."""
+
+    manifest: Manifest | None = None
+    final: Path | None = None
+    tmp: Path | None = None
+    listed: bool = False
+    replaced: bool = False
+
+
+@dataclass(frozen=True)
+class _Written:
+    bytes: int
+    sha256: str
+    is_best: bool
+
+
 class CheckpointWriter:
     """Saves one run's checkpoints from one process; made by the first `save_checkpoint`."""
 
-    def __init__(self, emitter: Any) -> None:
+    def __init__(self, port: EmitterPort, policy: CheckpointPolicy | None) -> None:
         import torch
 
-        policy = emitter.checkpoint_policy
         if policy is None:
             policy = CheckpointPolicy()
         elif not isinstance(policy, CheckpointPolicy):
             msg = f"checkpoint= takes a traintape.CheckpointPolicy, not {type(policy).__name__}"
             raise TypeError(msg)
-        self.emitter = emitter
+        self.port = port
         self.policy = policy
-        self.rank: int = emitter.rank
+        self.rank: int = port.rank
         self.writes = policy.ranks == "all" or self.rank == 0
         self.dir = (
             Path(policy.dir).expanduser().resolve()
             if policy.dir is not None
-            else StoreLayout(emitter.store).checkpoints(emitter.run_id)
+            else StoreLayout(port.store).checkpoints(port.run_id)
         )
         rank_part = f".rank{self.rank}" if policy.ranks == "all" else ""
         self.suffix = rank_part + SUFFIX
-        self.manifest_name = f".traintape-{emitter.run_id}{rank_part}.jsonl"
+        self.manifest_name = f".traintape-{port.run_id}{rank_part}.jsonl"
         self._torch = torch
         self._free: queue.Queue[SnapshotSlot] = queue.Queue()
         for _ in range(policy.snapshots):
@@ -165,24 +144,23 @@ class CheckpointWriter:
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
         self._closed = False
-        self._manifest: Manifest | None = None
-        self._deleting: dict[str, int | None] = {}  # name -> seq its event must be acked past
+        self._retention = Retention(port, policy, self.dir)
 
     # -- the caller's side -----------------------------------------------------------------
 
     def save(self, state: Any, step: int, metrics: dict[str, Any] | None) -> CheckpointHandle:
-        if self._closed or self.emitter._report is not None:
-            msg = f"run {self.emitter.run_id} is finished; call init() to start another"
+        if self._closed or self.port.finished():
+            msg = f"run {self.port.run_id} is finished; call init() to start another"
             raise RunFinishedError(msg)
         if os.getpid() != self._pid:
             msg = "save_checkpoint() in a forked child: save from the training process"
             raise RuntimeError(msg)
-        step = _check_step(step)
-        metrics = _plain_metrics(metrics)
+        step = check_step(step)
+        metrics = checkpoint_metrics(metrics)
         handle = CheckpointHandle(step)
         if not self.writes:
             info = CheckpointInfo(None, step, 0, None, metrics, 0.0, 0.0, False, self.rank)
-            handle._future.set_result(info)
+            handle.resolve(info)
             return handle
         base = self._base_name(step, metrics)
         start = time.perf_counter()
@@ -231,29 +209,32 @@ class CheckpointWriter:
     def _run(self) -> None:
         while True:
             try:
-                job = self._jobs.get(timeout=_DELETE_POLL_S if self._deleting else None)
+                job = self._jobs.get(timeout=_DELETE_POLL_S if self._retention.deleting else None)
             except queue.Empty:
                 job = None
             try:
                 if isinstance(job, _Stop):
-                    self._finish_deletions(job.timeout)
-                    if self._deleting:
-                        logger.warning(
-                            f"traintape: {len(self._deleting)} checkpoint files in {self.dir} "
-                            "stay until the collector has recorded their deletion; "
-                            "`traintape replay` (or the run's next attempt) removes them then"
-                        )
+                    self._stop(job.timeout)
                     return
                 if job is not None:
                     self._write(job)
-                if self._deleting:
-                    self._finish_deletions(0.0)
+                if self._retention.deleting:
+                    self._retention.finish_deletions(0.0)
             except Exception as exc:  # a bug here must not leave savers waiting for a slot
                 traceback.print_exc()
                 if isinstance(job, _Job):
                     self._release(job)
-                    if not job.handle.done():
-                        job.handle._future.set_exception(exc)
+                    job.handle.fail(exc)
+
+    def _stop(self, timeout: float) -> None:
+        retention = self._retention
+        retention.finish_deletions(timeout)
+        if retention.deleting:
+            logger.warning(
+                f"traintape: {len(retention.deleting)} checkpoint files in {self.dir} "
+                "stay until the collector has recorded their deletion; "
+                "`traintape replay` (or the run's next attempt) removes them then"
+            )
 
     def _release(self, job: _Job) -> None:
         slot, job.slot, job.snapshot = job.slot, None, None
@@ -262,111 +243,128 @@ class CheckpointWriter:
 
     def _prepare(self) -> Manifest:
         self.dir.mkdir(parents=True, exist_ok=True)
-        if self._manifest is None:
-            manifest = self._manifest = Manifest(self.dir / self.manifest_name)
-            self._remove_leftovers()
+        retention = self._retention
+        if retention.manifest is None:
+            manifest = retention.manifest = Manifest(self.dir / self.manifest_name)
+            retention.remove_leftovers()
             # Deletions an earlier process of this run and rank decided but could not see
             # acknowledged: recorded again (a duplicate in the store is harmless), then done.
             earlier = [n for n in manifest.live if n in manifest.pending]
             if earlier:
-                self._doom(manifest, earlier)
-        return self._manifest
+                retention.doom(manifest, earlier)
+        return retention.manifest
 
     def _write(self, job: _Job) -> None:
+        """One save: the durable file, its manifest line, its event, then retention."""
         start = time.perf_counter()
-        policy = self.policy
-        final: Path | None = None
-        tmp: Path | None = None
-        listed = replaced = False
+        attempt = _Attempt()
         try:
-            manifest = self._prepare()
-            final = self.dir / self._free_name(job.base, manifest)
-            tmp = self.dir / f".{final.name}.{secrets.token_hex(4)}.tmp"
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-            with open(fd, "wb", buffering=_WRITE_BUFFER) as f:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX)  # a cleanup elsewhere sees this write is alive
-                except OSError:
-                    pass  # a file system without locks: the write matters more
-                out = HashingFile(f)
-                try:
-                    self._torch.save(job.snapshot, out)  # type: ignore[arg-type]  # a file-like
-                except Exception:
-                    if out.error is not None:  # the disk's own error says more than torch's
-                        raise out.error from None
-                    raise
-                self._release(job)  # the buffers are read: the next snapshot may fill them
-                f.flush()
-                os.fsync(fd)
-                sha256 = out.hexdigest()
-                earlier = [
-                    monitored_value(r["metrics"], policy.monitor) for r in manifest.live.values()
-                ]
-                value = monitored_value(job.metrics, policy.monitor)
-                is_best = value is not None and best_index([*earlier, value], policy.mode) == len(
-                    earlier
-                )
-                # Listed before the rename: a file at a final path is always known to retention,
-                # even when a crash takes its event. (An entry whose file never came is dropped.)
-                manifest.saved(
-                    {
-                        "name": final.name,
-                        "step": job.step,
-                        "bytes": out.bytes,
-                        "sha256": sha256,
-                        "metrics": job.metrics,
-                        "ts": time.time_ns(),
-                    }
-                )
-                listed = True
-                os.replace(tmp, final)
-                replaced = True
-            fsync_dir(self.dir)
+            manifest = attempt.manifest = self._prepare()
+            attempt.final = self.dir / self._free_name(job.base, manifest)
+            written = self._write_file(job, manifest, attempt)
         except Exception as exc:
-            self._release(job)
-            if listed:
-                manifest.live.pop(final.name, None)  # type: ignore[union-attr]
-            leftover = final if replaced else tmp  # no file of a failed save stays behind
-            if leftover is not None:
-                try:
-                    leftover.unlink(missing_ok=True)
-                except OSError:
-                    pass
-            self._failed(job.handle, final, exc, job.metrics, job.blocked_s)
+            self._undo(job, attempt, exc)
             return
-        write_s = time.perf_counter() - start
+        self._saved(job, attempt.final, written, time.perf_counter() - start)
+        self._retention.retain(manifest)
+
+    def _write_file(self, job: _Job, manifest: Manifest, attempt: _Attempt) -> _Written:
+        """tmp file (O_EXCL, flock'd) -> torch.save -> fsync -> manifest line -> rename -> fsync
+        of the folder. `attempt` says how far it got, for `_undo`."""
+        final = attempt.final
+        assert final is not None
+        tmp = attempt.tmp = self.dir / f".{final.name}.{secrets.token_hex(4)}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        with open(fd, "wb", buffering=_WRITE_BUFFER) as f:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)  # a cleanup elsewhere sees this write is alive
+            except OSError:
+                pass  # a file system without locks: the write matters more
+            out = HashingFile(f)
+            try:
+                self._torch.save(job.snapshot, out)  # type: ignore[arg-type]  # a file-like
+            except Exception:
+                if out.error is not None:  # the disk's own error says more than torch's
+                    raise out.error from None
+                raise
+            self._release(job)  # the buffers are read: the next snapshot may fill them
+            f.flush()
+            os.fsync(fd)
+            written = _Written(out.bytes, out.hexdigest(), self._is_best(manifest, job.metrics))
+            # Listed before the rename: a file at a final path is always known to retention,
+            # even when a crash takes its event. (An entry whose file never came is dropped.)
+            manifest.saved(
+                {
+                    "name": final.name,
+                    "step": job.step,
+                    "bytes": written.bytes,
+                    "sha256": written.sha256,
+                    "metrics": job.metrics,
+                    "ts": time.time_ns(),
+                }
+            )
+            attempt.listed = True
+            os.replace(tmp, final)
+            attempt.replaced = True
+        fsync_dir(self.dir)
+        return written
+
+    def _is_best(self, manifest: Manifest, metrics: dict[str, Any]) -> bool:
+        policy = self.policy
+        earlier = [monitored_value(r["metrics"], policy.monitor) for r in manifest.live.values()]
+        value = monitored_value(metrics, policy.monitor)
+        return value is not None and best_index([*earlier, value], policy.mode) == len(earlier)
+
+    def _undo(self, job: _Job, attempt: _Attempt, exc: Exception) -> None:
+        """A failed save leaves no file and no manifest entry; its handle and event say why."""
+        self._release(job)
+        final = attempt.final
+        if attempt.listed and attempt.manifest is not None and final is not None:
+            attempt.manifest.live.pop(final.name, None)
+        leftover = final if attempt.replaced else attempt.tmp  # no file of a failed save stays
+        if leftover is not None:
+            try:
+                leftover.unlink(missing_ok=True)
+            except OSError:
+                pass
+        self._failed(job.handle, final, exc, job.metrics, job.blocked_s)
+
+    def _saved(self, job: _Job, final: Path | None, written: _Written, write_s: float) -> None:
+        """The file is durable: its event goes out, then the handle resolves."""
+        assert final is not None
+        policy = self.policy
         info = CheckpointInfo(
             path=final,
             step=job.step,
-            bytes=out.bytes,
-            sha256=sha256,
+            bytes=written.bytes,
+            sha256=written.sha256,
             metrics=job.metrics,
             blocked_s=job.blocked_s,
             write_s=write_s,
-            is_best=is_best,
+            is_best=written.is_best,
             rank=self.rank,
         )
         body = {
             "action": "saved",
             "path": str(final),
-            "bytes": out.bytes,
-            "sha256": sha256,
+            "bytes": written.bytes,
+            "sha256": written.sha256,
             "metrics": job.metrics,
             "blocked_s": job.blocked_s,
             "write_s": write_s,
-            "is_best": is_best,
+            "is_best": written.is_best,
             "monitor": policy.monitor,
             "mode": policy.mode,
         }
-        self.emitter._emit(CHECKPOINT, job.step, body)
-        self._send()
-        job.handle._future.set_result(info)
-        self._retain(manifest)
+        self.port.emit(CHECKPOINT, job.step, body)
+        self.port.send_now()
+        job.handle.resolve(info)
 
     def _free_name(self, base: str, manifest: Manifest) -> str:
         """`base` + suffix, or with -v1, -v2, ...: a file is never overwritten."""
         name, version = base + self.suffix, 0
-        while name in manifest.live or name in self._deleting or (self.dir / name).exists():
+        deleting = self._retention.deleting
+        while name in manifest.live or name in deleting or (self.dir / name).exists():
             version += 1
             name = f"{base}-v{version}{self.suffix}"
         return name
@@ -387,124 +385,8 @@ class CheckpointWriter:
             "metrics": metrics,
             "blocked_s": blocked_s,
         }
-        self.emitter._emit(CHECKPOINT, handle.step, body)
+        self.port.emit(CHECKPOINT, handle.step, body)
         logger.warning(
             f"traintape: checkpoint of step {handle.step} failed, training goes on: {error}"
         )
-        handle._future.set_exception(exc)
-
-    # -- retention -------------------------------------------------------------------------
-
-    def _retain(self, manifest: Manifest) -> None:
-        policy = self.policy
-        names = [n for n in manifest.live if n not in self._deleting]
-        values = [monitored_value(manifest.live[n]["metrics"], policy.monitor) for n in names]
-        doomed = [
-            names[i]
-            for i in select_for_deletion(values, policy.keep_last, policy.best_to_keep, policy.mode)
-        ]
-        if not doomed:
-            return
-        manifest.deleting(doomed)  # first: a later attempt finishes what this one cannot
-        self._doom(manifest, doomed)
-
-    def _doom(self, manifest: Manifest, names: list[str]) -> None:
-        """Records the deletion of `names` as events; each file goes once they are acked. The
-        sha256 lets `traintape replay` check that a file still holds what was doomed."""
-        for name in names:
-            entry = manifest.live[name]
-            body = {
-                "action": "deleted",
-                "path": str(self.dir / name),
-                "reason": "retention",
-                "bytes": entry.get("bytes"),
-                "sha256": entry.get("sha256"),
-            }
-            self.emitter._emit(CHECKPOINT, entry.get("step"), body)
-        target = self._send()
-        for name in names:
-            self._deleting[name] = target
-
-    def _finish_deletions(self, wait: float) -> None:
-        """Unlinks the files whose deletion event the collector has acknowledged."""
-        deadline = time.monotonic() + wait
-        while self._deleting:
-            acked = self._acked_below()
-            if acked is not None:
-                for name, target in list(self._deleting.items()):
-                    if target is not None and target <= acked:
-                        del self._deleting[name]
-                        self._unlink(name)
-            if not self._deleting or time.monotonic() >= deadline:
-                return
-            time.sleep(0.01)
-
-    def _unlink(self, name: str) -> None:
-        try:
-            (self.dir / name).unlink(missing_ok=True)
-            fsync_dir(self.dir)
-        except OSError as exc:
-            logger.warning(f"traintape: cannot delete checkpoint {self.dir / name}: {exc}")
-            return
-        if self._manifest is not None:
-            self._manifest.deleted(name)
-
-    def _remove_leftovers(self) -> None:
-        """Temporary files of writes that crashed: their flock is free (a live write holds it)."""
-        for path in sorted(self.dir.iterdir()):
-            if not TMP_NAME.match(path.name):
-                continue
-            try:
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            except OSError:
-                continue
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                path.unlink(missing_ok=True)
-            except OSError:  # held by a live write (or no locks here): not ours to remove
-                continue
-            finally:
-                os.close(fd)
-            body = {"action": "deleted", "path": str(path), "reason": "leftover"}
-            self.emitter._emit(CHECKPOINT, None, body)
-
-    # -- the event stream ------------------------------------------------------------------
-
-    def _send(self) -> int | None:
-        """Sends what is queued; returns the seq every event queued so far is below."""
-        return self.emitter.send_now()
-
-    def _acked_below(self) -> int | None:
-        """A seq every event below which the collector acknowledged; None when there is no link."""
-        return self.emitter.acked_below()
-
-
-def _plain_metrics(metrics: Any) -> dict[str, Any]:
-    if metrics is None:
-        return {}
-    if not isinstance(metrics, Mapping):
-        msg = f"metrics must be a dict of name -> number, not {type(metrics).__name__}"
-        raise TypeError(msg)
-    out: dict[str, Any] = {}
-    for key, value in metrics.items():
-        if not isinstance(key, str):
-            msg = f"metric names must be str, got {key!r}"
-            raise TypeError(msg)
-        numel = getattr(value, "numel", None)
-        if callable(numel) and numel() == 1:  # a one-element tensor
-            value = value.item()
-        out[key] = coerce_scalar(key, value)
-    return out
-
-
-def save_checkpoint(
-    emitter: Any, state: Any, step: int, metrics: dict[str, Any] | None = None
-) -> CheckpointHandle:
-    """`Emitter.save_checkpoint`: makes the run's writer on the first call."""
-    writer = emitter._checkpoints
-    if writer is None:
-        if emitter._report is not None:
-            msg = f"run {emitter.run_id} is finished; call init() to start another"
-            raise RunFinishedError(msg)
-        writer = emitter._checkpoints = CheckpointWriter(emitter)
-    return writer.save(state, step, metrics)
+        handle.fail(exc)
