@@ -65,14 +65,14 @@ def test_a_second_collector_on_the_same_store_is_refused(store: Path) -> None:
     [
         ("ipc:///tmp/x.sock", True),
         ("tcp://127.0.0.1:5555", True),
-        ("tcp://10.1.2.3:5555", True),
+        ("tcp://10.1.2.3:5555", False),  # any address off loopback needs --allow-remote (#13)
         ("tcp://0.0.0.0:5555", False),
         ("tcp://*:5555", False),
         ("udp://127.0.0.1:5555", False),
     ],
 )
 def test_bind_addresses_stay_on_loopback_unless_named(address: str, ok: bool) -> None:
-    """Binding every interface needs --allow-remote; unknown transports are refused."""
+    """Binding anything off loopback needs --allow-remote; unknown transports are refused."""
     if ok:
         check_bind_address(address, allow_remote=False)
     else:

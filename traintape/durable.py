@@ -18,6 +18,20 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def mkdir_private(folder: Path) -> None:
+    """`folder` and any missing parent made 0700 whatever the umask (a store is private to its
+    user until `traintape serve --group` shares it; an emitter may be first to create it)."""
+    missing = []
+    while not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
+    for path in reversed(missing):
+        try:
+            os.mkdir(path, 0o700)  # the umask can only narrow it
+        except FileExistsError:
+            pass
+
+
 def write_json_atomic(
     path: Path, value: Any, *, durable: bool = False, indent: int | None = None
 ) -> None:

@@ -1,19 +1,30 @@
 """Where things live: the store folder, the collector's default address, the spool folder.
 
 Settled once by whoever starts (emitter `init`, `traintape serve`, a CLI command); never per call.
+
+A store path too long for a Unix socket name gets its socket in this user's runtime folder
+(`runtime_dir`): $XDG_RUNTIME_DIR, else `<temp>/traintape-<uid>`. Both sides check that folder
+before use (`private_folder`): it must be a real folder, owned by this user, mode 0700. A folder
+or socket another user planted there (to receive a trainer's events, or to keep the collector
+from binding) is refused with the reason, never used. Neither side needs anything else: nobody
+else can create, replace or connect to a socket inside a 0700 folder of ours.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import tempfile
 from pathlib import Path
 
+from traintape.errors import SecurityError
 from traintape.layout import StoreLayout
 
 DEFAULT_STORE_NAME = "traintape-store"
 """A hyphenated name can never be imported, so it cannot shadow the `traintape` package."""
+
+RUNTIME_ENV = "XDG_RUNTIME_DIR"
 
 # sockaddr_un.sun_path is 108 bytes on Linux (104 on macOS) including the trailing NUL.
 _MAX_IPC_PATH = 100
@@ -25,18 +36,27 @@ def resolve_store(store: str | os.PathLike[str] | None = None) -> Path:
     return Path(chosen).expanduser().resolve()
 
 
+def runtime_dir() -> Path:
+    """This user's folder for sockets that cannot live in the store (checked by
+    `private_folder` before use): $XDG_RUNTIME_DIR, else `<temp folder>/traintape-<uid>`."""
+    xdg = os.environ.get(RUNTIME_ENV)
+    if xdg:
+        return Path(xdg)
+    return Path(tempfile.gettempdir()) / f"traintape-{os.geteuid()}"
+
+
 def default_address(store: Path) -> str:
     """The collector's ipc:// address for a store.
 
     It is a socket inside the store, unless that path is too long for a Unix socket name: then it
-    is a name in the temp folder derived from the store path, which the emitter and the
-    collector compute alike.
+    is a name derived from the store path in this user's `runtime_dir()`, which the emitter and
+    the collector compute alike (and check with `check_ipc_path` before they bind or connect).
     """
     sock = StoreLayout(store).socket
     if len(str(sock)) <= _MAX_IPC_PATH:
         return f"ipc://{sock}"
     digest = hashlib.sha1(str(store).encode()).hexdigest()[:16]
-    return f"ipc://{Path(tempfile.gettempdir()) / f'traintape-{digest}.sock'}"
+    return f"ipc://{runtime_dir() / f'traintape-{digest}.sock'}"
 
 
 def resolve_address(address: str | None, store: Path) -> str:
@@ -47,3 +67,95 @@ def resolve_address(address: str | None, store: Path) -> str:
 def spool_dir(store: Path) -> Path:
     """Where an emitter spools batches the collector has not acknowledged in time."""
     return StoreLayout(store).spool
+
+
+def owner_name(uid: int) -> str:
+    """`name (uid N)` for messages, or `uid N` when the system knows no such user."""
+    import pwd
+
+    try:
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"
+
+
+def private_folder(folder: Path, *, create: bool) -> None:
+    """Checks (after making it 0700 when `create` and it is missing) that `folder` is a real
+    folder owned by this user that nobody else may enter; raises SecurityError otherwise."""
+    if create:
+        try:
+            os.mkdir(folder, 0o700)
+        except FileExistsError:
+            pass  # checked below, whoever made it
+        except OSError as exc:
+            msg = f"cannot make the socket folder {folder}: {exc}"
+            raise SecurityError(msg) from None
+    try:
+        st = os.lstat(folder)
+    except FileNotFoundError:
+        msg = f"the socket folder {folder} does not exist (${RUNTIME_ENV} names a missing folder?)"
+        raise SecurityError(msg) from None
+    if not stat.S_ISDIR(st.st_mode):  # a symlink or a file planted in its place
+        msg = f"{folder} is not a folder but a {_kind(st.st_mode)}: refusing to use it; remove it"
+        raise SecurityError(msg)
+    if st.st_uid != os.geteuid():
+        msg = (
+            f"the socket folder {folder} belongs to {owner_name(st.st_uid)}, not to you: refusing "
+            "to use it (another user may be waiting for your events there); remove it, or name "
+            "the address with --bind / $TRAINTAPE_ADDRESS"
+        )
+        raise SecurityError(msg)
+    if st.st_mode & 0o077:
+        msg = (
+            f"the socket folder {folder} has mode {stat.S_IMODE(st.st_mode):04o}: others may "
+            f"enter it, so refusing to use it; `chmod 700 {folder}` (after checking what is in it)"
+        )
+        raise SecurityError(msg)
+
+
+def check_ipc_path(address: str, *, binding: bool) -> None:
+    """Refuses an ipc:// socket another user may have planted (SecurityError).
+
+    A socket in the runtime folder: that folder is checked first (and made 0700 when missing, so
+    nobody can make it before us). Any ipc:// path: an existing socket must be ours (or root's, or,
+    for a store shared with `--group`, one our group was given on purpose).
+    """
+    if not address.startswith("ipc://") or address.startswith(("ipc://@", "ipc://*")):
+        return  # abstract (no file) or a name ZeroMQ picks
+    path = Path(address[len("ipc://") :])
+    if path.parent == runtime_dir():
+        # $XDG_RUNTIME_DIR is the session manager's to make; our temp folder is ours.
+        private_folder(path.parent, create=not os.environ.get(RUNTIME_ENV))
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return  # nothing there yet: the collector binds it, or the emitter waits for it
+    except PermissionError:
+        return  # the folder is not ours to look into: connecting fails with EACCES alike
+    role = "bind" if binding else "send events to"
+    if not stat.S_ISSOCK(st.st_mode):
+        msg = f"{path} is a {_kind(st.st_mode)}, not a socket: refusing to {role} it; remove it"
+        raise SecurityError(msg)
+    if not _trusted(st):
+        msg = (
+            f"the socket {path} belongs to {owner_name(st.st_uid)}, not to you: refusing to "
+            f"{role} it (another user may be posing as the collector); stop that process or "
+            "remove the file, or use another address"
+        )
+        raise SecurityError(msg)
+
+
+def _trusted(st: os.stat_result) -> bool:
+    if st.st_uid in (os.geteuid(), 0):
+        return True
+    # A collector of another user that shares its store with our group (`serve --group`).
+    shared = bool(st.st_mode & stat.S_IWGRP) and not st.st_mode & stat.S_IWOTH
+    return shared and st.st_gid in {os.getegid(), *os.getgroups()}
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISLNK(mode):
+        return "symbolic link"
+    if stat.S_ISDIR(mode):
+        return "folder"
+    return "socket" if stat.S_ISSOCK(mode) else "file"

@@ -14,13 +14,18 @@ from typing import Any
 
 import zmq
 
-from traintape.errors import CollectorError
+from traintape.errors import CollectorError, SecurityError
+from traintape.paths import check_ipc_path
 from traintape.security import (
     SERVER_KEY_ENV,
     allowed_clients,
+    curve_warning,
     is_remote_tcp,
+    remote_reason,
+    restrict_socket,
     serve_curve,
     start_authenticator,
+    tcp_host,
 )
 
 HWM = 100_000
@@ -28,17 +33,28 @@ HWM = 100_000
 
 
 def check_bind_address(address: str, allow_remote: bool) -> None:
-    """tcp:// binds stay on loopback unless an explicit interface is given on purpose."""
+    """tcp:// binds stay on loopback unless `allow_remote` says otherwise on purpose.
+
+    The host is parsed and resolved (traintape.security.remote_reason), so no spelling of the
+    unspecified address (`0`, `0x0`, `00.0.0.0`, `[::0]`, ...), no interface name and no host
+    name that reaches other hosts slips through as if it were loopback.
+    """
+    if address.startswith("ipc://@") and not allow_remote:
+        msg = (
+            f"--bind {address!r}: an abstract socket has no file modes, so every local user may "
+            "connect; bind ipc://PATH, or pass --allow-remote to mean it"
+        )
+        raise CollectorError(msg)
     if address.startswith("ipc://"):
         return
     if not address.startswith("tcp://"):
         msg = f"--bind {address!r}: use ipc://PATH or tcp://HOST:PORT"
         raise CollectorError(msg)
-    host = address[len("tcp://") :].rsplit(":", 1)[0]
-    if host in ("*", "0.0.0.0", "::", "[::]") and not allow_remote:
+    reason = remote_reason(tcp_host(address))
+    if reason is not None and not allow_remote:
         msg = (
-            f"--bind {address!r} listens on every interface; bind tcp://127.0.0.1:PORT, or name "
-            "the interface's address explicitly to accept other hosts"
+            f"--bind {address!r} accepts other hosts ({reason}); bind tcp://127.0.0.1:PORT, or "
+            "pass --allow-remote (`allow_remote: true` in the config file) to mean it"
         )
         raise CollectorError(msg)
 
@@ -87,14 +103,26 @@ class Routers:
                 f"CURVE on {', '.join(addresses)} for {who}; emitters need "
                 f"{SERVER_KEY_ENV}={public.decode()}"
             )
+            warning = curve_warning(self.store)
+            if warning is not None:
+                self._log(warning)
         for address in addresses:
             try:
-                sock.bind(address)
-            except zmq.ZMQError as exc:
+                self._bind(sock, address)
+            except (zmq.ZMQError, SecurityError, OSError) as exc:
                 sock.close(linger=0)
                 msg = f"cannot bind {address}: {exc}"
                 raise CollectorError(msg) from exc
         return sock
+
+    def _bind(self, sock: zmq.Socket, address: str) -> None:
+        """Binds one address; an ipc:// socket only where no other user can have put one (its
+        folder and any file already there are checked), and 0600 (0660 for a shared store)."""
+        check_ipc_path(address, binding=True)
+        sock.bind(address)
+        if address.startswith("ipc://"):  # ipc://* binds a name of ZeroMQ's choosing
+            bound = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+            restrict_socket(Path(bound[len("ipc://") :]), self.store)
 
     def close(self) -> None:
         for sock in self.sockets:
