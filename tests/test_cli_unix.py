@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -91,3 +92,71 @@ def test_tables_stay_aligned_with_wide_characters(capsys: pytest.CaptureFixture[
         for line, word in zip([lines[0], lines[2], lines[3]], ["status", "running", "completed"])
     }
     assert len(starts) == 1, lines
+
+
+def test_status_prints_dates_and_sizes_not_raw_values(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`status` shows when the collector last wrote it as a UTC date with its age, sizes with
+    units, and leaves out fields that are empty (no error, nothing withheld)."""
+    import json
+
+    from traintape.layout import StoreLayout
+
+    layout = StoreLayout(tmp_path)
+    layout.collector_status.parent.mkdir(parents=True, exist_ok=True)
+    written = {
+        "pid": 0,
+        "store": str(tmp_path),
+        "binds": ["ipc:///x.sock"],
+        "updated": time.time() - 5,
+        "journal_bytes": 2_500_000,
+        "materializer_error": None,
+        "acks_withheld": None,
+        "sinks": {},
+    }
+    layout.collector_status.write_text(json.dumps(written))
+    assert main(["status", "--store", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "None" not in out and str(int(written["updated"])) not in out
+    assert " UTC (" in out and "ago)" in out and "2.5 MB" in out and "ipc:///x.sock" in out
+    assert "materializer_error" not in out
+
+
+@pytest.mark.slow
+def test_replay_without_a_collector_fails_at_once_with_advice(tmp_path: Path) -> None:
+    """`traintape replay` with spool files but no collector says so at once (no 30 s wait),
+    keeps the spool, and names the command that starts a collector for this store."""
+    from traintape.emitter.spool import spool_files
+    from traintape.paths import spool_dir
+
+    store = tmp_path / "store"
+    script = (
+        "from traintape import emitter\n"
+        f"emitter.init(project='p', store={str(store)!r}, spool_after=0.05, resend_after=0.05)\n"
+        "emitter.log({'x': 1.0}, step=0)\n"
+        "emitter.finish(timeout=0.5, wait_visible=False)\n"
+    )
+    subprocess.run([sys.executable, "-c", script], cwd=REPO, check=True, capture_output=True)
+    assert spool_files(spool_dir(store)), "the emitter spooled nothing"
+    for stale in (False, True):
+        if stale:  # a collector that died leaves its socket file: nothing accepts on it
+            import socket
+
+            from traintape.paths import default_address
+
+            path = default_address(store).removeprefix("ipc://")
+            left = socket.socket(socket.AF_UNIX)
+            left.bind(path)
+            left.close()
+        out = subprocess.run(
+            [sys.executable, "-m", "traintape", "replay", "--store", str(store), "--timeout", "60"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+        )
+        assert out.returncode == 1 and f"traintape serve --store {store}" in out.stderr, out.stderr
+        # Said from a look at the address, not after the acknowledgement deadline ran out:
+        reason = "nothing listens on" if stale else "no collector socket at"
+        assert reason in out.stderr and "no acknowledgement" not in out.stderr, out.stderr
+        assert spool_files(spool_dir(store)), "the spool went"

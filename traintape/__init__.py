@@ -23,6 +23,7 @@ from traintape.errors import (
     ConfigError,
     LinkError,
     MissingBackendError,
+    NoRunError,
     ReplayError,
     RunError,
     RunFinishedError,
@@ -36,6 +37,7 @@ from traintape.errors import (
     SyncError,
     TraintapeError,
     UnreadablePathError,
+    UnsupportedMediaError,
     WireError,
 )
 
@@ -72,6 +74,7 @@ __all__ = [
     "FinishReport",
     "LinkError",
     "MissingBackendError",
+    "NoRunError",
     "ReplayError",
     "RunError",
     "RunFinishedError",
@@ -85,6 +88,7 @@ __all__ = [
     "SyncError",
     "TraintapeError",
     "UnreadablePathError",
+    "UnsupportedMediaError",
     "WireError",
     "__version__",
     "connect",

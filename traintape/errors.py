@@ -12,11 +12,13 @@ already catch that. Each docstring says what to do next.
     │   ├── RunLookupError              (LookupError)
     │   │   ├── RunNotFoundError
     │   │   └── AmbiguousRunError
-    │   └── RunFinishedError            (RuntimeError)
+    │   ├── RunFinishedError            (RuntimeError)
+    │   └── NoRunError                  (RuntimeError)
     ├── CheckpointError
     │   ├── CheckpointNotFoundError     (FileNotFoundError)
     │   └── CheckpointVerifyError
     ├── ConfigError                     (ValueError)
+    ├── UnsupportedMediaError           (TypeError)
     ├── SinkError                       (RuntimeError)
     │   ├── MissingBackendError
     │   ├── SinkRejected
@@ -79,6 +81,10 @@ class RunFinishedError(RunError, RuntimeError):
     """The run was finished; start a new one with `init()` to log more."""
 
 
+class NoRunError(RunError, RuntimeError):
+    """No run is active (traintape.wandb before `init()` or after `finish()`): call `init()`."""
+
+
 # -- checkpoints -------------------------------------------------------------------------------
 
 
@@ -102,6 +108,11 @@ class CheckpointVerifyError(CheckpointError):
 
 class ConfigError(TraintapeError, ValueError):
     """An invalid configuration; the message names where the bad key or value came from."""
+
+
+class UnsupportedMediaError(TraintapeError, TypeError):
+    """Images, audio, video, tables, artifacts: traintape does not store media yet. Log numbers,
+    text or histograms, or keep W&B itself for media."""
 
 
 class SinkError(TraintapeError, RuntimeError):
@@ -129,7 +140,8 @@ class CollectorError(LinkError):
 
 
 class SecurityError(LinkError):
-    """A CURVE link cannot be set up; the message says which key to provide."""
+    """A link or a store would not be private: a CURVE key is missing (the message says which
+    to provide), or a socket, folder or group belongs to someone else (it says what to fix)."""
 
 
 class ReplayError(LinkError):
@@ -149,6 +161,7 @@ __all__ = [
     "ConfigError",
     "LinkError",
     "MissingBackendError",
+    "NoRunError",
     "ReplayError",
     "RunError",
     "RunFinishedError",
@@ -162,5 +175,6 @@ __all__ = [
     "SyncError",
     "TraintapeError",
     "UnreadablePathError",
+    "UnsupportedMediaError",
     "WireError",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +14,10 @@ from traintape.paths import resolve_address, resolve_store, spool_dir
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    from traintape.collector.config import resolve as resolve_sinks
     from traintape.collector.server import check_bind_address, run
-    from traintape.errors import CollectorError, ConfigError, SinkError
-    from traintape.sinks.config import resolve as resolve_sinks
+    from traintape.errors import CollectorError, ConfigError, SecurityError, SinkError
+    from traintape.security import secure_store
 
     try:
         config = resolve_sinks(args.sink or [], args.config)
@@ -35,7 +37,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         if min_free_mb < 0:
             msg = f"--min-free-mb must be >= 0, got {min_free_mb:g}"
             raise CollectorError(msg)
-    except CollectorError as exc:
+        # Before anything is created: 0600/0700 whatever the umask (0640/0750 with a group).
+        secure_store(store, config.option("group", args.group, None), rotate_key=args.rotate_key)
+    except (CollectorError, SecurityError) as exc:
         print(f"traintape serve: {exc}", file=sys.stderr)
         return 2
     return run(
@@ -69,8 +73,8 @@ def _max_message_bytes(mb: float | None) -> int:
 def _cmd_sync(args: argparse.Namespace) -> int:
     import dataclasses
 
+    from traintape.collector.config import single
     from traintape.errors import ConfigError, SinkError, SyncError
-    from traintape.sinks.config import single
     from traintape.sinks.sync import sync_run
 
     store = resolve_store(args.store)
@@ -123,6 +127,11 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         result = replay(folder, address, args.timeout, progress=lambda s: print(s, file=sys.stderr))
     except ReplayError as exc:
         print(f"traintape replay: {exc}", file=sys.stderr)
+        print(
+            f"traintape replay: the store is {store}: start `traintape serve --store {store}` "
+            "(or pass --store / --address for the collector you mean), then replay again",
+            file=sys.stderr,
+        )
         return 1
     print(
         f"replayed {result.files} spool files: {result.batches} batches, {result.events} events "
@@ -153,11 +162,27 @@ def _cmd_status(args: argparse.Namespace) -> int:
         print()
     else:
         for key, value in status.items():
-            if key != "sinks":
-                print(f"{key:24s} {value}")
+            if key != "sinks" and value is not None:  # None: no error, nothing withheld
+                print(f"{key:24s} {_status_value(key, value)}")
         for name, sink in (status.get("sinks") or {}).items():
             print(f"{'sink ' + name:24s} {_sink_line(sink)}")
     return 0
+
+
+def _status_value(key: str, value: Any) -> str:
+    """A status field as people read it: times as UTC dates with their age, sizes in units."""
+    from datetime import datetime, timezone
+
+    from traintape.cli.output import _human_bytes, format_duration
+
+    if key == "updated" and isinstance(value, (int, float)):
+        when = datetime.fromtimestamp(value, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+        return f"{when} ({format_duration(max(0.0, time.time() - value))} ago)"
+    if key.endswith("_bytes") and isinstance(value, int):
+        return f"{value} ({_human_bytes(value)})"
+    if isinstance(value, list):
+        return ", ".join(map(str, value))
+    return str(value)
 
 
 def _sink_line(sink: dict[str, Any]) -> str:

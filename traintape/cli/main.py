@@ -10,6 +10,7 @@ from typing import Any
 
 from traintape import __version__
 from traintape.cli.collector import _cmd_replay, _cmd_serve, _cmd_status, _cmd_sync
+from traintape.cli.doctor import _cmd_doctor
 from traintape.cli.output import format_duration, print_rows
 from traintape.cli.read import (
     _cmd_best,
@@ -91,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--allow-remote",
         action="store_true",
-        help="allow binding tcp://0.0.0.0 (every interface); by default only named interfaces",
+        help="allow a tcp:// bind other hosts can reach (every interface, an address or name "
+        "off loopback); by default only loopback",
     )
     p.add_argument(
         "--materialize-interval",
@@ -124,6 +126,18 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="CURVE on every tcp:// bind, loopback too (tcp:// binds off this host always use "
         "it); the public key emitters need is printed and kept in <store>/keys/",
+    )
+    p.add_argument(
+        "--rotate-key",
+        action="store_true",
+        help="retire the CURVE key to <store>/keys/retired/ and make a new one (emitters with the "
+        "old key spool; `traintape replay` with the new key delivers their events)",
+    )
+    p.add_argument(
+        "--group",
+        metavar="NAME",
+        help="share the store read-only with this group (0750/0640, setgid folders; the ipc "
+        "socket 0660); by default it is private to you (0700/0600)",
     )
     p.add_argument(
         "--compact-settle",
@@ -196,6 +210,17 @@ def build_parser() -> argparse.ArgumentParser:
     _store_arg(p)
     p.add_argument("--format", choices=("table", "json"), default="table", help=_FORMAT)
     p.set_defaults(func=_cmd_status)
+
+    p = sub.add_parser(
+        "doctor",
+        help="would logging here reach a store? the store, collector, address, sinks, disk, spool",
+    )
+    _store_arg(p)
+    p.add_argument(
+        "--address", help="collector address to check (default: $TRAINTAPE_ADDRESS or the store's)"
+    )
+    p.add_argument("--format", choices=("table", "json"), default="table", help=_FORMAT)
+    p.set_defaults(func=_cmd_doctor)
 
     p = sub.add_parser("show", help="one run: config, params, environment, metrics, checkpoints")
     p.add_argument("run", help="run id, unique id prefix, or run name")
