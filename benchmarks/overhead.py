@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from collector_process import Collector
+from framework_loggers import csv_logger_session, traintape_logger_session, wandb_logger_session
 from result_table import print_table
 
 N_FLOATS = 10
@@ -205,6 +206,10 @@ TOOLS = {
         Tool("mlflow-async", "mlflow.log_metrics async", mlflow_async_session, "tool"),
         Tool("mlflow-sync", "mlflow.log_metrics sync", mlflow_sync_session, "slow"),
         Tool("tensorboard", "SummaryWriter.add_scalar ×10", tensorboard_session, "tool"),
+        # Lightning's loggers, called as its logger connector calls them: log_metrics, save.
+        Tool("lightning", "Lightning TraintapeLogger", traintape_logger_session, "fast"),
+        Tool("lightning-csv", "Lightning CSVLogger", csv_logger_session, "tool"),
+        Tool("lightning-wandb", "Lightning WandbLogger (offline)", wandb_logger_session, "tool"),
     )
 }
 # The distribution each tool needs; a missing one is skipped with a line on stderr.
@@ -214,6 +219,9 @@ NEEDS = {
     "mlflow-async": "mlflow",
     "mlflow-sync": "mlflow",
     "tensorboard": "tensorboard",
+    "lightning": "lightning",
+    "lightning-csv": "lightning",
+    "lightning-wandb": "lightning",
 }
 
 

@@ -12,6 +12,8 @@ import pkgutil
 import subprocess
 import sys
 
+import pytest
+
 import traintape
 import traintape.emitter
 from traintape._aliases import MOVED
@@ -27,6 +29,7 @@ def test_importing_every_submodule_changes_no_public_name() -> None:
 
 
 
+@pytest.mark.slow
 def test_old_module_paths_still_import_the_moved_module() -> None:
     """Each path of the previous layout imports the module at its new place (the very same
     object, under its own name) and says where it went, for one release. In a fresh interpreter:

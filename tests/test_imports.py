@@ -25,6 +25,7 @@ def _modules_after(code: str) -> set[str]:
     return {name.split(".")[0] for name in out.split()}
 
 
+@pytest.mark.slow
 def test_import_traintape_is_light() -> None:
     """`import traintape` in a training process imports none of torch, mlflow, wandb,
     tensorboard, matplotlib, nor the read side's DuckDB and pyarrow (until `connect` is used)."""
@@ -59,6 +60,7 @@ def test_every_error_has_one_root() -> None:
                     assert getattr(traintape, name, None) is value, f"traintape.{name}"
 
 
+@pytest.mark.slow
 def test_collector_modules_never_import_torch() -> None:
     """The collector's code path (server, its materializer and sink processes with every sink,
     sampler, CLI) does not import torch."""
@@ -95,15 +97,28 @@ def test_long_store_path_still_reaches_the_collector(tmp_path: Path) -> None:
         coll.close()
 
 
-@pytest.mark.parametrize("fmt", ["table", "csv", "json"])
-def test_query_command_formats(store: Path, collector: CollectorProcess, fmt: str) -> None:
-    """`traintape query` prints the rows as a table, CSV or JSON; bad SQL is an error, not a trace."""
-    from traintape import emitter
+@pytest.fixture(scope="module")
+def one_value_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A store holding one run with one value (loss 0.5 at step 7), logged through a collector."""
+    from traintape.emitter import Emitter
 
-    emitter.init(project="q", store=store)
-    emitter.log({"loss": 0.5}, step=7)
-    emitter.finish()
-    wait_for(store, "SELECT count(*) FROM metrics", 1)
+    store = tmp_path_factory.mktemp("query") / "store"
+    collector = CollectorProcess(store).start()
+    try:
+        run = Emitter("q", store=store)
+        run.log({"loss": 0.5}, step=7)
+        assert run.finish(timeout=30).complete
+        wait_for(store, "SELECT count(*) FROM metrics", 1)
+    finally:
+        collector.close()
+    return store
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["table", "csv", "json"])
+def test_query_command_formats(one_value_store: Path, fmt: str) -> None:
+    """`traintape query` prints the rows as a table, CSV or JSON; bad SQL is an error, not a trace."""
+    store = one_value_store
     cmd = [
         sys.executable,
         "-m",
@@ -134,6 +149,7 @@ def test_query_command_formats(store: Path, collector: CollectorProcess, fmt: st
     assert query(store, "SELECT count(*) FROM runs") == [(1,)]
 
 
+@pytest.mark.slow
 def test_commands_without_a_store_say_what_to_do(tmp_path: Path) -> None:
     """A missing store is a one-line error naming `traintape serve`, not a traceback."""
     out = subprocess.run(

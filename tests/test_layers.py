@@ -28,6 +28,8 @@ FORBIDDEN = {
     "sinks": {"emitter", "read", "cli", "checkpoint"},
     "read": {"emitter", "collector", "sinks", "cli"},
     "checkpoint": {"emitter", "collector", "sinks", "cli"},
+    "wandb": {"collector", "sinks", "read", "cli", "checkpoint"},  # W&B's API: a training side
+    "integrations": {"collector", "sinks", "read", "cli", "checkpoint.load"},  # training side too
     **{leaf: {"emitter", "collector", "sinks", "read", "cli", "checkpoint"} for leaf in LEAVES},
 }
 """Layer -> the parts of traintape (dotted, below `traintape.`) it must never import, at any
