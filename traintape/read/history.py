@@ -225,7 +225,7 @@ def show(con: duckdb.DuckDBPyConnection, run_id: str) -> dict[str, Any]:
 
 def run_summary(con: duckdb.DuckDBPyConnection, run_id: str) -> dict[str, Any]:
     """The summary the run's latest `run_end` holds (`Emitter.summary`, `wandb.summary` of
-    traintape.wandb), rank 0's when it has one; {} when none (or not a map)."""
+    traintape.wandb) on its lowest rank (rank 0); {} when none (or not a map)."""
     found = rows(
         con,
         """SELECT body FROM events WHERE run_id = ? AND kind = 'run_end'
