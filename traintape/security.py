@@ -130,10 +130,11 @@ def resolve_group(name: str) -> int:
     return gid
 
 
-def secure_store(store: Path, group: str | None = None, *, rotate_key: bool = False) -> None:
+def secure_store(store: Path, group: str | None = None, *, rotate_key: bool = False) -> list[str]:
     """Makes this process create files 0600 in 0700 folders (0640 in 0750 with `group`),
     whatever the umask it was started with, and brings `store` to the same modes; with
-    `rotate_key`, retires the CURVE keypair for a new one (`rotate_collector_key`).
+    `rotate_key`, retires the CURVE keypair for a new one (`rotate_collector_key`). Returns what
+    the person starting the collector should read (`traintape serve` prints it).
 
     Called once at the start of `traintape serve`: its children (materializer, sinks) inherit
     the umask. Files of other users in the store (a group member's checkpoints) are left as they
@@ -142,6 +143,7 @@ def secure_store(store: Path, group: str | None = None, *, rotate_key: bool = Fa
     gid = resolve_group(group) if group else None
     os.umask(0o027 if gid is not None else 0o077)
     keys = StoreLayout(store).keys
+    notes: list[str] = []
     try:
         store.mkdir(parents=True, exist_ok=True)
         failed: list[str] = []
@@ -154,21 +156,20 @@ def secure_store(store: Path, group: str | None = None, *, rotate_key: bool = Fa
                 except OSError as exc:  # a mount that ignores modes: say so, serve anyway
                     failed.append(f"{path}: {exc.strerror}")
         if failed:
-            print(
-                f"traintape collector: WARNING: could not set the mode of {len(failed)} entries "
-                f"of the store (first: {failed[0]}); their privacy rests on the filesystem",
-                file=sys.stderr,
+            notes.append(
+                f"WARNING: could not set the mode of {len(failed)} entries of the store (first: "
+                f"{failed[0]}); their privacy rests on the filesystem"
             )
         if rotate_key:
             retired = rotate_collector_key(store)
-            print(
-                f"traintape collector: a new CURVE key; the old one is in {retired} (emitters "
-                "holding it spool what they log: `traintape replay` with the new key delivers it)",
-                file=sys.stderr,
+            notes.append(
+                f"a new CURVE key; the old one is in {retired} (emitters holding it spool what "
+                "they log: `traintape replay` with the new key delivers it)"
             )
     except OSError as exc:
         msg = f"cannot make {store} private: {exc}"
         raise SecurityError(msg) from None
+    return notes
 
 
 def _fix(path: Path, gid: int | None, private: bool) -> None:

@@ -38,10 +38,14 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             msg = f"--min-free-mb must be >= 0, got {min_free_mb:g}"
             raise CollectorError(msg)
         # Before anything is created: 0600/0700 whatever the umask (0640/0750 with a group).
-        secure_store(store, config.option("group", args.group, None), rotate_key=args.rotate_key)
+        notes = secure_store(
+            store, config.option("group", args.group, None), rotate_key=args.rotate_key
+        )
     except (CollectorError, SecurityError) as exc:
         print(f"traintape serve: {exc}", file=sys.stderr)
         return 2
+    for note in notes:
+        print(f"traintape collector: {note}", file=sys.stderr)
     return run(
         store,
         binds or None,

@@ -366,6 +366,8 @@ def _pause(step: str) -> None:
     setting = os.environ.get(PAUSE_ENV)
     if setting:
         seconds, _, only = setting.partition(":")
+        # A raw stderr line, not logging: the crash tests wait for it before they kill, and it
+        # must appear even where a program silenced traintape's loggers.
         print(f"traintape compaction step: {step}", file=sys.stderr, flush=True)
         if only in step:
             time.sleep(float(seconds))
