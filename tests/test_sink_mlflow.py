@@ -136,6 +136,7 @@ def test_every_value_arrives_once_across_a_server_outage(tmp_path: Path, mlflow_
         mlflow_server.stop()
         down = time.monotonic()
         _wait(lambda: _sink_status(store).get("errors", 0) > 0, 30, "the sink to report errors")
+        # the scenario: a 5.5 s outage, while the ranks log on (6 s in all)
         time.sleep(max(0.0, 5.5 - (time.monotonic() - down)))
         status = _sink_status(store)
         assert status["state"] == "retrying" and status["last_error"]
@@ -194,3 +195,39 @@ def _comparable(value: float) -> Any:
     if math.isinf(value) or abs(value) == 1.7976931348623157e308:
         return "inf" if value > 0 else "-inf"
     return value
+
+
+def test_artifacts_of_a_sqlite_store_go_beside_the_database(tmp_path: Path, monkeypatch):
+    """With a sqlite tracking store, the experiments the sink creates keep their artifacts in
+    `<db folder>/mlartifacts/<experiment>`, not in `./mlruns` of the current folder, and the
+    sink's stats (printed by `traintape sync`) say where."""
+    from mlflow.tracking import MlflowClient
+
+    from traintape.schemas.events import METRICS, RUN_END, TEXT
+    from traintape.sinks import Event, RunInfo, SinkConfig
+
+    cwd, db = tmp_path / "cwd", tmp_path / "db"
+    cwd.mkdir()
+    db.mkdir()
+    monkeypatch.chdir(cwd)
+    uri = f"sqlite:///{db / 'mlflow.db'}"
+    sink = SinkConfig("mlflow", "mlflow", {"tracking_uri": uri}).create(tmp_path / "store")
+    run = RunInfo("r1", "proj", "name", started_ns=time.time_ns())
+    now = time.time_ns()
+    sink.open_run(run)
+    sink.write(
+        run,
+        [
+            Event(METRICS, 0, 0, now, {"x": 1.0}),
+            Event(TEXT, 0, 0, now, {"key": "note", "text": "hello"}),
+            Event(RUN_END, 0, None, now, {"status": "completed"}),
+        ],
+    )
+    sink.flush()
+    sink.close()
+    assert list(cwd.iterdir()) == []
+    assert sink.stats()["artifacts_in"] == str(db / "mlartifacts" / "proj")
+    client = MlflowClient(tracking_uri=uri)
+    (found,) = client.search_runs([client.get_experiment_by_name("proj").experiment_id])
+    (note,) = (db / "mlartifacts" / "proj" / found.info.run_id).rglob("*.txt")
+    assert note.read_text() == "hello"

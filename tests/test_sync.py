@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import CollectorProcess, query, start_ranks
-from tests.test_sink_tensorboard import read_scalars
+from tests.test_sink_tensorboard import as_float32, read_scalars
 from tests.test_sink_wandb import offline_run
 from traintape.cli import main
 
@@ -41,6 +41,7 @@ def _same(a: float, b: float) -> bool:
     return a == b or (a != a and b != b)
 
 
+@pytest.mark.slow
 def test_sync_to_tensorboard_twice_leaves_one_exact_copy(store: Path, tmp_path: Path):
     """Both syncs leave one folder whose scalars are rank 0's values, each step once."""
     for _ in range(2):
@@ -52,7 +53,7 @@ def test_sync_to_tensorboard_twice_leaves_one_exact_copy(store: Path, tmp_path: 
     want = _rank0(store)
     got = {(tag, step): value for tag, rows in tb.items() for step, value, _ in rows}
     assert sum(len(rows) for rows in tb.values()) == len(want) == STEPS * METRICS
-    assert got.keys() == want.keys() and all(_same(got[k], want[k]) for k in want)
+    assert got.keys() == want.keys() and all(_same(got[k], as_float32(want[k])) for k in want)
 
 
 @pytest.mark.slow
@@ -76,6 +77,7 @@ def test_sync_to_mlflow_twice_sends_each_row_once(store: Path, tmp_path: Path, c
         assert sorted(m.step for m in history) == list(range(STEPS)), key
 
 
+@pytest.mark.slow
 def test_sync_to_wandb_offline_twice_leaves_one_run_folder(
     store: Path, tmp_path: Path, monkeypatch
 ):
@@ -101,6 +103,7 @@ def test_sync_to_wandb_offline_twice_leaves_one_run_folder(
     assert all(_same(float(run["history"][s][k]), v) for (k, s), v in want.items())
 
 
+@pytest.mark.slow
 def test_sync_of_an_unknown_run_says_so(store: Path, tmp_path: Path, capsys):
     """An unknown run or sink type exits 2 with a message naming it."""
     assert main(["sync", "nope", "--to", f"tensorboard={tmp_path}", "--store", str(store)]) == 2

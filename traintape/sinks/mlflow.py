@@ -18,7 +18,11 @@ What goes where:
   `mlflow.source.git.commit` (and branch), each user tag as a tag with value "true", the
   run_end summary as `summary.<key>`; checkpoint events as `traintape.checkpoint.last`/`.best`;
 - text and checkpoint events as artifacts `text/<key>/step-<step>.txt` and
-  `checkpoints/step-<step>.json` (option `artifacts`);
+  `checkpoints/step-<step>.json` (option `artifacts`). An experiment the sink creates in a
+  sqlite tracking store keeps them beside the database, in `<db folder>/mlartifacts/<name>`
+  (MLflow's default would be `./mlruns` of whichever folder the process runs in); elsewhere the
+  tracking server decides. `stats()` names where (`artifacts_in`: printed by `traintape sync`,
+  and in the collector's status file under the sink's `backend`);
 - status from `run_end`: completed -> FINISHED, failed -> FAILED, killed -> KILLED;
 - histogram events are not sent: MLflow has no histograms (they stay in the store's `events`).
 
@@ -47,13 +51,14 @@ from typing import Any
 
 from traintape.errors import SinkRejected
 from traintape.schemas.events import CHECKPOINT, METRICS, PARAMS, RUN_END, TEXT
-from traintape.sinks._base import Event, Option, RunInfo, Sink, flatten
+from traintape.sinks._base import Event, Option, RunInfo, Sink, flatten, safe_name
 from traintape.sinks.mlflow_names import (
     MAX_KEY,
     MAX_METRICS_PER_CALL,
     MAX_PARAM_VALUE,
     MAX_PARAMS_TAGS_PER_CALL,
     MAX_TAG_VALUE,
+    artifact_root,
     clean_key,
     param_text,
     rename_tag,
@@ -104,6 +109,8 @@ class MlflowSink(Sink):
         )
         self.client = MlflowClient(tracking_uri=self.uri)
         self._experiments: dict[str, str] = {}
+        self._artifact_root = artifact_root(self.uri)
+        self._artifact_locations: dict[str, str] = {}  # experiment name -> its artifact folder
         self._runs: dict[str, _Run] = {}
         self._keys: dict[str, str] = {}
         self._warned_keys: set[str] = set()
@@ -132,7 +139,12 @@ class MlflowSink(Sink):
             state.existing.clear()
 
     def stats(self) -> dict[str, Any]:
-        return {"tracking_uri": self.uri, **self.counts}
+        where = {"artifacts_in": " ".join(sorted(set(self._artifact_locations.values())))}
+        return {
+            "tracking_uri": self.uri,
+            **(where if self._artifact_locations else {}),
+            **self.counts,
+        }
 
     # -- opening -------------------------------------------------------------------------------
 
@@ -141,8 +153,10 @@ class MlflowSink(Sink):
         if exp_id is None:
             exp = self.client.get_experiment_by_name(name)
             if exp is None:
+                root = self._artifact_root
+                location = str(root / safe_name(name)) if root else None
                 try:
-                    exp_id = self.client.create_experiment(name)
+                    exp_id = self.client.create_experiment(name, artifact_location=location)
                 except Exception:  # another client created it meanwhile
                     exp = self.client.get_experiment_by_name(name)
                     if exp is None:
@@ -153,6 +167,9 @@ class MlflowSink(Sink):
                     self.client.restore_experiment(exp.experiment_id)
                 exp_id = exp.experiment_id
             self._experiments[name] = exp_id
+            where = self.client.get_experiment(exp_id).artifact_location
+            self._artifact_locations[name] = where
+            logger.info("sink mlflow: experiment %r keeps its artifacts in %s", name, where)
         return exp_id
 
     def _open(self, run: RunInfo) -> None:

@@ -1,11 +1,13 @@
-"""What MLflow accepts: its limits per call and per value, and the names and values the MLflow
-sink sends (mlflow.py's docstring says how a name outside MLflow's alphabet is sent)."""
+"""What MLflow accepts: its limits per call and per value, the names and values the MLflow sink
+sends (mlflow.py's docstring says how a name outside MLflow's alphabet is sent), and where the
+experiments it creates keep their artifacts."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import math
+from pathlib import Path
 from typing import Any
 
 MAX_METRICS_PER_CALL = 1000
@@ -56,3 +58,16 @@ def rename_tag(name: str) -> str:
     which stands for it when the whole tag would pass MLflow's 250 characters)."""
     tag = f"traintape.key.{name}"
     return tag if len(tag) <= MAX_KEY else f"traintape.key.{name[-_DIGEST:]}"
+
+
+def artifact_root(tracking_uri: str) -> Path | None:
+    """The folder that holds the artifacts of the experiments the sink creates in a sqlite
+    tracking store: `mlartifacts` beside the database file, as an absolute path (MLflow's own
+    default, `./mlruns`, is the current folder of whichever process creates the experiment).
+    None for any other store, whose server or configuration decides."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    path = tracking_uri[len("sqlite:///") :].split("?", 1)[0]
+    if not path or path == ":memory:":
+        return None
+    return Path(path).expanduser().absolute().parent / "mlartifacts"

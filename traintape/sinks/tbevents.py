@@ -1,10 +1,15 @@
 """TensorBoard's event files, written without TensorFlow: records framed as its RecordWriter
 frames them (length, masked CRC32C, payload, masked CRC32C), and the scalar Events of the hot
-path encoded by hand (a metric value costs a few bytes joins, not a protobuf object)."""
+path encoded by hand (a metric value costs a few bytes joins, not a protobuf object).
+
+Scalars are classic `simple_value` summaries (a float32), as PyTorch's
+`SummaryWriter.add_scalar` writes them: TensorBoard's classic `EventAccumulator.Scalars()` reads
+only those, and its plugin-based reader (the UI's) converts them to scalar-plugin tensors, so
+every reader sees them. A scalar-plugin tensor would keep float64 but is invisible to the first.
+"""
 
 from __future__ import annotations
 
-import functools
 import os
 import struct
 import time
@@ -12,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 DOUBLE = struct.Struct("<d")
+FLOAT = struct.Struct("<f")
 _Q = struct.Struct("<Q")
 _I = struct.Struct("<I")
-# TensorProto{dtype: DT_DOUBLE, double_val: [8 bytes]} as field 8 (tensor) of Summary.Value.
-_TENSOR_PREFIX = b"\x42\x0c\x08\x02\x32\x08"
+_INF = float("inf")
 
 
 def varint(n: int) -> bytes:
@@ -78,20 +83,20 @@ class EventFile:
             self._f.close()
 
 
-def value_prefix(tag: str, metadata: bytes = b"") -> bytes:
-    """Summary.Value{tag (1), metadata (9), tensor (8): DT_DOUBLE scalar} up to the double."""
+def value_prefix(tag: str) -> bytes:
+    """Summary.Value{tag (1), simple_value (2): float} up to the 4 bytes of the float."""
     raw = tag.encode("utf-8")
-    inner = b"\x0a" + varint(len(raw)) + raw + metadata
-    return b"\x0a" + varint(len(inner) + len(_TENSOR_PREFIX) + 8) + inner + _TENSOR_PREFIX
+    inner = b"\x0a" + varint(len(raw)) + raw + b"\x15"
+    return b"\x0a" + varint(len(inner) + 4) + inner
 
 
-@functools.cache
-def scalar_metadata() -> bytes:
-    """The scalar plugin's SummaryMetadata, encoded as field 9 of a Summary.Value."""
-    from tensorboard.plugins.scalar import metadata as scalar_metadata
-
-    data = scalar_metadata.create_summary_metadata("", "").SerializeToString()
-    return b"\x4a" + varint(len(data)) + data
+def float32(value: float) -> bytes:
+    """`value` as simple_value's 4 bytes: rounded to the nearest float32, ±Inf beyond its range
+    (as numpy and protobuf convert it; struct refuses to)."""
+    try:
+        return FLOAT.pack(value)
+    except OverflowError:
+        return FLOAT.pack(_INF if value > 0 else -_INF)
 
 
 def scalar_event(ts: int, step: int, summary: bytes) -> bytes:

@@ -3,8 +3,11 @@
 Layout: `<dir>/<project>/<run name>/` (`<run name>-<run id>` when another run already took the
 name), holding `events.out.tfevents.<time>.<host>.<n>.<sink>` files:
 
-- metric values as scalar-plugin tensors (float64, so values read back exactly as stored),
-  with the event's step and wall time; all values of one event share one TensorBoard Event;
+- metric values as classic scalar summaries (`simple_value`, a float32: the nearest float32 to
+  the stored float64, ±Inf beyond its range), as PyTorch's `SummaryWriter.add_scalar` writes
+  them, so TensorBoard's UI, its classic `EventAccumulator.Scalars()` and the plugin-based
+  reader all see them; with the event's step and wall time; all values of one event share one
+  TensorBoard Event (the store keeps the exact values);
 - text events as text-plugin summaries tagged by their key, checkpoint events as text under the
   tag `checkpoints`;
 - histogram events (`watch(histograms=True)`) as histogram-plugin summaries (the HISTOGRAMS and
@@ -29,6 +32,7 @@ import json
 import os
 import shutil
 import socket
+import struct
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -46,11 +50,11 @@ from traintape.sinks._base import (
     safe_name,
 )
 from traintape.sinks.tbevents import (
-    DOUBLE,
+    FLOAT,
     EventFile,
+    float32,
     load_crc32c,
     scalar_event,
-    scalar_metadata,
     value_prefix,
 )
 
@@ -65,7 +69,7 @@ class _Run:
         self.file = file
         self.params: dict[str, Any] = {}
         self.last_step = 0
-        self.prefix: dict[str, bytes] = {}  # tag -> encoded Summary.Value up to the double
+        self.prefix: dict[str, bytes] = {}  # tag -> encoded Summary.Value up to the float
 
 
 class TensorBoardSink(Sink):
@@ -199,20 +203,18 @@ class TensorBoardSink(Sink):
         return folder
 
     def _scalars(self, state: _Run, step: int, ts: int, values: dict[str, Any]) -> None:
-        tags = state.file.tags
         prefix = state.prefix
-        pack = DOUBLE.pack
+        pack = FLOAT.pack
         parts = []
         for key, value in values.items():
-            if key in tags:
-                head = prefix.get(key)
-                if head is None:
-                    head = prefix[key] = value_prefix(key)
-            else:  # TensorBoard keeps the metadata of a tag's first value in each file
-                head = value_prefix(key, scalar_metadata())
-                tags.add(key)
+            head = prefix.get(key)
+            if head is None:
+                head = prefix[key] = value_prefix(key)
             parts.append(head)
-            parts.append(pack(float(value)))
+            try:
+                parts.append(pack(value))
+            except (OverflowError, struct.error):  # beyond float32's range; not a float
+                parts.append(float32(float(value)))
         state.file.write_bytes(scalar_event(ts, step, b"".join(parts)))
         self.values_written += len(values)
         if step > state.last_step:
