@@ -5,7 +5,8 @@
     emitter.finish()
 
 The module functions act on the run of the latest `init()` in this process; an `Emitter` can also
-be made and used directly. Before `init()`, `log` does nothing (after one warning).
+be made and used directly. Before `init()`, `log`, `log_params` and `log_text` do nothing (after
+one warning each).
 """
 
 from __future__ import annotations
@@ -35,20 +36,27 @@ __all__ = [
 
 
 class _NotStarted:
-    """Stands in for the run before `init()`: logging is a bare return after one warning."""
+    """Stands in for the run before `init()`: each call is a bare return, after one warning per
+    function (`log`, `log_params`, `log_text`) so nothing is dropped without a word."""
 
-    warned = False
+    warned: set[str] = set()
+
+    @staticmethod
+    def _warn(what: str) -> None:
+        if what not in _NotStarted.warned:
+            _NotStarted.warned.add(what)
+            logger.warning(
+                f"traintape: emitter.{what}() before emitter.init(): nothing is recorded"
+            )
 
     def log(self, metrics: Any, step: int | None = None) -> None:
-        if not _NotStarted.warned:
-            _NotStarted.warned = True
-            logger.warning("traintape: emitter.log() before emitter.init(): nothing is recorded")
+        self._warn("log")
 
     def log_params(self, params: Any) -> None:
-        self.log(params)
+        self._warn("log_params")
 
     def log_text(self, key: str, text: str, step: int | None = None) -> None:
-        self.log(None)
+        self._warn("log_text")
 
     def finish(
         self, status: str = "completed", timeout: float = 30.0, *, wait_visible: bool = True
@@ -158,4 +166,4 @@ def _install_excepthook() -> None:
 def _reset_for_tests() -> None:
     global _current
     _current = _NotStarted()
-    _NotStarted.warned = False
+    _NotStarted.warned.clear()

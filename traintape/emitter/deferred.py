@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from traintape.emitter.port import Build, DeferredQueue
-from traintape.emitter.values import coerce_metrics
+from traintape.emitter.values import check_metric_name, coerce_metrics
 from traintape.schemas.events import METRICS
 
 logger = logging.getLogger(__name__)
@@ -208,9 +208,7 @@ def take_tensors(deferred: DeferredQueue, metrics: Any, step: int, ts: int) -> d
     plain = coerce_metrics(plain)
     if tensors:
         for key in tensors:
-            if not isinstance(key, str):
-                msg = f"metric names must be str, got {key!r} ({type(key).__name__})"
-                raise TypeError(msg)
+            check_metric_name(key)
         defer_tensors(deferred, ts, step, tensors)
     deferred.poll()
     return plain

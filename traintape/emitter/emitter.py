@@ -8,10 +8,12 @@ caller simply does not flush this time. A keeper thread sends what is pending ev
 process and the collector, which a 2-core training loop feels at 10 ms), processes acks, resends,
 sends a heartbeat now and then, and moves batches the collector did not take in time to the spool.
 
-Where the parts are: this module is the run's API (events, checks, start and end); `outbox.py`
-packs, sends and keeps (the keeper thread, `finish()`'s delivery); `spooler.py` moves batches to
-and from the spool; `deferred.py` holds GPU values until they can be read without a sync;
-`checkpointing/` and `gradients.py` act on the run through the `EmitterPort` of `port.py` only;
+Where the parts are: this module is the run's API (events, checks, start and end); `hot.py`
+makes `log`; `outbox.py` packs, sends and keeps (the keeper thread, `finish()`'s delivery);
+`spooler.py` moves batches to and from the spool; `deferred.py` holds GPU values until they can
+be read without a sync; `checkpointing/` and `gradients.py` act on the run through the
+`EmitterPort` of `port.py` only; `runconfig.py` records changes of `run.config`; `absence.py`
+says when no collector listens (at init, and so that `finish()` does not wait for nobody);
 `report.py` is what `finish()` returns and says.
 """
 
@@ -26,20 +28,23 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from traintape.emitter import environment, signals
+from traintape.emitter.absence import Lookout, Where, look_at_start
 from traintape.emitter.checks import check_arguments, check_body, check_step
-from traintape.emitter.deferred import DeferredValues, defer_tensors, take_tensors
+from traintape.emitter.deferred import DeferredValues, defer_tensors
 from traintape.emitter.helpers import RunHelpers
+from traintape.emitter.hot import hot_log
 from traintape.emitter.outbox import Outbox, OutboxOptions
 from traintape.emitter.port import DeferredQueue, Emit, EmitterPort, RunEnd
 from traintape.emitter.redact import Redaction
 from traintape.emitter.report import FinishReport, say_what_is_missing
+from traintape.emitter.runconfig import RunConfig, recorder
 from traintape.emitter.start import start_bodies
 from traintape.emitter.values import flatten, plain
 from traintape.errors import RunFinishedError
 from traintape.paths import resolve_address, resolve_store
 from traintape.placement import placement
-from traintape.schemas.events import METRICS, PARAMS, RUN_END, RUN_START, RUN_STATUSES, TEXT
-from traintape.schemas.limits import MAX_INT64
+from traintape.probe import nothing_listens
+from traintape.schemas.events import PARAMS, RUN_END, RUN_START, RUN_STATUSES, TEXT
 
 if TYPE_CHECKING:
     from traintape.emitter.checkpointing.handle import CheckpointHandle
@@ -50,55 +55,12 @@ __all__ = ["Emitter", "FinishReport", "RunFinishedError", "live_runs", "run_end"
 _live: weakref.WeakSet[Emitter] = weakref.WeakSet()
 
 
-def _hot_log() -> Callable[..., None]:
-    """Makes `Emitter.log`. What its hot path reads on every call (the clock, the type sets,
-    the step bound) is bound here, as closure cells (read as fast as locals), not as default
-    arguments a caller could see or pass."""
-    now = time.time_ns
-    scalars = frozenset((float, int, bool))
-    strs = frozenset((str,))
-    type_ = type
-    max_step = MAX_INT64
-
-    def log(self: Emitter, metrics: dict[str, Any], step: int | None = None) -> None:
-        """Records metric values (int, float, bool or numpy scalars) at `step`.
-
-        Without `step`, the step after the last one logged is used (0 first), as W&B does.
-        Raises TypeError naming the key if any value is not a number; nothing of that call is
-        logged then. NaN and ±Inf are kept.
-        """
-        try:
-            fast = scalars.issuperset(map(type_, metrics.values())) and strs.issuperset(
-                map(type_, metrics)
-            )
-        except AttributeError:
-            fast = False
-        if step is None:
-            step = self._step
-        elif type_(step) is not int or not 0 <= step <= max_step:
-            step = check_step(step)
-        if fast:
-            metrics = metrics.copy()
-        else:
-            metrics = take_tensors(self._deferred, metrics, step, now())
-            if not metrics:
-                self._step = step + 1
-                return
-        self._step = step + 1
-        # Behind GPU values of earlier calls, to keep the order of the calls (log_text too; not
-        # checkpoint events, whose seq the writer takes at once to wait for their ack).
-        if self._deferred_queue and self._deferred.add_ready(now(), step, METRICS, metrics):
-            return
-        pending = self._pending
-        pending.append((METRICS, now(), step, metrics))
-        if len(pending) >= self._batch_size:
-            self._outbox.flush(False)
-
-    return log
-
-
 class Emitter:
     """One run as seen from one process. Use `traintape.emitter.init()` for the usual case.
+
+    `config` is the run's config; a change made after init is recorded as params (runconfig.py).
+    `summary` is a dict the run's end stores (`traintape show` prints it; the W&B sink sends it
+    as the run's summary); its secret-looking keys are redacted like the config's.
 
     `deferred` makes the queue GPU values wait in (given the emit function); the default is
     `DeferredValues`, a stand-in fits tests that must see what would be copied.
@@ -133,9 +95,10 @@ class Emitter:
         self.name = name or f"{project}-{self.run_id[:6]}"
         # Secret values never leave this process (traintape.emitter.redact): not even run.config.
         self._redaction = Redaction.resolve(redact)
-        self.config = self._redaction.mapping(plain(dict(config or {})))
+        initial = self._redaction.mapping(plain(dict(config or {})))
         self.tags = [str(t) for t in tags]
         self.address = resolve_address(address, self.store)
+        self._where = Where.resolve(address, store, (self.address, self.store))
         self.summary: dict[str, Any] = {}
         self.checkpoint_policy = checkpoint  # a traintape.CheckpointPolicy, or None for defaults
         self._batch_size = batch_size
@@ -145,9 +108,12 @@ class Emitter:
             self.run_id, self.rank, self.store, self.address, flush_interval, transport
         )
         self._make_helpers(deferred or DeferredValues)
+        # Later changes are recorded as params (runconfig.py); the run_start keeps `initial`.
+        record = recorder(self.run_id, self._redaction, self._emit, self._port.finished)
+        self.config = RunConfig(initial, record)
         # Checked before anything is sent: a config that cannot be stored fails init() here.
         start_body, params = start_bodies(
-            project, self.name, self.config, self.tags, self.placement, self._redaction
+            project, self.name, initial, self.tags, self.placement, self._redaction
         )
         self._go_live()
         self._emit(RUN_START, None, start_body)
@@ -160,6 +126,8 @@ class Emitter:
         self._warned: set[str] = set()
         self._fork_child = False
         self._report: FinishReport | None = None
+        self._ending = False  # finish() began: the lookout at start says nothing then
+        self._last_ts = 0  # the latest timestamp queued through _emit (run_end is not before)
         self._deferred = make_deferred(self._emit)
         self._deferred_queue = self._deferred.queue  # one truth test on the hot path
         self._new_outbox()
@@ -180,6 +148,7 @@ class Emitter:
     def _go_live(self) -> None:
         """Opens the link (and its keeper), and ends the run with the process if nobody does."""
         self._outbox.open()
+        look_at_start(self._where, self._outbox.warn_once, lambda: self._ending)
         _live.add(self)
         atexit.register(self._at_exit)
         signals.install(live_runs)  # SIGTERM: deliver, mark killed, then end as asked
@@ -223,7 +192,7 @@ class Emitter:
         def log(self, metrics: dict[str, Any], step: int | None = None) -> None: ...
 
     else:
-        log = _hot_log()
+        log = hot_log()
 
     def defer_values(self, ts: int, step: int | None, tensors: dict[str, Any]) -> None:
         """Queues one-element tensors; emitted as one metrics event when readable without a sync."""
@@ -273,7 +242,10 @@ class Emitter:
         self, kind: int, step: int | None, body: dict[str, Any], ts: int | None = None
     ) -> None:
         """Queues one event of any kind; for callers inside traintape (checkpoints, watch)."""
-        self._pending.append((kind, ts or time.time_ns(), step, body))
+        ts = ts or time.time_ns()
+        if ts > self._last_ts:
+            self._last_ts = ts
+        self._pending.append((kind, ts, step, body))
         if len(self._pending) >= self._batch_size:
             self._outbox.flush(False)
 
@@ -309,24 +281,33 @@ class Emitter:
             raise ValueError(msg)
         if self._report is not None:
             return self._report
+        called = time.time_ns()  # the run ends here, or at its last event: not after the waits
+        self._ending = True
         self._helpers.stop_watching()
         deadline = time.monotonic() + timeout  # one budget for everything below
         self._end_inputs(timeout)
         if not self._fork_child:  # a DataLoader worker's exit is not the run's end
             summary = self._redaction.value(plain(self.summary))
-            self._emit(RUN_END, None, {"status": status, "summary": summary})
+            body = {"status": status, "summary": summary}
+            self._emit(RUN_END, None, body, max(called, self._last_ts))
         self.log = self._log_after_finish  # type: ignore[method-assign]
         # A forked child's exit ends no run: nothing to wait for readers to see.
         visible_for = status if wait_visible and not self._fork_child else None
-        report = self._outbox.close(deadline, visible_for, lambda: self._deferred.unreadable)
+        lookout = Lookout(self._where)  # nothing listens: spool at once, not after `timeout`
+        report = self._outbox.close(
+            deadline, visible_for, lambda: self._deferred.unreadable, lookout
+        )
         self._report = report
-        say_what_is_missing(report, self._outbox.refused, self.address, self.store, timeout)
+        absent = self._outbox.absent
+        say_what_is_missing(report, self._outbox.refused, self._where, timeout, absent)
         return report
 
     def _end_inputs(self, timeout: float) -> None:
         """What still feeds the run comes in before its end: the values on their way from the
         GPU, the queued checkpoint writes, the hashing of recorded checkpoint files."""
         self._deferred.poll(wait=True)
+        if self._helpers.writer is not None and nothing_listens(self.address) is not None:
+            timeout = 0.0  # no deletion can be acknowledged: they stay for `traintape replay`
         self._helpers.close(timeout)
 
     def _log_after_finish(self, metrics: Any, step: int | None = None) -> None:

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from traintape.emitter.absence import Lookout
 from traintape.emitter.checks import MAX_EVENT_BYTES, Event, split_batch, storable
 from traintape.emitter.report import FinishReport
 from traintape.emitter.spool import SpoolFile
@@ -82,6 +83,7 @@ class Outbox:
         self._stopping = False
         self._chores_at = 0.0  # monotonic time of the keeper's next acks/resend/spool round
         self._spooler: Spooler | None = None
+        self.absent: str | None = None  # why finish() stopped waiting early: nothing listens
 
     def open(self) -> tuple[Transport, Spooler]:
         """The link to the collector, opened (with the keeper) on first use."""
@@ -224,17 +226,22 @@ class Outbox:
     # -- the end -----------------------------------------------------------------------------
 
     def close(
-        self, deadline: float, visible_for: str | None, unreadable: Callable[[], int]
+        self,
+        deadline: float,
+        visible_for: str | None,
+        unreadable: Callable[[], int],
+        lookout: Lookout | None = None,
     ) -> FinishReport:
         """Delivers what it can until `deadline` (monotonic), spools the rest, closes the link.
-        `visible_for`: the run's end status, to wait for readers to see the run (None: not)."""
+        `visible_for`: the run's end status, to wait for readers to see the run (None: not).
+        `lookout`: stops the wait early once nothing listens at the address (`self.absent`)."""
         self.stop_keeper()
         with self.lock:
             self.flush_locked()
             transport, spooler = self.open()
-            _settle(transport, spooler, deadline)
+            self.absent = _settle(transport, spooler, deadline, lookout)
             visible = None
-            if visible_for is not None:
+            if visible_for is not None and self.absent is None:
                 where = (self.run_id, self.rank, self.source)
                 visible = finish_visible(transport, where, visible_for, deadline)
             to_spool = transport.take_for_spool(force=True)
@@ -257,15 +264,22 @@ class Outbox:
         )
 
 
-def _settle(transport: Transport, spooler: Spooler, deadline: float) -> None:
-    """Waits for the acks until `deadline`, resending and replaying (the lock is held)."""
+def _settle(
+    transport: Transport, spooler: Spooler, deadline: float, lookout: Lookout | None
+) -> str | None:
+    """Waits for the acks until `deadline`, resending and replaying (the lock is held); stops
+    early, returning why, once nothing listens at the address for a while (`lookout`)."""
     while True:
         transport.poll_acks()
         if transport.settled:
-            return
-        remaining = deadline - time.monotonic()
+            return None
+        now = time.monotonic()
+        remaining = deadline - now
         if remaining <= 0:
-            return
+            return None
+        absent = lookout.look(now) if lookout is not None else None
+        if absent is not None:
+            return absent  # nobody to wait for: the spool keeps everything for replay
         transport.resend_due()
         spooler.replay_locked()
         transport.wait_readable(min(remaining, 0.05))

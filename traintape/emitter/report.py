@@ -6,6 +6,8 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from traintape.emitter.absence import Where
+
 logger = logging.getLogger(__name__)
 
 
@@ -31,10 +33,11 @@ class FinishReport:
 
 
 def say_what_is_missing(
-    report: FinishReport, refused: int, address: str, store: Path, timeout: float
+    report: FinishReport, refused: int, where: Where, timeout: float, absent: str | None
 ) -> None:
     """Warns about what `report` says did not make it: not yet visible, spooled, rejected by the
-    collector, or refused here (`refused` of `report.rejected`, each named when it happened)."""
+    collector, or refused here (`refused` of `report.rejected`, each named when it happened).
+    `absent`: why nothing listens at the address, when that ended finish's wait early."""
     run_id = report.run_id
     if report.visible is False:
         logger.warning(
@@ -42,11 +45,7 @@ def say_what_is_missing(
             f"the collector did not materialize it within {timeout:g}s"
         )
     if report.spooled:
-        logger.warning(
-            f"traintape: the collector at {address} did not acknowledge {report.spooled} events "
-            f"of run {run_id} in {timeout:g}s; they are safe in {report.spool_path}. "
-            f"Deliver them with `traintape replay --store {store}` once it runs."
-        )
+        logger.warning(_spooled(report, where, timeout, absent))
     if report.rejected > refused:
         logger.warning(
             f"traintape: the collector rejected {report.rejected - refused} events of "
@@ -57,3 +56,20 @@ def say_what_is_missing(
             f"traintape: {refused} events of run {run_id} could not be sent "
             "(see above); FinishReport.rejected counts them"
         )
+
+
+def _spooled(report: FinishReport, where: Where, timeout: float, absent: str | None) -> str:
+    replay = f"traintape replay --store {where.store}"
+    if where.address_origin != "the store's socket":  # replay must aim where the run did
+        replay += f" --address {where.address}"
+    if absent is None:
+        return (
+            f"traintape: the collector at {where.address} did not acknowledge {report.spooled} "
+            f"events of run {report.run_id} in {timeout:g}s; they are safe in "
+            f"{report.spool_path}. Deliver them with `{replay}` once it runs."
+        )
+    return (
+        f"traintape: no collector at {where.address} ({absent}), so finish() did not wait: "
+        f"{report.spooled} events of run {report.run_id} are safe in {report.spool_path}. "
+        f"Deliver them with `{where.serve()}`, then `{replay}`."
+    )

@@ -12,7 +12,7 @@ from typing import Any
 
 from traintape.schemas.values import flatten, plain
 
-__all__ = ["coerce_metrics", "coerce_scalar", "flatten", "plain"]
+__all__ = ["check_metric_name", "coerce_metrics", "coerce_scalar", "flatten", "plain"]
 
 
 def coerce_metrics(metrics: Any) -> dict[str, float | int | bool]:
@@ -22,11 +22,20 @@ def coerce_metrics(metrics: Any) -> dict[str, float | int | bool]:
         raise TypeError(msg)
     out: dict[str, float | int | bool] = {}
     for key, value in metrics.items():
-        if not isinstance(key, str):
-            msg = f"metric names must be str, got {key!r} ({type(key).__name__})"
-            raise TypeError(msg)
+        check_metric_name(key)
         out[key] = coerce_scalar(key, value)
     return out
+
+
+def check_metric_name(key: Any) -> None:
+    """TypeError for a name that is not a str, ValueError for "" (no column, no plot could show
+    it, and W&B refuses it too)."""
+    if not isinstance(key, str):
+        msg = f"metric names must be str, got {key!r} ({type(key).__name__})"
+        raise TypeError(msg)
+    if not key:
+        msg = "metric names must not be empty (got '')"
+        raise ValueError(msg)
 
 
 def coerce_scalar(key: str, value: Any) -> float | int | bool:
@@ -46,6 +55,7 @@ def coerce_scalar(key: str, value: Any) -> float | int | bool:
         if isinstance(scalar, (int, float, bool)):
             return scalar
     msg = (
-        f"metric {key!r}: {type(value).__name__} is not a number (int, float, bool or numpy scalar)"
+        f"metric {key!r}: {type(value).__name__} is not a number "
+        "(int, float, bool, numpy scalar or a one-element tensor)"
     )
     raise TypeError(msg)

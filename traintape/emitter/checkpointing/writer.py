@@ -55,7 +55,7 @@ from pathlib import Path
 from typing import Any
 
 from traintape.checkpoint import CheckpointInfo, CheckpointPolicy, best_index, monitored_value
-from traintape.durable import fsync_dir
+from traintape.durable import fsync_dir, mkdir_private
 from traintape.emitter.checkpointing.files import HashingFile, Manifest
 from traintape.emitter.checkpointing.handle import CheckpointHandle
 from traintape.emitter.checkpointing.retention import TMP_NAME, Retention
@@ -242,7 +242,7 @@ class CheckpointWriter:
             self._free.put(slot)
 
     def _prepare(self) -> Manifest:
-        self.dir.mkdir(parents=True, exist_ok=True)
+        mkdir_private(self.dir)  # 0700 whatever the umask: the store may not exist yet
         retention = self._retention
         if retention.manifest is None:
             manifest = retention.manifest = Manifest(self.dir / self.manifest_name)
