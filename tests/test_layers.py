@@ -26,10 +26,12 @@ FORBIDDEN = {
     "emitter": {"collector", "sinks", "read", "cli", "checkpoint.load"},
     "collector": {"emitter", "read", "cli", "checkpoint"},
     "sinks": {"emitter", "read", "cli", "checkpoint"},
-    "read": {"emitter", "collector", "sinks", "cli"},
+    "read": {"emitter", "collector", "sinks", "cli", "ui"},
     "checkpoint": {"emitter", "collector", "sinks", "cli"},
     "wandb": {"collector", "sinks", "read", "cli", "checkpoint"},  # W&B's API: a training side
     "integrations": {"collector", "sinks", "read", "cli", "checkpoint.load"},  # training side too
+    # The dashboard: a reader of the store, served apart from every writer.
+    "ui": {"emitter", "collector", "sinks", "cli", "checkpoint", "wandb", "integrations"},
     **{leaf: {"emitter", "collector", "sinks", "read", "cli", "checkpoint"} for leaf in LEAVES},
 }
 """Layer -> the parts of traintape (dotted, below `traintape.`) it must never import, at any

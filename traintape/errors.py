@@ -19,6 +19,7 @@ already catch that. Each docstring says what to do next.
     │   └── CheckpointVerifyError
     ├── ConfigError                     (ValueError)
     ├── UnsupportedMediaError           (TypeError)
+    ├── QueryError                      (ValueError)
     ├── SinkError                       (RuntimeError)
     │   ├── MissingBackendError
     │   ├── SinkRejected
@@ -113,6 +114,11 @@ class ConfigError(TraintapeError, ValueError):
 class UnsupportedMediaError(TraintapeError, TypeError):
     """Images, audio, video, tables, artifacts: traintape does not store media yet. Log numbers,
     text or histograms, or keep W&B itself for media."""
+
+
+class QueryError(TraintapeError, ValueError):
+    """A dashboard request (`traintape ui`'s API) asked what the store cannot answer: a bad
+    parameter, or an SQL filter that is not one read-only expression; fix what the message names."""
 
 
 class SinkError(TraintapeError, RuntimeError):

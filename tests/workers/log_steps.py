@@ -34,6 +34,8 @@ def main() -> int:
     p.add_argument("--finish-timeout", type=float, default=60.0)
     p.add_argument("--dist", action="store_true", help="init a gloo process group first")
     p.add_argument("--report", help="write the FinishReport as JSON here")
+    p.add_argument("--progress", help="write the last step logged here at each pause")
+    p.add_argument("--finish-after", help="call finish() only once this file exists")
     args = p.parse_args()
 
     if args.dist:
@@ -47,7 +49,13 @@ def main() -> int:
     for step in range(args.steps):
         emitter.log({k: expected_value(run.rank, step, i) for i, k in enumerate(keys)}, step=step)
         if args.pause_every and step % args.pause_every == 0:
+            if args.progress:  # whole or not at all: a test waits on it
+                with open(f"{args.progress}.tmp", "w") as f:
+                    f.write(str(step))
+                os.replace(f"{args.progress}.tmp", args.progress)
             time.sleep(args.pause)
+    while args.finish_after and not os.path.exists(args.finish_after):
+        time.sleep(0.01)  # the test says when (say, once a collector it killed is back)
     report = emitter.finish(timeout=args.finish_timeout)
     if args.report:
         with open(f"{args.report}.{run.rank}", "w") as f:

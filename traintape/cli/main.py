@@ -24,6 +24,7 @@ from traintape.cli.read import (
     _cmd_show,
     _cmd_tail,
 )
+from traintape.cli.ui import add_parser as _add_ui_parser
 from traintape.schemas.events import RUN_STATES
 
 RUN_STATUSES_SHOWN = RUN_STATES
@@ -107,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         metavar="TYPE[=VALUE]",
         help="feed a sink: tensorboard[=DIR], mlflow[=TRACKING_URI], wandb[=offline|online]; "
-        "repeatable (see traintape.sinks.config)",
+        "repeatable (options and YAML file: docs/serve.md)",
     )
     p.add_argument(
         "--config",
@@ -165,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_serve)
 
-    p = sub.add_parser("query", help="run SQL over the store's views (see traintape.read.store)")
+    p = sub.add_parser("query", help="run SQL over the store's views (docs/querying.md)")
     p.add_argument("sql", help='e.g. "SELECT key, max(value) FROM metrics GROUP BY key"')
     _store_arg(p)
     p.add_argument("--format", choices=("table", "csv", "json"), default="table", help=_FORMAT)
@@ -295,6 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rank", type=int, help="only this rank's files (ranks='all' runs)")
     p.add_argument("--format", choices=("table", "csv", "json"), default="table", help=_FORMAT)
     p.set_defaults(func=_cmd_checkpoints)
+    _add_ui_parser(sub)
     return parser
 
 

@@ -1,0 +1,306 @@
+"""The dashboard's web server: a Starlette app over one read-only view of the store.
+
+Routes (all GET; JSON errors are {"error": "..."} with a 4xx status):
+
+    /                       the page (traintape/ui/static/index.html)
+    /static/plotly.min.js   the charting library, from the installed plotly package (no CDN)
+    /static/*               the page's own files
+    /api/runs               the runs table                     (traintape.ui.api.runs_table)
+    /api/run/{run_id}       one run: config, params, ...       (traintape.ui.api.run_page)
+    /api/metrics?runs=a,b   the metric keys of runs            (traintape.ui.api.metric_keys)
+    /api/series             one metric of one run, downsampled (traintape.ui.series)
+    /api/system             one system metric of one run
+
+The store is opened once (`traintape.connect()` is an in-memory DuckDB over the Parquet files:
+no lock the collector ever waits on); each request gets its own cursor of it, in Starlette's
+thread pool. With a token (`traintape ui --allow-remote`), every request must carry it: `?token=`
+once (a cookie then keeps it), or `Authorization: Bearer TOKEN`. Without one the server is on
+loopback, and only answers requests naming a loopback host (a web page elsewhere cannot reach it
+by pointing a DNS name of its own at 127.0.0.1).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import ipaddress
+import json
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import duckdb
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import FileResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from traintape.errors import QueryError, RunLookupError, RunNotFoundError
+from traintape.read.history import resolve_run
+from traintape.ui import api, series
+from traintape.ui.downsample import MAX_WIDTH, MIN_WIDTH
+from traintape.ui.index import MetricIndex
+
+__all__ = ["STATIC", "TOKEN_COOKIE", "create_app", "plotly_js"]
+
+log = logging.getLogger("traintape.ui.server")
+
+STATIC = Path(__file__).resolve().parent / "static"
+TOKEN_COOKIE = "traintape_token"
+LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
+
+
+def plotly_js() -> Path:
+    """The plotly.min.js the installed plotly package ships (`pip install traintape[ui]`)."""
+    import plotly
+
+    return Path(plotly.__file__).resolve().parent / "package_data" / "plotly.min.js"
+
+
+class JSON(Response):
+    """Strict JSON (no NaN literals: see traintape.ui.api.jsonable), compact."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        text = json.dumps(api.jsonable(content), separators=(",", ":"), allow_nan=False)
+        return text.encode()
+
+
+def _error(status: int, message: str) -> JSON:
+    return JSON({"error": message}, status_code=status)
+
+
+class Handlers:
+    """The API's endpoints over one store (each runs in Starlette's thread pool)."""
+
+    def __init__(self, store: Path) -> None:
+        self.store = store
+        self.base = api.open_store(store)
+        self.summaries = api.SummaryCache(store, lambda: api.cursor(self.base, store))
+        threading.Thread(target=self._warm, name="traintape-ui-warm", daemon=True).start()
+        self.runs_cache = api.RunsCache(store)
+        self.index = MetricIndex()
+
+    def _warm(self) -> None:
+        """Starts computing every run's last/best at once, newest first, so the first page
+        of a big store does not wait for them."""
+        con = api.cursor(self.base, self.store)
+        try:
+            ids = [
+                r[0]
+                for r in con.execute("SELECT run_id FROM runs ORDER BY started DESC").fetchall()
+            ]
+            self.summaries.schedule(ids)
+        except duckdb.Error as exc:
+            log.warning("traintape ui: could not list the runs: %s", exc)
+        finally:
+            con.close()
+
+    def _answer(self, fn: Callable[[duckdb.DuckDBPyConnection], Any]) -> Response:
+        con = api.cursor(self.base, self.store)
+        try:
+            return JSON(fn(con))
+        except RunNotFoundError as exc:
+            return _error(404, str(exc))
+        except (QueryError, RunLookupError) as exc:
+            return _error(400, str(exc))
+        except duckdb.Error as exc:
+            log.warning("traintape ui: query failed: %s", exc)
+            return _error(400, f"the store could not answer: {exc}")
+        finally:
+            con.close()
+
+    def runs(self, request: Request) -> Response:
+        p = request.query_params
+        return self._answer(
+            lambda con: api.runs_table(
+                con,
+                self.summaries,
+                runs_cache=self.runs_cache,
+                **{
+                    k: p.get(k) or None for k in ("project", "tag", "status", "q", "where", "group")
+                },
+            )
+        )
+
+    def run(self, request: Request) -> Response:
+        ref = request.path_params["run_id"]
+        return self._answer(lambda con: api.run_page(con, resolve_run(con, ref)))
+
+    def metrics(self, request: Request) -> Response:
+        ids = [r for r in request.query_params.get("runs", "").split(",") if r]
+        if not ids:
+            return _error(400, "runs: name one or more run ids, e.g. ?runs=ID1,ID2")
+        return self._answer(lambda con: api.metric_keys(con, ids))
+
+    def series(self, request: Request) -> Response:
+        p = request.query_params
+        try:
+            run_id, key = _required(p, "run"), _required(p, "key")
+            kw: dict[str, Any] = {
+                "x_kind": p.get("x", "step"),
+                "ranks": p.get("ranks", "mean"),
+                "width": _width(p),
+                "x0": _number(p, "x0"),
+                "x1": _number(p, "x1"),
+                "after": _number(p, "after"),
+            }
+        except QueryError as exc:
+            return _error(400, str(exc))
+        kw["index"] = self.index
+        return self._answer(lambda con: series.metric_series(con, run_id, key, **kw))
+
+    def system(self, request: Request) -> Response:
+        p = request.query_params
+        try:
+            run_id, key, width = _required(p, "run"), _required(p, "key"), _width(p)
+        except QueryError as exc:
+            return _error(400, str(exc))
+        return self._answer(lambda con: series.system_series(con, run_id, key, width=width))
+
+    def close(self) -> None:
+        self.summaries.stop()
+        deadline = time.monotonic() + 5
+        while not self.summaries.idle() and time.monotonic() < deadline:
+            time.sleep(0.01)  # its thread closes its cursor of `base` once interrupted
+        try:
+            self.base.close()
+        except duckdb.Error:
+            pass  # still busy: the process is exiting, and the store was only read
+
+
+def _required(params: Any, name: str) -> str:
+    value = params.get(name)
+    if not value:
+        msg = f"{name}: required"
+        raise QueryError(msg)
+    return str(value)
+
+
+def _number(params: Any, name: str) -> float | None:
+    text = params.get(name)
+    if text in (None, ""):
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if value != value or value in (float("inf"), float("-inf")):
+        msg = f"{name}: a finite number, got {text!r}"
+        raise QueryError(msg)
+    return value
+
+
+def _width(params: Any) -> int:
+    text = params.get("width", "800")
+    try:
+        width = int(text)
+    except ValueError:
+        width = 0
+    if not MIN_WIDTH <= width <= MAX_WIDTH:
+        msg = f"width: pixels, {MIN_WIDTH} to {MAX_WIDTH}, got {text!r}"
+        raise QueryError(msg)
+    return width
+
+
+def _index(request: Request) -> Response:
+    page = STATIC / "index.html"
+    if not page.is_file():
+        return _error(404, f"the dashboard's page is missing ({page}): reinstall traintape")
+    return FileResponse(page, headers={"Cache-Control": "no-cache"})
+
+
+def _plotly(request: Request) -> Response:
+    return FileResponse(plotly_js(), media_type="text/javascript")
+
+
+def _host_name(header: str) -> str:
+    """The host of a Host header (`name:port`, `[v6]:port`), without the port."""
+    if header.startswith("["):
+        return header.split("]", 1)[0] + "]"
+    return header.rsplit(":", 1)[0] if ":" in header else header
+
+
+def _no_route(request: Request) -> Response:
+    return _error(404, f"no such API: {request.url.path}")
+
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def _loopback_host(host: str, names: frozenset[str]) -> bool:
+    """`host` (of a Host header) names this machine: localhost, a loopback address, or one of
+    `names` (the --bind the server was started with, already checked to be loopback)."""
+    if host in LOOPBACK_HOSTS or host in names:
+        return True
+    try:
+        return ipaddress.ip_address(host.removeprefix("[").removesuffix("]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _guard(
+    token: str | None, names: frozenset[str]
+) -> Callable[[Request, Endpoint], Awaitable[Response]]:
+    """The check every request passes: the token when there is one, else a loopback Host."""
+
+    async def check(request: Request, call_next: Endpoint) -> Response:
+        if token is None:
+            host = _host_name(request.headers.get("host", ""))
+            if not _loopback_host(host, names):
+                return _error(403, f"Host {host!r}: this dashboard answers on loopback only")
+            return await call_next(request)
+        given = request.query_params.get("token")
+        offered = [
+            given,
+            request.cookies.get(TOKEN_COOKIE),
+            request.headers.get("authorization", "").removeprefix("Bearer ").strip() or None,
+        ]
+        if not any(t is not None and hmac.compare_digest(t, token) for t in offered):
+            return _error(401, "a token is required: open the URL `traintape ui` printed")
+        response = await call_next(request)
+        if given is not None:
+            response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="strict")
+        return response
+
+    return check
+
+
+def create_app(store: Path, token: str | None = None, bind: str | None = None) -> Starlette:
+    """The dashboard app over `store` (a resolved store folder); with `token`, every request
+    must carry it; without, only requests naming a loopback host (or `bind`) are answered."""
+    from starlette.middleware import Middleware
+    from starlette.middleware.base import BaseHTTPMiddleware
+
+    handlers = Handlers(store)
+    routes = [
+        Route("/", _index),
+        Route("/api/runs", handlers.runs),
+        Route("/api/run/{run_id:path}", handlers.run),
+        Route("/api/metrics", handlers.metrics),
+        Route("/api/series", handlers.series),
+        Route("/api/system", handlers.system),
+        Route("/api/{rest:path}", _no_route),
+        Route("/static/plotly.min.js", _plotly),
+        Mount("/static", StaticFiles(directory=STATIC, check_dir=False), name="static"),
+    ]
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        handlers.close()
+
+    return Starlette(
+        routes=routes,
+        middleware=[
+            Middleware(
+                BaseHTTPMiddleware, dispatch=_guard(token, frozenset({bind} if bind else ()))
+            )
+        ],
+        lifespan=lifespan,
+    )
