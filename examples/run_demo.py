@@ -72,6 +72,10 @@ def main() -> int:
     print_rows([d[0] for d in cur.description], cur.fetchall())
     print(f"\n[demo] explore it: .venv/bin/traintape runs --store {store}")
     print(
+        f"[demo] dashboard: .venv/bin/traintape ui --store {store}, then open "
+        f"http://127.0.0.1:8421/#/run/{run_id}"
+    )
+    print(
         f'[demo]             .venv/bin/traintape query "SELECT * FROM metrics LIMIT 5" --store {store}'
     )
     return 0

@@ -27,4 +27,5 @@ def test_demo_trains_two_ranks_and_summarizes_them(tmp_path: Path) -> None:
     assert "completed, 2 ranks" in out.stdout
     assert "min_value" in out.stdout and " best" not in out.stdout
     assert f"traintape runs --store {store}" in out.stdout
+    assert f"traintape ui --store {store}" in out.stdout and "/#/run/" in out.stdout
     assert "Warning" not in out.stderr and "Traceback" not in out.stderr, out.stderr

@@ -269,8 +269,9 @@ export async function renderRuns(root, query) {
       drawControls();
     }
     draw();
-    // Live runs change duration, status and last values: refresh the table while any runs.
-    const live = data.runs.some((r) => r.status === "running");
+    // Live runs change duration, status and last values: refresh the table while any runs,
+    // and while the server is still computing some runs' last/best (`pending`, on a cold start).
+    const live = data.runs.some((r) => r.status === "running") || (data.pending || []).length > 0;
     timer = setTimeout(load, live ? 2000 : 10000);
   }
 
