@@ -151,6 +151,34 @@ def test_finish_without_collector_does_not_wait_its_timeout_and_says_how_to_deli
     assert f"`traintape replay --store {store}`" in line
 
 
+@pytest.mark.slow
+def test_finish_waits_for_a_collector_that_is_restarting(tmp_path: Path) -> None:
+    """A collector that answered this run moments ago and is down when finish() is called is
+    restarting, not gone: finish() waits for it (within its timeout) and delivers everything,
+    with nothing left in the spool for a `traintape replay`."""
+    import threading
+
+    store = tmp_path / "store"
+    coll = CollectorProcess(store, "--system-interval", "0").start()
+    try:
+        run = emitter.init(project="p", store=store)
+        emitter.log({"loss": 0.0}, step=0)
+        wait_for(store, f"SELECT count(*) FROM metrics WHERE run_id = '{run.run_id}'", 1)
+        coll.stop()
+        for step in range(1, 50):
+            emitter.log({"loss": float(step)}, step=step)
+        # Back after finish() has seen nothing listening for longer than its grace.
+        later = threading.Timer(3.0, coll.start)
+        later.start()
+        report = emitter.finish(timeout=60)
+        later.join()
+        assert report is not None and report.complete and report.spooled == 0, report
+        wait_for(store, f"SELECT count(*) FROM metrics WHERE run_id = '{run.run_id}'", 50)
+        assert not list(spool_dir(store).glob("*.spool"))
+    finally:
+        coll.close()
+
+
 # -- the run ends when finish() is called ---------------------------------------------------------
 
 

@@ -10,8 +10,9 @@ command that starts a collector for it:
   for `GRACE_S` (a collector started beside the trainer gets that long to bind), one warning.
   `init()` never waits on it.
 - at `finish()`: a `Lookout` probes while finish waits for acknowledgements; when nothing
-  listened for `GRACE_S`, finish stops waiting and spools at once (report.py says where the
-  events are and how to deliver them).
+  listened for `GRACE_S`, and the collector has not answered this run for `outbox.RESTART_S`
+  (else it is restarting: finish waits for it until its deadline), finish stops waiting and
+  spools at once (report.py says where the events are and how to deliver them).
 """
 
 from __future__ import annotations

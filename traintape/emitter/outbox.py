@@ -264,6 +264,17 @@ class Outbox:
         )
 
 
+RESTART_S = 15.0
+"""A collector that answered this link this recently is taken to be restarting, not gone:
+finish() waits for it until its deadline instead of spooling as soon as nothing listens (a
+restart takes seconds; its events then arrive without a `traintape replay`)."""
+
+
+def _restarting(transport: Transport, now: float) -> bool:
+    last = transport.last_ack_at
+    return last is not None and now - last < RESTART_S
+
+
 def _settle(
     transport: Transport, spooler: Spooler, deadline: float, lookout: Lookout | None
 ) -> str | None:
@@ -278,7 +289,7 @@ def _settle(
         if remaining <= 0:
             return None
         absent = lookout.look(now) if lookout is not None else None
-        if absent is not None:
+        if absent is not None and not _restarting(transport, now):
             return absent  # nobody to wait for: the spool keeps everything for replay
         transport.resend_due()
         spooler.replay_locked()

@@ -94,6 +94,8 @@ class Transport:
         self._last_out = 0.0  # monotonic time anything last left: a batch or a heartbeat
         self.closed = False
         self.stored_seq: int | None = None
+        self.last_ack_at: float | None = None
+        """Monotonic time of the collector's last answer (None: it never answered this link)."""
         self.on_ack: Callable[[int, int, int, int], bool] | None = None
 
     # -- called with the I/O lock held -------------------------------------------------------
@@ -131,6 +133,7 @@ class Transport:
             if source != self.source:
                 continue
             count += 1
+            self.last_ack_at = time.monotonic()
             if self.on_ack is not None and self.on_ack(seq0, n, status, rejected):
                 continue  # answers finish()'s visibility request (traintape.emitter.visibility)
             if status == ACK_VISIBLE:
