@@ -36,6 +36,8 @@ from traintape.cli import main as cli_main
 
 Point = collections.namedtuple("Point", "x y")
 
+pytestmark = pytest.mark.share_collector  # each test reads back only its own runs
+
 
 def _files(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
@@ -53,6 +55,7 @@ def _saved_events(store: Path, run_id: str, expected: int) -> None:
     )
 
 
+@pytest.mark.slow
 def test_import_traintape_imports_no_torch() -> None:
     """`import traintape` (with CheckpointPolicy and load_checkpoint) leaves torch unimported."""
     code = (
@@ -148,7 +151,9 @@ def test_round_trip_of_a_nested_state(store: Path, collector: Any) -> None:
     _saved_events(store, run.run_id, 1)
     row = query(
         store,
-        "SELECT step, path, bytes, sha256, metrics, is_best, blocked_s, write_s FROM checkpoints",
+        "SELECT step, path, bytes, sha256, metrics, is_best, blocked_s, write_s FROM checkpoints "
+        "WHERE run_id = ?",
+        run.run_id,
     )[0]
     assert row[:4] == (7, str(info.path), info.bytes, info.sha256)
     assert json.loads(row[4]) == {"val_loss": 0.5}
@@ -202,7 +207,8 @@ def test_buffers_are_reused_and_snapshots_in_flight_are_bounded(
         for w in weights.values():
             w.fill_(step)
         handles.append(emitter.save_checkpoint({"w": weights, "step": step}, step=step))
-    writer = run._checkpoints
+    writer = run._helpers.writer
+    assert writer is not None
     emitter.finish()
     for h in handles:
         loaded = torch.load(h.result().path)
@@ -234,7 +240,8 @@ def test_retention_keeps_exactly_the_last_n_and_the_best_k(
     assert _files(folder) == [f"step-{s:08d}.pt" for s in kept]
     wait_for(
         store,
-        "SELECT count(*) FROM checkpoints WHERE action = 'deleted' AND reason = 'retention'",
+        "SELECT count(*) FROM checkpoints WHERE action = 'deleted' AND reason = 'retention' "
+        f"AND run_id = '{run.run_id}'",
         len(values) - len(kept),
     )
     records = list_checkpoints(store, run.run_id)
@@ -287,18 +294,20 @@ def test_leftover_temporary_files_are_removed_but_live_writes_are_not(
     other.write_text("not ours")
     with open(alive, "rb") as held:
         fcntl.flock(held.fileno(), fcntl.LOCK_EX)
-        emitter.init("ckpt", store=store, checkpoint=CheckpointPolicy(dir=folder))
+        run = emitter.init("ckpt", store=store, checkpoint=CheckpointPolicy(dir=folder))
         emitter.save_checkpoint({"x": 1}, step=5).result(timeout=30)
         emitter.finish()
     assert not crashed.exists()
     assert alive.exists() and other.exists()
     wait_for(
         store,
-        "SELECT string_agg(path, ',') FROM checkpoints WHERE reason = 'leftover'",
+        "SELECT string_agg(path, ',') FROM checkpoints WHERE reason = 'leftover' "
+        f"AND run_id = '{run.run_id}'",
         str(crashed),
     )
 
 
+@pytest.mark.share_collector(False)  # it stops and restarts its collector
 def test_a_deletion_waits_until_the_collector_has_recorded_it(store: Path, collector: Any) -> None:
     """With the collector down, retention leaves the old file in place (the store could not
     learn it is gone); once the collector is back, the deletion is recorded, then done."""
@@ -368,7 +377,8 @@ def test_cli_lists_checkpoints_with_best_and_latest(
     for step, acc in [(10, 0.9), (20, 0.7), (30, 0.8)]:
         emitter.save_checkpoint({"s": step}, step=step, metrics={"acc": acc})
     emitter.finish()
-    wait_for(store, "SELECT count(*) FROM checkpoints", 4)  # 3 saved, step 20 deleted
+    # 3 saved, step 20 deleted
+    wait_for(store, f"SELECT count(*) FROM checkpoints WHERE run_id = '{run.run_id}'", 4)
     assert cli_main(["checkpoints", "listed", "--store", str(store)]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0] == f"run {run.run_id}: 2 checkpoints"
@@ -426,7 +436,7 @@ def test_an_unwritable_destination_fails_the_handle_not_the_training(
         dest.chmod(0o500)
         folder = dest / "ckpts"
     before = sorted(dest.rglob("*"))
-    emitter.init("ckpt", store=store, checkpoint=CheckpointPolicy(dir=folder, keep_last=1))
+    run = emitter.init("ckpt", store=store, checkpoint=CheckpointPolicy(dir=folder, keep_last=1))
     model = torch.nn.Linear(4, 1)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     handles = []
@@ -445,9 +455,10 @@ def test_an_unwritable_destination_fails_the_handle_not_the_training(
             handle.result()
     emitter.finish()
     assert sorted(dest.rglob("*")) == before
-    wait_for(store, "SELECT count(*) FROM checkpoints WHERE action = 'failed'", 4)
-    assert query(store, "SELECT count(*) FROM metrics WHERE key = 'loss'")[0][0] == 20
-    error = query(store, "SELECT error FROM checkpoints LIMIT 1")[0][0]
+    mine = f"run_id = '{run.run_id}'"
+    wait_for(store, f"SELECT count(*) FROM checkpoints WHERE action = 'failed' AND {mine}", 4)
+    assert query(store, f"SELECT count(*) FROM metrics WHERE key = 'loss' AND {mine}")[0][0] == 20
+    error = query(store, f"SELECT error FROM checkpoints WHERE {mine} LIMIT 1")[0][0]
     assert "Error" in error
 
 
@@ -457,11 +468,15 @@ def test_a_state_torch_save_cannot_pickle_fails_only_its_handle(
     """A state that torch.save cannot pickle fails its handle and leaves no file; the next save
     in the same run writes normally."""
     folder = tmp_path / "ckpts"
-    emitter.init("ckpt", store=store, checkpoint=CheckpointPolicy(dir=folder))
+    run = emitter.init("ckpt", store=store, checkpoint=CheckpointPolicy(dir=folder))
     bad = emitter.save_checkpoint({"w": torch.ones(4), "fn": lambda x: x}, step=1)
     assert bad.exception(timeout=30) is not None
     good = emitter.save_checkpoint({"w": torch.ones(4)}, step=2).result(timeout=30)
     emitter.finish()
     assert _files(folder) == [good.path.name]
     assert not [p for p in folder.iterdir() if p.name.endswith(".tmp")]
-    wait_for(store, "SELECT count(*) FROM checkpoints WHERE action = 'failed'", 1)
+    wait_for(
+        store,
+        f"SELECT count(*) FROM checkpoints WHERE action = 'failed' AND run_id = '{run.run_id}'",
+        1,
+    )

@@ -136,7 +136,14 @@ def _train(store: str, run_id: str, kill_after: int | None, resume: bool) -> Non
             assert handle is not None
             handle.result()
             run._flush(True)
-            time.sleep(0.5)  # the last checkpoint's event reaches the collector
+            # the kill lands once the store holds every loss so far and the last checkpoint
+            mine = f"run_id = '{run_id}'"
+            wait_for(Path(store), f"SELECT count(*) FROM metrics WHERE {mine}", step + 1)
+            wait_for(
+                Path(store),
+                f"SELECT max(step) FROM checkpoints WHERE {mine} AND action = 'saved'",
+                handle.step,
+            )
             os.kill(os.getpid(), signal.SIGKILL)
     emitter.finish()
 

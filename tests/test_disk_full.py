@@ -184,6 +184,7 @@ def test_dead_letters_on_a_full_disk_do_not_stop_the_collector(small_disk: Path)
         collector.close()
 
 
+@pytest.mark.slow
 def test_a_spool_write_the_disk_cannot_hold_leaves_no_torn_record(small_disk: Path) -> None:
     """A spool append that runs out of space midway is cut back whole: the file keeps exactly
     its earlier records, and a later append (once space returns) reads back in order."""

@@ -13,6 +13,8 @@ from traintape import emitter
 from traintape.emitter import Emitter, RunFinishedError
 from traintape.emitter.values import flatten
 
+pytestmark = pytest.mark.share_collector  # each test reads back only its own run
+
 
 def test_bad_value_raises_type_error_naming_key_and_logs_nothing(
     store: Path, collector: CollectorProcess
@@ -142,13 +144,13 @@ def test_warnings_go_through_logging_so_a_script_can_route_or_silence_them(
 
     import traintape.emitter as module
 
-    monkeypatch.setattr(module._NotStarted, "warned", False)
+    monkeypatch.setattr(module._NotStarted, "warned", set())
     with caplog.at_level(logging.WARNING, logger="traintape"):
         emitter.log({"x": 1.0})
     [record] = caplog.records
     assert record.name == "traintape.emitter" and "before emitter.init()" in record.message
     caplog.clear()
-    monkeypatch.setattr(module._NotStarted, "warned", False)
+    monkeypatch.setattr(module._NotStarted, "warned", set())
     logging.getLogger("traintape").setLevel(logging.ERROR)
     try:
         emitter.log({"x": 1.0})
@@ -204,7 +206,7 @@ def test_rank_and_run_id_come_from_torchrun_variables(
 
 @pytest.mark.slow
 def test_unwritable_spool_keeps_batches_in_memory_until_the_collector_returns(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """No collector and a spool folder that cannot be written: nothing is dropped while the
     process lives; once a collector starts, everything is delivered."""
@@ -217,7 +219,10 @@ def test_unwritable_spool_keeps_batches_in_memory_until_the_collector_returns(
         emitter.log({"x": float(step)}, step=step)
     import time
 
-    time.sleep(1.0)  # the keeper tries to spool, fails, and keeps the batches
+    deadline = time.monotonic() + 30
+    while "cannot write the spool" not in caplog.text:  # the keeper tried, and keeps the batches
+        assert time.monotonic() < deadline, "the keeper never tried to spool"
+        time.sleep(0.05)
     coll = CollectorProcess(store).start()
     try:
         report = emitter.finish(timeout=30)

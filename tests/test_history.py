@@ -557,39 +557,50 @@ def test_tail_follows_a_live_run_and_exits_when_it_ends(
     run = emitter.init(project="live", name="live-run", store=store)
     emitter.log({"loss": 1.0}, step=0)
     wait_for(store, "SELECT count(*) FROM metrics", 1)
-    tail = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "traintape.cli",
-            "tail",
-            run.run_id,
-            "--store",
-            str(store),
-            "--interval",
-            "0.2",
-            "--seconds",
-            "120",
-        ],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    shown = store.parent / "tail.out"
+    with shown.open("w") as stream:  # each frame is flushed: the test reads them so far
+        tail = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "traintape.cli",
+                "tail",
+                run.run_id,
+                "--store",
+                str(store),
+                "--interval",
+                "0.2",
+                "--seconds",
+                "120",
+            ],
+            cwd=REPO,
+            stdout=stream,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    def frames_shown(at_least: int) -> None:
+        deadline = time.monotonic() + 30
+        while shown.read_text().count(f"run {run.run_id}  live-run") < at_least:
+            assert tail.poll() is None, tail.communicate()[1]
+            assert time.monotonic() < deadline, f"tail showed fewer than {at_least} frames"
+            time.sleep(0.05)
+
     try:
-        time.sleep(0.5)
+        frames_shown(1)  # following the run
         for step in range(1, 6):
             emitter.log({"loss": 1.0 / (step + 1)}, step=step)
         wait_for(store, "SELECT max(step) FROM metrics", 5)
-        time.sleep(0.5)
+        frames_shown(shown.read_text().count(f"run {run.run_id}  live-run") + 1)  # refreshed
         assert tail.poll() is None  # still following: the run has not ended
         emitter.finish()
-        out, err = tail.communicate(timeout=60)
+        _, err = tail.communicate(timeout=60)
     finally:
         if tail.poll() is None:
             tail.kill()
             tail.wait()
     assert tail.returncode == 0, err
+    out = shown.read_text()
     frames = out.split(f"run {run.run_id}  live-run")
     assert len(frames) >= 3  # refreshed while running, and a final frame
     assert "running" in frames[1]

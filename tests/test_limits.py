@@ -43,8 +43,8 @@ def _good_run(store: Path) -> str:
 def test_one_event_over_the_message_limit_is_refused_at_the_call(tmp_path: Path) -> None:
     """log_text and log_params with a body over the limit raise a clear error; nothing is queued."""
     run = emitter.init(project="p", store=tmp_path / "s", address="ipc://" + str(tmp_path / "x"))
-    with run._lock:  # sent or waiting (the keeper may flush meanwhile)
-        queued = run._seq + len(run._pending)
+    with run._outbox.lock:  # sent or waiting (the keeper may flush meanwhile)
+        queued = run._outbox.seq + len(run._pending)
     with pytest.raises(ValueError, match="limit"):
         emitter.log_text("big", "x" * (MAX_MESSAGE_BYTES + 1))
     with pytest.raises(ValueError, match="limit"):
@@ -56,8 +56,8 @@ def test_one_event_over_the_message_limit_is_refused_at_the_call(tmp_path: Path)
         emitter.log_params({"deep": nested})
     with pytest.raises(ValueError, match="int64"):
         emitter.log_params({"seed": 2**70})
-    with run._lock:
-        assert run._seq + len(run._pending) == queued
+    with run._outbox.lock:
+        assert run._outbox.seq + len(run._pending) == queued
 
 
 @pytest.mark.slow

@@ -20,10 +20,19 @@ from tests.conftest import (
     CollectorProcess,
     query,
     torchrun_argv,
+    value_now,
     wait_for,
     worker_argv,
 )
 from tests.workers.log_steps import expected_value
+
+
+def _progress(path: Path) -> int:
+    """The last step a `--progress` worker wrote, -1 before the first."""
+    try:
+        return int(path.read_text())
+    except (OSError, ValueError):
+        return -1
 
 
 def _bits(x: float) -> bytes:
@@ -71,6 +80,7 @@ def _assert_exact(store: Path, run_id: str, ranks: int, steps: int, metrics: int
 
 
 @pytest.mark.slow
+@pytest.mark.share_collector
 def test_torchrun_two_ranks_store_every_value_bit_exact(
     store: Path, collector: CollectorProcess
 ) -> None:
@@ -113,10 +123,14 @@ def test_collector_sigkilled_mid_run_loses_and_duplicates_nothing(store: Path) -
         text=True,
     )
     try:
-        time.sleep(1.0)
+        deadline = time.monotonic() + 60
+        mine = "SELECT count(*) FROM metrics WHERE run_id = 'killed-collector'"
+        while not value_now(store, mine):  # the run is under way: the kill lands mid-run
+            assert time.monotonic() < deadline, "nothing of the run reached the store"
+            time.sleep(0.05)
         coll.kill()
         assert worker.poll() is None, "the kill must land mid-run"
-        time.sleep(1.0)
+        time.sleep(1.0)  # the scenario: the collector stays down a while, the worker logs on
         coll.start()
         _, err = worker.communicate(timeout=120)
         assert worker.returncode == 0, err
@@ -140,6 +154,8 @@ def test_emitters_started_before_the_collector_deliver_everything(store: Path) -
             "100",
             "--pause",
             "0.05",
+            "--progress",
+            store.parent / "progress",
         ),
         cwd=REPO,
         env=env,
@@ -149,7 +165,11 @@ def test_emitters_started_before_the_collector_deliver_everything(store: Path) -
     )
     coll = CollectorProcess(store)
     try:
-        time.sleep(2.0)
+        deadline = time.monotonic() + 60
+        while _progress(store.parent / "progress") < 1000:  # a third logged with no collector
+            assert worker.poll() is None, worker.communicate()[1]
+            assert time.monotonic() < deadline, "the worker did not reach step 1000"
+            time.sleep(0.02)
         coll.start()
         _, err = worker.communicate(timeout=120)
         assert worker.returncode == 0, err
@@ -219,9 +239,8 @@ def test_garbage_on_the_socket_is_dead_lettered_and_serving_goes_on(
     ]
     for frames in bad:
         sock.send_multipart(frames)
-    time.sleep(0.5)
-    sock.close(linger=0)
-    ctx.term()
+    sock.close(linger=10_000)
+    ctx.term()  # returns once every frame above is sent (or after the linger)
 
     _run_worker(store, "--steps", "500", env={**os.environ, "TRAINTAPE_RUN_ID": "after-garbage"})
     wait_for(store, "SELECT count(*) FROM metrics WHERE run_id = 'after-garbage'", 5000)
@@ -253,6 +272,7 @@ def test_sigterm_flushes_and_exits_zero(store: Path) -> None:
         coll.close()
 
 
+@pytest.mark.share_collector
 def test_forked_child_logs_under_its_own_source(store: Path, collector: CollectorProcess) -> None:
     """A forked child (a DataLoader worker) gets its own socket and source; both sides' events arrive."""
     from traintape import emitter
@@ -286,6 +306,7 @@ def test_forked_child_logs_under_its_own_source(store: Path, collector: Collecto
     assert query(store, "SELECT status FROM runs WHERE run_id = ?", run.run_id) == [("completed",)]
 
 
+@pytest.mark.share_collector
 def test_nan_and_inf_survive_to_sql(store: Path, collector: CollectorProcess) -> None:
     """NaN and ±Inf are kept, not dropped."""
     from traintape import emitter

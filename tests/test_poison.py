@@ -199,6 +199,7 @@ def test_raw_poison_frames_are_set_aside_and_a_good_run_reaches_parquet(
 
 
 @pytest.mark.slow
+@pytest.mark.share_collector
 def test_public_api_poison_is_refused_at_the_call(store: Path, collector: CollectorProcess) -> None:
     """Steps past int64 or negative, and run ids that cannot name a folder, raise at the call;
     nothing is queued, and the store keeps materializing."""
@@ -239,6 +240,7 @@ def test_environment_run_ids_are_checked_and_torchelastic_ids_mapped(
 
 
 @pytest.mark.slow
+@pytest.mark.share_collector
 def test_events_only_the_collector_can_refuse_are_counted_in_the_finish_report(
     store: Path, collector: CollectorProcess
 ) -> None:
@@ -275,7 +277,7 @@ def test_an_event_that_cannot_be_packed_is_refused_and_counted_not_lost_silently
         while run._pending and time.monotonic() < deadline:  # the keeper flushes it
             time.sleep(0.01)
         assert not run._pending
-        assert run._keeper is not None and run._keeper.is_alive()
+        assert run._outbox.keeper is not None and run._outbox.keeper.is_alive()
         emitter.log({"a": 1.0}, step=1)
         report = emitter.finish(timeout=30)
         assert report.rejected == 1 and not report.complete
@@ -313,7 +315,7 @@ def test_the_keeper_survives_a_failing_tick(store: Path, monkeypatch: pytest.Mon
         deadline = time.monotonic() + 10
         while calls["n"] < 6 and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert run._keeper is not None and run._keeper.is_alive()
+        assert run._outbox.keeper is not None and run._outbox.keeper.is_alive()
         report = emitter.finish(timeout=30)
         assert report.complete, report
         assert report.acked == 12

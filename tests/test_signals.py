@@ -19,6 +19,8 @@ from traintape.emitter import signals
 
 UNTIL = REPO / "tests" / "workers" / "until_signal.py"
 
+pytestmark = pytest.mark.share_collector  # each test reads back only its own run
+
 
 def _start(store: Path, progress: Path, *args: object, env: dict[str, str] | None = None) -> Any:
     argv = [sys.executable, str(UNTIL), "--store", str(store), "--progress", str(progress)]
@@ -103,6 +105,7 @@ def test_a_script_that_handles_sigterm_itself_goes_on_and_completes(
 
 
 @pytest.mark.slow
+@pytest.mark.share_collector(False)  # it finds its run as the store's only one
 def test_torchrun_sigterms_the_other_ranks_when_one_fails(
     store: Path, collector: Any, tmp_path: Path
 ) -> None:

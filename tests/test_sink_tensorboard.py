@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import CollectorProcess, query, start_ranks
+from tests.conftest import CollectorProcess, query, start_ranks, value_now
 from traintape.schemas.events import METRICS, RUN_END
 from traintape.sinks import Event, RunInfo, SinkConfig
 
@@ -68,10 +68,11 @@ def _tensorboard_batches(store: Path) -> int:
         return 0
 
 
-def _workers(store: Path, run_id: str, steps: int, pause: float) -> list[subprocess.Popen]:
-    return start_ranks(
-        store, run_id, "--steps", steps, "--metrics", 6, "--pause-every", 10, "--pause", pause
-    )
+def _workers(
+    store: Path, run_id: str, steps: int, pause: float, *extra: object
+) -> list[subprocess.Popen]:
+    pace = ("--metrics", 6, "--pause-every", 10, "--pause", pause)
+    return start_ranks(store, run_id, "--steps", steps, *pace, *extra)
 
 
 @pytest.mark.slow
@@ -83,14 +84,20 @@ def test_two_ranks_match_the_store_exactly_across_a_sigkill(tmp_path: Path):
     config.write_text("sinks:\n  tensorboard:\n    ranks: all\n    batch_events: 500\n")
     collector = CollectorProcess(store, "--config", str(config), "--system-interval", "0").start()
     try:
-        procs = _workers(store, "tbrun", steps=800, pause=0.02)
+        # The ranks finish once the collector is back: finish() while nothing listens would
+        # spool at once (for `traintape replay`), which is not what this test is about.
+        go = tmp_path / "finish"
+        procs = _workers(store, "tbrun", 800, 0.02, "--finish-after", go)
         deadline = time.monotonic() + 60
-        while _tensorboard_batches(store) < 1:  # mid-run: values are in TensorBoard already
-            assert time.monotonic() < deadline, "the sink wrote nothing"
+        mine = "SELECT count(*) FROM metrics WHERE run_id = 'tbrun'"
+        while _tensorboard_batches(store) < 1 or (value_now(store, mine) or 0) < 2 * 200 * 6:
+            # mid-run: a quarter of the values stored, and some in TensorBoard already
+            assert time.monotonic() < deadline, "the run did not get under way"
             time.sleep(0.05)
         collector.kill()
         time.sleep(0.5)  # the scenario: the collector stays down a while, the ranks log on
         collector.start()
+        go.touch()
         for p in procs:
             assert p.wait(120) == 0
         assert collector.stop() == 0

@@ -18,18 +18,27 @@ from traintape.globs import UnreadablePathError, literal
 from traintape.read import history
 
 
-def _fill(store: Path, run_id: str) -> None:
-    """One run of three steps in `store`, through a real collector, visible in the views."""
-    collector = CollectorProcess(store).start()
+def _fill(stores: dict[str, Path]) -> None:
+    """One run of three steps in each store (named by its run id), each through its own real
+    collector (started together), visible in the views."""
+    collectors = [CollectorProcess(store).start(wait=False) for store in stores.values()]
     try:
-        emitter.init("paths", name=f"name-{run_id}", store=store, run_id=run_id)
-        for step in range(3):
-            emitter.log({"loss": float(step)}, step=step)
-        emitter.finish(timeout=30)
-        wait_for(store, "SELECT count(*) FROM metrics", 3)
-        wait_for(store, "SELECT count(*) FROM runs WHERE status = 'completed'", 1)
+        for collector in collectors:
+            collector.wait_started()
+        for run_id, store in stores.items():
+            emitter.init("paths", name=f"name-{run_id}", store=store, run_id=run_id)
+            for step in range(3):
+                emitter.log({"loss": float(step)}, step=step)
+            emitter.finish(timeout=30)
+        for store in stores.values():
+            wait_for(store, "SELECT count(*) FROM metrics", 3)
+            wait_for(store, "SELECT count(*) FROM runs WHERE status = 'completed'", 1)
     finally:
-        collector.stop()
+        for collector in collectors:
+            if collector.proc is not None and collector.proc.poll() is None:
+                collector.proc.terminate()  # both stop at once: SIGTERM, as stop() sends
+        for collector in collectors:
+            collector.stop()
 
 
 def _runs_cli(store: Path, capsys: pytest.CaptureFixture[str]) -> str:
@@ -49,8 +58,7 @@ def test_a_store_with_glob_characters_reads_only_itself(
     """Two stores side by side whose paths a glob would confuse each see their own run only:
     the views, the history functions that read one run's folder, and `traintape runs`."""
     stores = {"mine": tmp_path / mine, "sibling": tmp_path / sibling}
-    for run_id, store in stores.items():
-        _fill(store, run_id)
+    _fill(stores)
     for run_id, store in stores.items():
         con = connect(store)
         try:

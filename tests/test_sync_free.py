@@ -26,6 +26,7 @@ class RecordingDeferred:
 
     def __init__(self) -> None:
         self.added: list[tuple[int | None, int, Any, Any]] = []
+        self.queue: tuple[()] = ()  # nothing is ever on its way: log() never waits behind it
         self.unreadable = 0
 
     def add(self, ts: int, step: int | None, kind: int, values: Any, build: Any) -> None:
@@ -44,9 +45,9 @@ class RecordingDeferred:
 
 @pytest.fixture
 def recorder(store: Path, collector: CollectorProcess) -> RecordingDeferred:
-    run = emitter.init(project="meta", store=store)
-    run._deferred = RecordingDeferred()  # type: ignore[assignment]
-    return run._deferred  # type: ignore[return-value]
+    recording = RecordingDeferred()
+    emitter.init(project="meta", store=store, deferred=lambda emit: recording)
+    return recording
 
 
 def test_log_of_device_tensors_reads_no_value(store: Path, recorder: RecordingDeferred) -> None:

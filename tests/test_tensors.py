@@ -19,6 +19,7 @@ from traintape.emitter.deferred import DeferredValues, _Pending, _Slot
 from traintape.schemas.events import METRICS, TEXT
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU")
+pytestmark = pytest.mark.share_collector  # each test reads back only its own run
 
 
 def test_cpu_tensors_numpy_scalars_and_numbers_land_with_values_and_steps(
@@ -147,7 +148,7 @@ def test_values_stop_waiting_behind_a_gpu_value_that_is_overdue(
     dv._queue.append(_Pending(then, 1, METRICS, lambda v: {"loss": v[0]}, slot, host))
     emitter.log({"lr": 0.1}, step=2)  # not overdue yet: waits behind it
     assert len([e for e in run._pending if e[0] == METRICS]) == 0
-    time.sleep(0.4)
+    time.sleep(0.4)  # the scenario: time passes until the GPU value is overdue
     run._deferred.poll()  # as the keeper thread does
     emitter.log({"lr": 0.2}, step=3)  # overdue now: straight out, after step 2's
     assert dv._queue[0].slot is slot  # only the GPU value still waits; step 2 went out
@@ -362,9 +363,8 @@ def test_collector_samples_cpu_and_ram_without_a_driver_and_joins_runs(tmp_path:
     coll = CollectorProcess(store, "--system-interval", "0.2").start()
     try:
         run = emitter.init(project="sys", store=store)
-        import time
-
-        time.sleep(1.0)
+        mine = f"run_id = '{run.run_id}' AND device = 'cpu'"
+        wait_for(store, f"SELECT count(DISTINCT key) > 2 FROM system WHERE {mine}", True)
         emitter.log({"x": 1.0}, step=0)
         emitter.finish()
         wait_for(
