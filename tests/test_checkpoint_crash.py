@@ -7,6 +7,7 @@ its own emitter, writer thread and ZeroMQ link to the real collector of the `col
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import random
@@ -22,6 +23,7 @@ from tests.conftest import query, wait_for
 from traintape import CheckpointPolicy, emitter, load_checkpoint
 from traintape.checkpoint import CheckpointNotFoundError, list_checkpoints, verify
 from traintape.emitter.checkpointing.writer import TMP_NAME
+from traintape.layout import StoreLayout
 
 TRIALS = 20
 CRASH_POLICY = CheckpointPolicy(keep_last=2, keep_best=1, monitor="loss")
@@ -182,6 +184,22 @@ def _run_to_end(ctx: Any, target: Any, *args: Any) -> int:
     return proc.exitcode
 
 
+def _materialized_since(store: Path, since: float, timeout: float = 60.0) -> None:
+    """Waits for a status the collector wrote after `since` saying the materializer holds the
+    whole journal (what was journaled until then is in the tables)."""
+    path = StoreLayout(store).collector_status
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            status = json.loads(path.read_text())
+        except (OSError, ValueError):
+            status = {}
+        if status.get("updated", 0) > since and status.get("materializer_lag_bytes") == 0:
+            return
+        assert time.monotonic() < deadline, f"the materializer did not catch up: {status}"
+        time.sleep(0.05)
+
+
 # -- tests -----------------------------------------------------------------------------------
 
 
@@ -220,7 +238,7 @@ def test_sigkill_during_writes_never_leaves_a_partial_checkpoint(
         killed_mid_write += bool(_temporary_files(folder))
         for path in _final_files(folder):
             _check_consistent(torch.load(path))  # complete, and from one moment
-        time.sleep(0.3)  # the materializer catches up before the next attempt reads the store
+        _materialized_since(store, time.time())  # before the next attempt reads the store
 
     ready = ctx.Event()
     assert _run_to_end(ctx, _save_until_killed, str(store), run_id, ready, TRIALS, 3) == 0
