@@ -348,3 +348,18 @@ def test_a_checkpoint_saved_before_any_collector_makes_the_store_private(
     for path in (store, store / "checkpoints", folder):
         assert stat.S_IMODE(path.stat().st_mode) == 0o700, path
     run.finish(timeout=0.5)
+
+
+def test_log_histogram_checks_what_it_is_given(tmp_path: Path) -> None:
+    """`Emitter.log_histogram` (what traintape.wandb's Histogram goes through) refuses an empty
+    key, no counts, and bounds that are not finite or in order, naming the key."""
+    run = emitter.init(project="p", store=tmp_path / "store")
+    try:
+        run.log_histogram("w", [1, 2, 3], -1.0, 1.0, step=0)
+        with pytest.raises(TypeError, match="non-empty str key"):
+            run.log_histogram("", [1], 0.0, 1.0)
+        for counts, low, high in (([], 0.0, 1.0), ([1], 1.0, 0.0), ([1], 0.0, float("inf"))):
+            with pytest.raises(ValueError, match="log_histogram\\('w'\\)"):
+                run.log_histogram("w", counts, low, high)
+    finally:
+        emitter.finish(timeout=0.5, wait_visible=False)

@@ -19,7 +19,6 @@ import pytest
 import traintape.wandb as wandb
 from tests.conftest import REPO, CollectorProcess
 from traintape.errors import ConfigError, NoRunError, RunFinishedError, UnsupportedMediaError
-from traintape.schemas.events import HISTOGRAM
 from traintape.wandb.config import Config
 from traintape.wandb.run import Run
 
@@ -49,9 +48,10 @@ class Recorder:
     def log_params(self, params: dict[str, Any]) -> None:
         self.params.append(dict(params))
 
-    def _emit(self, kind: int, step: int | None, body: dict[str, Any]) -> None:
-        assert kind == HISTOGRAM
-        self.histograms.append((step, body))
+    def log_histogram(
+        self, key: str, counts: list[float], low: float, high: float, step: int | None = None
+    ) -> None:
+        self.histograms.append((step, {"key": key, "min": low, "max": high, "counts": counts}))
 
     def finish(self, status: str = "completed") -> None:
         self.status = status

@@ -20,11 +20,12 @@ says when no collector listens (at init, and so that `finish()` does not wait fo
 from __future__ import annotations
 
 import atexit
+import math
 import os
 import sys
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from traintape.emitter import environment, signals
@@ -44,7 +45,7 @@ from traintape.errors import RunFinishedError
 from traintape.paths import resolve_address, resolve_store
 from traintape.placement import placement
 from traintape.probe import nothing_listens
-from traintape.schemas.events import PARAMS, RUN_END, RUN_START, RUN_STATUSES, TEXT
+from traintape.schemas.events import HISTOGRAM, PARAMS, RUN_END, RUN_START, RUN_STATUSES, TEXT
 
 if TYPE_CHECKING:
     from traintape.emitter.checkpointing.handle import CheckpointHandle
@@ -220,6 +221,26 @@ class Emitter:
         # Text lands in its step's row in W&B, as metrics do: it keeps its place in line too.
         if not (self._deferred_queue and self._deferred.add_ready(ts, step, TEXT, body)):
             self._emit(TEXT, step, body, ts)
+
+    def log_histogram(
+        self, key: str, counts: Sequence[float], low: float, high: float, step: int | None = None
+    ) -> None:
+        """Records a histogram of equal-width bins between `low` and `high` (what `watch()`
+        records for weights and gradients; TensorBoard and W&B sinks show it as theirs)."""
+        if not isinstance(key, str) or not key:
+            msg = "log_histogram() takes a non-empty str key"
+            raise TypeError(msg)
+        counts = [float(c) for c in counts]
+        low, high = float(low), float(high)
+        if not counts or not math.isfinite(low) or not math.isfinite(high) or high < low:
+            msg = f"log_histogram({key!r}): counts must not be empty, and low <= high, finite"
+            raise ValueError(msg)
+        step = step if step is None else check_step(step)
+        body = {"key": key, "min": low, "max": high, "counts": counts}
+        check_body(body, f"log_histogram({key[:40]!r})")
+        ts = time.time_ns()
+        if not (self._deferred_queue and self._deferred.add_ready(ts, step, HISTOGRAM, body)):
+            self._emit(HISTOGRAM, step, body, ts)
 
     def save_checkpoint(
         self, state: Any, step: int, metrics: dict[str, Any] | None = None

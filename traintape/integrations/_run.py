@@ -8,8 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from traintape import emitter
-from traintape.emitter import Emitter
-from traintape.emitter.emitter import run_end
+from traintape.emitter import Emitter, run_end
 from traintape.errors import MissingBackendError
 
 

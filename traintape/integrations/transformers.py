@@ -21,8 +21,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from traintape.emitter import Emitter
-from traintape.emitter.emitter import run_end
+from traintape.emitter import Emitter, run_end
 from traintape.integrations._run import is_live, join_or_start, missing_framework, split_values
 
 try:

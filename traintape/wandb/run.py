@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from traintape.errors import RunFinishedError, UnsupportedMediaError
-from traintape.schemas.events import HISTOGRAM
 from traintape.wandb.config import Config
 from traintape.wandb.history import NUMBER, TEXT, StepHistory, check_step, flatten_row, kind_of
 from traintape.wandb.summary import Metric, MetricRules, Summary
@@ -144,7 +143,8 @@ class Run:
             elif kind == TEXT:
                 em.log_text(key, value, step)
             else:
-                em._emit(HISTOGRAM, step, value.body(key))
+                body = value.body(key)
+                em.log_histogram(key, body["counts"], body["min"], body["max"], step)
         if numbers:
             em.log(numbers, step=step)
 
