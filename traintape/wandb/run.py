@@ -106,6 +106,23 @@ class Run:
         sync: bool | None = None,
     ) -> None:
         """W&B's `log`: see traintape.wandb.history for how rows and steps are made."""
+        rules = self._rules
+        if (  # the common call: one whole row of Python numbers, no row open, no definitions
+            step is None
+            and commit is None
+            and not self._history.row
+            and not (rules.exact or rules.globs or self._finished)
+            and type(data) is dict
+            and _STR.issuperset(map(type, data))
+            and _SCALARS.issuperset(map(type, data.values()))
+        ):
+            row_step = self._history.step
+            self._history.step = row_step + 1
+            rules.last.update(data)  # as _write's sync_steps remembers the x-axes
+            self.summary._values.update(data)  # the last values: the default summary
+            if self._emitter is not None and data:
+                self._emitter.log(data, step=row_step)  # it copies the values it keeps
+            return
         if self._finished:
             msg = f"run {self.id} is finished; call traintape.wandb.init() to start another"
             raise RunFinishedError(msg)
