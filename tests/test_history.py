@@ -671,3 +671,20 @@ def test_tail_once_on_an_empty_store_says_so(
         capsys, "tail", "--seconds", "0.3", "--interval", "0.1", "--store", str(tmp_path)
     )
     assert code == 0 and out == ""
+
+
+def test_views_scoped_to_some_runs_answer_as_the_whole_store_does(fleet: Path) -> None:
+    """`connect(store, runs=[...])` (what `show` uses, to open one run's files instead of every
+    run's) holds those runs only, with the same rows the whole store's views give for them."""
+    import traintape
+
+    whole, scoped = traintape.connect(fleet), traintape.connect(fleet, runs=["ccc444", "aab222"])
+    for view in ("runs", "checkpoints", "metrics", "params", "events", "attempts"):
+        ids = {r[0] for r in scoped.execute(f"SELECT DISTINCT run_id FROM {view}").fetchall()}
+        assert ids <= {"ccc444", "aab222"}, view
+        for run_id in ("ccc444", "aab222"):
+            sql = f"SELECT * FROM {view} WHERE run_id = ? ORDER BY ALL"
+            got = scoped.execute(sql, [run_id]).fetchall()
+            want = whole.execute(sql, [run_id]).fetchall()
+            assert repr(got) == repr(want), (view, run_id)  # repr: NaN equals NaN
+    assert history.show(whole, "ccc444")["checkpoints"]  # through the scoped views

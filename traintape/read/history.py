@@ -27,6 +27,7 @@ from traintape.read.query import (
     run_rows,
     store_of,
 )
+from traintape.read.store import connect
 from traintape.schemas.values import flatten  # as params are stored: {"opt": {"lr": 1}} -> opt.lr
 
 __all__ = [
@@ -181,7 +182,20 @@ def metric_summary(con: duckdb.DuckDBPyConnection, run_ids: Sequence[str]) -> li
 
 def show(con: duckdb.DuckDBPyConnection, run_id: str) -> dict[str, Any]:
     """Everything about one run: its `runs` row, config, params, environment, summary,
-    metrics, checkpoints, and the system samples taken while it was active."""
+    metrics, checkpoints, artifacts, and the system samples taken while it was active."""
+    store = store_of(con)
+    if store is None:
+        return _show(con, run_id)
+    # The runs, checkpoints and system views over this run's folders only: the same rows, without
+    # opening every run's files (0.9 s at 1,000 runs through the views of the whole store).
+    scoped = connect(store, runs=[run_id])
+    try:
+        return _show(scoped, run_id)
+    finally:
+        scoped.close()
+
+
+def _show(con: duckdb.DuckDBPyConnection, run_id: str) -> dict[str, Any]:
     found = records(con, "SELECT * FROM runs WHERE run_id = ?", [run_id])
     if not found:
         msg = f"no run {run_id!r}"
@@ -210,6 +224,12 @@ def show(con: duckdb.DuckDBPyConnection, run_id: str) -> dict[str, Any]:
             """SELECT step, rank, ts, action, path, live, bytes, sha256, is_best, blocked_s, write_s,
                       error, metrics::VARCHAR AS metrics, attempt
                FROM checkpoints WHERE run_id = ? ORDER BY ts, rank""",
+            [run_id],
+        ),
+        "artifacts": records(
+            con,
+            """SELECT step, rank, ts, name, kind, bytes, sha256, path, metadata::VARCHAR AS metadata
+               FROM artifacts WHERE run_id = ? ORDER BY ts, rank, seq""",
             [run_id],
         ),
         "system": records(

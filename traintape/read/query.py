@@ -14,8 +14,8 @@ from typing import Any, TypeVar
 
 import duckdb
 
-from traintape.globs import literal, sql_string
-from traintape.layout import StoreLayout
+from traintape.globs import sql_string
+from traintape.read.store import table_files
 
 __all__ = [
     "by_step",
@@ -71,19 +71,8 @@ def run_rows(con: duckdb.DuckDBPyConnection, table: str, run_ids: Sequence[str])
     store = store_of(con)
     if store is None:
         return f"(SELECT * FROM {table} WHERE run_id IN ({ids}))"
-    layout = StoreLayout(store)
-    empty = layout.empty_table_file(table)
-    globs = [(empty.parent, empty.name)]  # never an empty list
-    globs += [(f, "*.parquet") for f in sorted({layout.run_folder(table, r) for r in run_ids})]
-    # A folder can exist without a file (a collector died between mkdir and its first write).
-    # The folder's path is escaped: the `[`, `*`, `?` of a store's path match nothing else.
-    files = ", ".join(
-        sql_string(f"{literal(folder)}/{name}")
-        for folder, name in globs
-        if any(folder.glob("*.parquet"))
-    )
     # Folder names are run ids made safe for a path, so two ids can share one: filter by id too.
-    return f"(SELECT * FROM read_parquet([{files}]) WHERE run_id IN ({ids}))"
+    return f"(SELECT * FROM {table_files(store, table, run_ids)} WHERE run_id IN ({ids}))"
 
 
 def run_metrics(con: duckdb.DuckDBPyConnection, run_ids: Sequence[str]) -> str:

@@ -14,6 +14,8 @@ Views
     checkpoints      one row per checkpoint event: action (saved, deleted, failed), path, bytes,
                      sha256, metrics, blocked_s, write_s, is_best (the run's best live file now),
                      live (saved, not deleted since), best_when_saved, error, monitor, mode, reason
+    artifacts        one row per logged artifact: run_id, rank, step, name, kind, path (of its
+                     object in the store), bytes, sha256, metadata, ts
     system           system samples: host, device, key, value, run_id, rank
     attempts         one row per (run_id, rank, attempt): source, started
 """
@@ -21,6 +23,7 @@ Views
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import duckdb
@@ -31,17 +34,34 @@ from traintape.layout import StoreLayout
 from traintape.paths import resolve_store
 
 
-def _glob(store: Path, table: str) -> str:
+def table_files(store: Path, table: str, run_ids: Sequence[str] | None = None) -> str:
+    """`read_parquet(...)` of a table's files: every run folder's, or only those of `run_ids`
+    (then rows of other runs whose ids share a folder name may come too: filter by run_id)."""
     # Every file of a table is written from one Arrow schema (schemas/tables.py), so DuckDB binds
     # from the first file. union_by_name would read the footer of every file at each bind of each
     # view (seconds per query at 1,000 runs); a change of a table's schema must migrate old files.
     # The store's own path is escaped: its `[`, `*`, `?` must never match a sibling store.
-    files = literal(StoreLayout(store).table(table)) + "/*/*.parquet"  # every run folder's
-    return f"read_parquet({sql_string(files)})"
+    layout = StoreLayout(store)
+    if run_ids is None:
+        files = literal(layout.table(table)) + "/*/*.parquet"  # every run folder's
+        return f"read_parquet({sql_string(files)})"
+    empty = layout.empty_table_file(table)
+    globs = [(empty.parent, empty.name)]  # never an empty list
+    globs += [(f, "*.parquet") for f in sorted({layout.run_folder(table, r) for r in run_ids})]
+    # A folder can exist without a file (a collector died between mkdir and its first write).
+    listed = ", ".join(
+        sql_string(f"{literal(folder)}/{name}")
+        for folder, name in globs
+        if any(folder.glob("*.parquet"))
+    )
+    return f"read_parquet([{listed}])"
 
 
-def view_sql(store: Path) -> list[str]:
-    m, p, e, s = (_glob(store, t) for t in ("metrics", "params", "events", "system"))
+def view_sql(store: Path, run_ids: Sequence[str] | None = None) -> list[str]:
+    """The views of a store; with `run_ids`, over those runs' folders only (system samples are
+    the host's, all of them)."""
+    m, p, e = (table_files(store, t, run_ids) for t in ("metrics", "params", "events"))
+    s = table_files(store, "system")
     return [
         f"CREATE OR REPLACE VIEW events AS SELECT run_id, rank, step, ts::TIMESTAMPTZ AS ts, kind, body, source, seq FROM {e}",
         """CREATE OR REPLACE VIEW attempts AS
@@ -141,6 +161,15 @@ def view_sql(store: Path) -> list[str]:
                                     ELSE judged_value END, ts, seq) = 1 AS is_best,
                   live, best_when_saved, error, monitor, mode, reason, attempt, source, seq
            FROM w""",
+        # Artifacts (traintape.emitter.artifacts): `path` is the object's, relative to the store.
+        """CREATE OR REPLACE VIEW artifacts AS
+           SELECT run_id, rank, step, json_extract_string(body, '$.name') AS name,
+                  json_extract_string(body, '$.kind') AS kind,
+                  json_extract_string(body, '$.path') AS path,
+                  TRY_CAST(json_extract(body, '$.bytes') AS BIGINT) AS bytes,
+                  json_extract_string(body, '$.sha256') AS sha256,
+                  json_extract(body, '$.metadata') AS metadata, ts, source, seq
+           FROM events WHERE kind = 'artifact'""",
         # The events files are read once (ev): each of their scans opens every run's folder.
         """CREATE OR REPLACE VIEW runs AS
            WITH ev AS MATERIALIZED (
@@ -210,10 +239,14 @@ def view_sql(store: Path) -> list[str]:
     ]
 
 
-def connect(store: str | os.PathLike[str] | None = None) -> duckdb.DuckDBPyConnection:
+def connect(
+    store: str | os.PathLike[str] | None = None, *, runs: Sequence[str] | None = None
+) -> duckdb.DuckDBPyConnection:
     """A DuckDB connection over the store's tables, with the views of this module's docstring.
 
-    `store` defaults to $TRAINTAPE_STORE, else ./traintape-store.
+    `store` defaults to $TRAINTAPE_STORE, else ./traintape-store. `runs`: views over those runs'
+    folders only (a question about a few runs then opens their files, not every run's; a view
+    may still hold rows of another run whose id shares a folder name: filter by run_id).
     """
     path = resolve_store(store)
     if not StoreLayout(path).tables.is_dir():
@@ -228,6 +261,6 @@ def connect(store: str | os.PathLike[str] | None = None) -> duckdb.DuckDBPyConne
     con.execute("SET parquet_metadata_cache = true")
     # For traintape.read.history, which reads one run's folder directly instead of every run's.
     con.execute("SET VARIABLE traintape_store = " + "'" + str(path).replace("'", "''") + "'")
-    for sql in view_sql(path):
+    for sql in view_sql(path, runs):
         con.execute(sql)
     return con
