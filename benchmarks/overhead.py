@@ -136,6 +136,24 @@ def wandb_session(ctx: Context, name: str) -> Iterator[LogFn]:
         wandb.finish()
 
 
+@contextmanager
+def traintape_wandb_session(ctx: Context, name: str) -> Iterator[LogFn]:
+    """`import traintape.wandb as wandb`, called as wandb.log is above (with its step)."""
+    import traintape.wandb as tt_wandb
+
+    old = os.environ.get("TRAINTAPE_STORE")
+    os.environ["TRAINTAPE_STORE"] = str(ctx.store)  # W&B's init takes no store: as a user sets it
+    try:
+        tt_wandb.init(project="overhead", name=name, dir=str(ctx.root / "tt-wandb"))
+        yield tt_wandb.log
+    finally:
+        tt_wandb.finish()
+        if old is None:
+            os.environ.pop("TRAINTAPE_STORE", None)
+        else:
+            os.environ["TRAINTAPE_STORE"] = old
+
+
 def _mlflow_session(ctx: Context, name: str, synchronous: bool) -> Iterator[LogFn]:
     import mlflow
 
@@ -203,6 +221,7 @@ TOOLS = {
         Tool("traintape", "traintape emitter.log", traintape_session, "fast"),
         Tool("trackio", "trackio.log", trackio_session, "tool"),
         Tool("wandb", "wandb.log (offline)", wandb_session, "tool"),
+        Tool("traintape-wandb", "traintape.wandb.log", traintape_wandb_session, "fast"),
         Tool("mlflow-async", "mlflow.log_metrics async", mlflow_async_session, "tool"),
         Tool("mlflow-sync", "mlflow.log_metrics sync", mlflow_sync_session, "slow"),
         Tool("tensorboard", "SummaryWriter.add_scalar ×10", tensorboard_session, "tool"),

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from traintape.errors import RunFinishedError, UnsupportedMediaError
+from traintape.schemas.limits import MAX_INT64
 from traintape.wandb.config import Config
 from traintape.wandb.history import NUMBER, TEXT, StepHistory, check_step, flatten_row, kind_of
 from traintape.wandb.summary import Metric, MetricRules, Summary
@@ -106,23 +107,28 @@ class Run:
         sync: bool | None = None,
     ) -> None:
         """W&B's `log`: see traintape.wandb.history for how rows and steps are made."""
-        rules = self._rules
-        if (  # the common call: one whole row of Python numbers, no row open, no definitions
-            step is None
-            and commit is None
-            and not self._history.row
+        rules, history = self._rules, self._history
+        if (  # the common calls: Python numbers under names, no definitions, no commit flag
+            commit is None
             and not (rules.exact or rules.globs or self._finished)
             and type(data) is dict
             and _STR.issuperset(map(type, data))
             and _SCALARS.issuperset(map(type, data.values()))
         ):
-            row_step = self._history.step
-            self._history.step = row_step + 1
-            rules.last.update(data)  # as _write's sync_steps remembers the x-axes
-            self.summary._values.update(data)  # the last values: the default summary
-            if self._emitter is not None and data:
-                self._emitter.log(data, step=row_step)  # it copies the values it keeps
-            return
+            if step is None and not history.row:  # one whole row at the next step
+                row_step = history.step
+                history.step = row_step + 1
+                self._write_numbers(row_step, data)
+                return
+            if (  # a new step: the open row (of numbers) is done, this one opens
+                type(step) is int
+                and history.step < step <= MAX_INT64
+                and _SCALARS.issuperset(map(type, history.row.values()))
+            ):
+                if history.row:
+                    self._write_numbers(history.step, history.row)
+                history.row, history.step = data.copy(), step
+                return
         if self._finished:
             msg = f"run {self.id} is finished; call traintape.wandb.init() to start another"
             raise RunFinishedError(msg)
@@ -137,6 +143,13 @@ class Run:
             step = check_step(step)
         for done_step, done in self._history.add(row, step, commit):
             self._write(done_step, done)
+
+    def _write_numbers(self, step: int, row: dict[str, Any]) -> None:
+        """`_write` of a row of Python numbers when no metric is defined: the same effect."""
+        self._rules.last.update(row)  # as sync_steps remembers the x-axes
+        self.summary._values.update(row)  # the last values: the default summary
+        if self._emitter is not None and row:
+            self._emitter.log(row, step=step)  # it copies the values it keeps
 
     def _write(self, step: int, row: dict[str, Any]) -> None:
         rules = self._rules
