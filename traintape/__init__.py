@@ -16,6 +16,9 @@ from traintape.checkpoint import CheckpointPolicy, load_checkpoint
 from traintape.emitter import Emitter, FinishReport
 from traintape.errors import (
     AmbiguousRunError,
+    ArtifactError,
+    ArtifactNotFoundError,
+    ArtifactVerifyError,
     CheckpointError,
     CheckpointNotFoundError,
     CheckpointVerifyError,
@@ -65,6 +68,9 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "AmbiguousRunError",
+    "ArtifactError",
+    "ArtifactNotFoundError",
+    "ArtifactVerifyError",
     "CheckpointError",
     "CheckpointNotFoundError",
     "CheckpointPolicy",

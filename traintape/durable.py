@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +33,18 @@ def mkdir_private(folder: Path) -> None:
             os.mkdir(path, 0o700)  # the umask can only narrow it
         except FileExistsError:
             pass
+
+
+@contextmanager
+def flocked(path: Path, *, exclusive: bool = False) -> Iterator[None]:
+    """Holds a shared (or exclusive) flock of `path`, created 0600 (the artifact writers hold
+    `artifacts/gc.lock` shared, `traintape gc` exclusive)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def write_json_atomic(

@@ -17,6 +17,9 @@ already catch that. Each docstring says what to do next.
     ├── CheckpointError
     │   ├── CheckpointNotFoundError     (FileNotFoundError)
     │   └── CheckpointVerifyError
+    ├── ArtifactError
+    │   ├── ArtifactNotFoundError       (FileNotFoundError)
+    │   └── ArtifactVerifyError
     ├── ConfigError                     (ValueError)
     ├── UnsupportedMediaError           (TypeError)
     ├── QueryError                      (ValueError)
@@ -104,6 +107,19 @@ class CheckpointVerifyError(CheckpointError):
     """The file's size or sha256 differs from what the store recorded when it was written."""
 
 
+class ArtifactError(TraintapeError):
+    """An artifact cannot be found or verified; the message names which and why."""
+
+
+class ArtifactNotFoundError(ArtifactError, FileNotFoundError):
+    """No artifact of that name in the run (`traintape artifacts RUN` lists them), or its
+    object is gone from the store."""
+
+
+class ArtifactVerifyError(ArtifactError):
+    """The stored object's size or sha256 differs from what its `artifact` event recorded."""
+
+
 # -- configuration, sinks, the link ------------------------------------------------------------
 
 
@@ -160,6 +176,9 @@ class WireError(LinkError, ValueError):
 
 __all__ = [
     "AmbiguousRunError",
+    "ArtifactError",
+    "ArtifactNotFoundError",
+    "ArtifactVerifyError",
     "CheckpointError",
     "CheckpointNotFoundError",
     "CheckpointVerifyError",

@@ -16,6 +16,8 @@
       deadletter/                                     what the collector and materializer refused
       spool/<run>.<rank>.<source>.spool               batches waiting for a collector
       checkpoints/<run_id>/                           checkpoint files
+      artifacts/objects/<sha256[:2]>/<sha256[2:]>      logged artifacts, by content (private)
+      artifacts/tmp/  artifacts/gc.lock               copies under way; gc against writers
       tensorboard/                                    the TensorBoard sink's event files
       keys/                                           CURVE keys
 
@@ -170,6 +172,19 @@ class StoreLayout:
 
     def checkpoints(self, run_id: str) -> Path:
         return self.root / "checkpoints" / run_id
+
+    @property
+    def artifacts(self) -> Path:
+        return self.root / "artifacts"
+
+    @property
+    def artifacts_lock(self) -> Path:
+        """Held shared by artifact writers placing an object, exclusively by `traintape gc`."""
+        return self.artifacts / "gc.lock"
+
+    def artifact_object(self, sha256: str) -> Path:
+        """Where the content of `sha256` (64 hex digits) lives (traintape.emitter.artifacts)."""
+        return self.artifacts / "objects" / sha256[:2] / sha256[2:]
 
     @property
     def tensorboard(self) -> Path:

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from traintape import __version__
+from traintape.cli.artifacts import add_parsers as _add_artifacts_parsers
 from traintape.cli.collector import _cmd_replay, _cmd_serve, _cmd_status, _cmd_sync
 from traintape.cli.doctor import _cmd_doctor
 from traintape.cli.output import format_duration, print_rows
@@ -297,6 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("table", "csv", "json"), default="table", help=_FORMAT)
     p.set_defaults(func=_cmd_checkpoints)
     _add_ui_parser(sub)
+    _add_artifacts_parsers(sub)
     return parser
 
 

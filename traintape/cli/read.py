@@ -108,9 +108,11 @@ def _print_pairs(title: str, pairs: dict[str, Any]) -> None:
 
 def _cmd_show(args: argparse.Namespace) -> int:
     from traintape.read import history
+    from traintape.read.artifacts import artifact_rows
 
     con = _connect(args)
     info = history.show(con, history.resolve_run(con, args.run))
+    info["artifacts"] = artifact_rows(con, info["run"]["run_id"])
     if args.format == "json":
         json.dump(info, sys.stdout, default=str, indent=1)
         print()
@@ -138,6 +140,11 @@ def _cmd_show(args: argparse.Namespace) -> int:
             for c in info["checkpoints"]
         ]
         print_rows(cols, cps)
+    if info["artifacts"]:
+        print("\nartifacts (`traintape artifacts get RUN NAME -o DIR` fetches one)")
+        cols = ("step", "rank", "name", "kind", "bytes", "sha256")
+        arts = [[a[k] if k != "sha256" else a[k][:12] for k in cols] for a in info["artifacts"]]
+        print_rows(cols, arts)
     if info["system"]:
         print("\nsystem (samples of the host while the run was active; pid<N>: a rank's process)")
         cols = ("host", "device", "rank", "key", "samples", "mean", "max")

@@ -23,6 +23,7 @@ from itertools import chain
 from typing import Any
 
 from traintape.schemas.events import (
+    ARTIFACT,
     CHECKPOINT,
     HISTOGRAM,
     LIVENESS_STATUSES,
@@ -41,7 +42,7 @@ from traintape.schemas.limits import (
     RUN_ID_PATTERN,
     valid_run_id,
 )
-from traintape.schemas.shape import MIN_INT64, body_problem
+from traintape.schemas.shape import MIN_INT64, artifact_problem, body_problem
 from traintape.schemas.wire import BatchBody, BatchHeader, WireError, encode_body, encode_header
 
 _SOURCE_PATTERN = re.compile(rf"[A-Za-z0-9._-]{{1,{MAX_SOURCE_CHARS}}}")
@@ -279,6 +280,7 @@ _SHAPES: dict[int, Any] = {
     RUN_END: lambda b: _fields(b, [("status", _S, True), ("summary", _M, False)]),
     HISTOGRAM: _histogram,
     RUN_STATUS: _run_status,
+    ARTIFACT: artifact_problem,
 }
 
 

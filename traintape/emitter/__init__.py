@@ -28,6 +28,7 @@ __all__ = [
     "finish",
     "init",
     "log",
+    "log_artifact",
     "log_params",
     "log_text",
     "save_checkpoint",
@@ -109,6 +110,15 @@ def log_params(params: dict[str, Any]) -> None:
 
 def log_text(key: str, text: str, step: int | None = None) -> None:
     _current.log_text(key, text, step)
+
+
+def log_artifact(data: Any, name: str | None = None, *more: Any, **kw: Any) -> Any:
+    """Stores a file or bytes with the current run (see `Emitter.log_artifact`)."""
+    run = current()
+    if run is None:
+        msg = "log_artifact() needs a run: call emitter.init() first"
+        raise RuntimeError(msg)
+    return run.log_artifact(data, name, *more, **kw)
 
 
 def save_checkpoint(state: Any, step: int, metrics: dict[str, Any] | None = None) -> Any:

@@ -16,7 +16,7 @@ import msgpack
 from traintape.emitter.values import coerce_scalar
 from traintape.schemas.events import METRICS
 from traintape.schemas.limits import MAX_INT64, MAX_MESSAGE_BYTES
-from traintape.schemas.shape import body_problem
+from traintape.schemas.shape import artifact_problem, body_problem
 from traintape.schemas.values import plain, to_float
 from traintape.schemas.wire import encode_body
 
@@ -40,6 +40,15 @@ def check_body(body: dict[str, Any], what: str) -> None:
             f"{what} is {size} bytes packed, over the {MAX_EVENT_BYTES}-byte limit of one event "
             f"(messages are at most {MAX_MESSAGE_BYTES} bytes); nothing of it was logged"
         )
+        raise ValueError(msg)
+
+
+def check_artifact(body: dict[str, Any], what: str) -> None:
+    """ValueError if an `artifact` event's body is not one the collector stores."""
+    check_body(body, what)
+    problem = artifact_problem(body)
+    if problem is not None:
+        msg = f"{what}: {problem}"
         raise ValueError(msg)
 
 

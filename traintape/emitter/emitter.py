@@ -364,6 +364,11 @@ class Emitter:
         once it is gone. Options: monitor, mode, is_best, origin (checkpointing/external.py)."""
         return self._helpers.record_checkpoint(path, step, metrics, **options)
 
+    def log_artifact(self, data: Any, name: str | None = None, *more: Any, **kw: Any) -> Any:
+        """Stores a file (path) or bytes in the store by content, copied off this thread, then
+        records an `artifact` event; then `kind`, `metadata`, `step` (emitter/artifacts.py)."""
+        return self._helpers.log_artifact(data, name, *more, **kw)
+
 
 def live_runs() -> list[RunEnd]:
     """The runs of this process a SIGTERM must end: not finished, and not a forked child that

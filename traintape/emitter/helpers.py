@@ -13,6 +13,9 @@ from traintape.emitter.port import EmitterPort
 from traintape.errors import RunFinishedError
 
 if TYPE_CHECKING:
+    from concurrent.futures import Future
+
+    from traintape.emitter.artifacts import ArtifactWriter
     from traintape.emitter.checkpointing.external import ExternalCheckpoints
     from traintape.emitter.checkpointing.handle import CheckpointHandle
     from traintape.emitter.checkpointing.writer import CheckpointWriter
@@ -27,6 +30,7 @@ class RunHelpers:
         self.writer: CheckpointWriter | None = None
         self.recorder: ExternalCheckpoints | None = None
         self.watchers: list[GradientWatcher] = []
+        self.artifacts: ArtifactWriter | None = None
 
     def save_checkpoint(
         self, state: Any, step: int, metrics: dict[str, Any] | None, policy: Any
@@ -55,6 +59,13 @@ class RunHelpers:
             self.recorder = ExternalCheckpoints(self.port)
         return self.recorder.record(path, step, metrics, **options)
 
+    def log_artifact(self, data: Any, *args: Any, **kwargs: Any) -> Future[dict[str, Any]]:
+        from traintape.emitter.artifacts import ArtifactWriter
+
+        if self.artifacts is None:  # made on the first artifact
+            self.artifacts = ArtifactWriter(self.port)
+        return self.artifacts.log(data, *args, **kwargs)
+
     def watch(self, model: Any, every: int, per_layer: bool, histograms: bool) -> GradientWatcher:
         from traintape.emitter.gradients import GradientWatcher
 
@@ -73,3 +84,5 @@ class RunHelpers:
             self.writer.close(timeout)
         if self.recorder is not None:  # files other code wrote, still being hashed
             self.recorder.close()
+        if self.artifacts is not None:  # artifacts still being copied: stored before the end
+            self.artifacts.close()

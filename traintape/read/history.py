@@ -182,7 +182,7 @@ def metric_summary(con: duckdb.DuckDBPyConnection, run_ids: Sequence[str]) -> li
 
 def show(con: duckdb.DuckDBPyConnection, run_id: str) -> dict[str, Any]:
     """Everything about one run: its `runs` row, config, params, environment, summary,
-    metrics, checkpoints, artifacts, and the system samples taken while it was active."""
+    metrics, checkpoints, and the system samples taken while it was active."""
     store = store_of(con)
     if store is None:
         return _show(con, run_id)
@@ -224,12 +224,6 @@ def _show(con: duckdb.DuckDBPyConnection, run_id: str) -> dict[str, Any]:
             """SELECT step, rank, ts, action, path, live, bytes, sha256, is_best, blocked_s, write_s,
                       error, metrics::VARCHAR AS metrics, attempt
                FROM checkpoints WHERE run_id = ? ORDER BY ts, rank""",
-            [run_id],
-        ),
-        "artifacts": records(
-            con,
-            """SELECT step, rank, ts, name, kind, bytes, sha256, path, metadata::VARCHAR AS metadata
-               FROM artifacts WHERE run_id = ? ORDER BY ts, rank, seq""",
             [run_id],
         ),
         "system": records(

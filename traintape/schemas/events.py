@@ -14,6 +14,7 @@ SYSTEM = 5
 RUN_END = 6
 HISTOGRAM = 7
 RUN_STATUS = 8
+ARTIFACT = 9
 
 KIND_NAMES: tuple[str, ...] = (
     "run_start",
@@ -25,6 +26,7 @@ KIND_NAMES: tuple[str, ...] = (
     "run_end",
     "histogram",
     "run_status",
+    "artifact",
 )
 """Stored name of each wire kind, indexed by the kind's int."""
 

@@ -38,3 +38,29 @@ def body_problem(body: Any) -> str | None:
             # (subclasses, such as torch's TorchVersion str, pack as their base type)
             return f"holds a {t.__name__}, not a plain value"
     return None
+
+
+_ARTIFACT_FIELDS: tuple[tuple[str, tuple[type, ...]], ...] = (
+    ("name", (str,)),
+    ("kind", (str, type(None))),
+    ("bytes", (int,)),
+    ("sha256", (str,)),
+    ("path", (str,)),
+    ("metadata", (dict,)),
+)
+_HEX = frozenset("0123456789abcdef")
+
+
+def artifact_problem(body: dict[str, Any]) -> str | None:
+    """Why an `artifact` event's body is not one (traintape.emitter.artifacts), or None."""
+    for name, types in _ARTIFACT_FIELDS:
+        if name not in body:
+            return f"lacks {name!r}"
+        if type(body[name]) not in types:
+            return f"{name!r} must be {' or '.join(t.__name__ for t in types)}"
+    sha = body["sha256"]
+    if len(sha) != 64 or not _HEX.issuperset(sha):
+        return "'sha256' must be 64 lowercase hex digits"
+    if body["bytes"] < 0:
+        return f"'bytes' {body['bytes']} is negative"
+    return None
