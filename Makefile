@@ -7,7 +7,7 @@ DEMO_STORE := $(CURDIR)/traintape-store
 CHROMIUM := /usr/bin/chromium
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: install browser demo test test-fast lint bench clean
+.PHONY: install browser java demo test test-fast lint bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
-install: $(STAMP) $(CHROMIUM)
+install: $(STAMP) $(CHROMIUM) java
 
 # The dashboard's browser tests (tests/test_ui_browser.py) drive Debian's Chromium through
 # Playwright's Python package, never a browser build Playwright downloads. No-op once installed.
@@ -28,10 +28,19 @@ $(CHROMIUM):
 
 browser: $(CHROMIUM)
 
+# tests/test_spark.py reads the store with pyspark (the dev extra), which needs a Java runtime:
+# Debian's default-jre-headless (Java 17). No-op when `java` is on PATH.
+java:
+	if command -v java >/dev/null; then :; \
+	elif command -v apt-get >/dev/null; then \
+	  $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq default-jre-headless; \
+	else echo "no apt-get: install Java 17 (java on PATH), else the Spark tests skip"; fi
+
 demo: $(STAMP)
 	$(BIN)/python examples/run_demo.py --store $(DEMO_STORE)
 
-test: $(STAMP) $(CHROMIUM)
+test: $(STAMP) $(CHROMIUM) java
 	$(BIN)/ruff check traintape tests benchmarks examples
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q -p no:cacheprovider

@@ -125,7 +125,7 @@ class Fleet:
             "rank": pa.array(rank),
             "source": pa.array([f"src{r}-{i}" for r in range(self.ranks)]).take(pa.array(rank)),
             "seq": pa.array(seq),
-            "ts": pa.array(ts).cast(tables.TS),
+            "ts": tables.ts_from_ns(pa.array(ts, pa.int64())),
             "step": pa.array(step),
             "key": pa.array(names).take(pa.array(key_idx)),
             "value": pa.array(value),
@@ -159,7 +159,8 @@ class Fleet:
             ):
                 for name, v in zip(
                     ("run_id", "rank", "source", "seq", "ts", "step", "kind", "body"),
-                    (run_id, rank, f"src{rank}-{i}", seq, ts, step, kind, json.dumps(body)),
+                    # Python ints in a TS column are microseconds (schemas/tables.py).
+                    (run_id, rank, f"src{rank}-{i}", seq, ts // 1000, step, kind, json.dumps(body)),
                 ):
                     rows[name].append(v)
         return pa.table(rows, schema=tables.EVENTS)
@@ -173,7 +174,7 @@ class Fleet:
                 "rank": [0] * n,
                 "source": [f"src0-{i}"] * n,
                 "seq": [1] * n,
-                "ts": pa.array([1_700_000_000_000_000_000 + i * 10**12] * n).cast(tables.TS),
+                "ts": tables.ts_from_ns(pa.array([1_700_000_000_000_000_000 + i * 10**12] * n)),
                 "step": pa.array([None] * n, pa.int64()),
                 "key": list(p),
                 "value": [json.dumps(v) for v in p.values()],

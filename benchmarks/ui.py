@@ -75,7 +75,7 @@ def _metrics(run_id: str, rank: int, steps: np.ndarray, values: np.ndarray) -> p
         "rank": pa.array(np.full(n, rank, np.int32)),
         "source": pa.repeat(pa.scalar(f"{run_id}-{rank}"), n),
         "seq": pa.array(steps),
-        "ts": pa.array(T0 + steps * 10**7).cast(tables.TS),
+        "ts": tables.ts_from_ns(pa.array(T0 + steps * 10**7)),
         "step": pa.array(steps),
         "key": pa.repeat(pa.scalar("loss"), n),
         "value": pa.array(values),
@@ -96,9 +96,10 @@ def _events(run_id: str, ranks: int, ended: bool) -> pa.Table:
         }
         kinds = [("run_start", 0, start)] + ([("run_end", 1, {"status": "completed"})] * ended)
         for kind, seq, body in kinds:
+            ts_us = T0 // 1000 + seq  # Python ints in a TS column are microseconds
             for name, v in zip(
                 ("run_id", "rank", "source", "seq", "ts", "step", "kind", "body"),
-                (run_id, rank, f"{run_id}-{rank}", seq, T0 + seq, None, kind, json.dumps(body)),
+                (run_id, rank, f"{run_id}-{rank}", seq, ts_us, None, kind, json.dumps(body)),
             ):
                 rows[name].append(v)
     return pa.table(rows, schema=tables.EVENTS)

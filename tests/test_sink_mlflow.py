@@ -169,7 +169,7 @@ def test_every_value_arrives_once_across_a_server_outage(tmp_path: Path, mlflow_
     if commit:
         assert run.data.tags["mlflow.source.git.commit"] == commit
 
-    parquet = str(store / "tables" / "metrics" / "*" / "*.parquet")  # ts in ns, as stamped
+    parquet = str(store / "tables" / "metrics" / "*" / "*.parquet")  # ts in µs, truncated
     rows = query(
         store,
         f"SELECT rank, key, step, value, epoch_ns(ts) // 1000000 FROM read_parquet('{parquet}') "

@@ -50,7 +50,9 @@ def ensure_empty_tables(store: Path) -> None:
     layout = StoreLayout(store)
     for name, schema in tables.TABLES.items():
         path = layout.empty_table_file(name)
-        if not path.exists():
+        # A store written before microsecond `ts` gets the current schema: DuckDB binds a
+        # table's types from its first file, and this one is usually it.
+        if not path.exists() or not pq.read_schema(path).equals(schema):
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".tmp")
             pq.write_table(schema.empty_table(), tmp)

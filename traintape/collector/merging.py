@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from traintape.layout import data_file_range
+from traintape.schemas import tables
 
 TARGET_BYTES = 64 << 20
 """A file at least this big is left as it is; a merge reads at most about this many bytes."""
@@ -75,7 +76,9 @@ def plan(files: list[DataFile], committed: int, min_files: int) -> list[list[Dat
 
 
 def merged_table(table: str, paths: Iterable[Path]) -> pa.Table:
-    data = pa.concat_tables([pq.ParquetFile(p).read() for p in paths], promote_options="default")
+    # Files of stores written before microsecond `ts` are converted (schemas/tables.py).
+    schema = tables.TABLES[table]
+    data = pa.concat_tables([tables.conform(pq.ParquetFile(p).read(), schema) for p in paths])
     return sort_for_storage(table, data)
 
 

@@ -65,7 +65,7 @@ class _Columns:
             "rank": pa.array(self.rank, pa.int32()).take(index),
             "source": pa.array(self.source, pa.string()).take(index),
             "seq": pa.array(self.seq, pa.int64()).take(index),
-            "ts": pa.array(self.ts, pa.int64()).take(index).cast(tables.TS),
+            "ts": tables.ts_from_ns(pa.array(self.ts, pa.int64()).take(index)),
             "step": pa.array(self.step, pa.int64()).take(index),
         }
         for field in schema:

@@ -76,9 +76,10 @@ def view_sql(store: Path, run_ids: Sequence[str] | None = None) -> list[str]:
            SELECT run_id, step, key, avg(value) AS mean, min(value) AS min, max(value) AS max,
                   count(*) AS count
            FROM {m} GROUP BY run_id, step, key""",
+        # `ts` is in microseconds (schemas/tables.py): `seq` orders a source's updates within one.
         f"""CREATE OR REPLACE VIEW params AS
-            SELECT run_id, key, arg_max(value, ts) AS value, arg_max(value_num, ts) AS value_num,
-                   max(ts)::TIMESTAMPTZ AS ts
+            SELECT run_id, key, arg_max(value, (ts, seq)) AS value,
+                   arg_max(value_num, (ts, seq)) AS value_num, max(ts)::TIMESTAMPTZ AS ts
             FROM {p} GROUP BY run_id, key""",
         # System samples are the collector's, per host; each is joined to the runs that were
         # active on that host at that moment (a sample with no run active has run_id NULL). A

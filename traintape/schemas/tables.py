@@ -1,14 +1,21 @@
 """Arrow schemas of the stored Parquet tables (one folder per table under `<store>/tables/`).
 
 Every table keeps the event's identity (run_id, rank, source, seq) so any row can be traced to
-the journal record it came from, and `ts` as UTC nanoseconds, as the emitter stamped it.
+the journal record it came from, and `ts`: the emitter's nanosecond stamp, stored in UTC
+microseconds (truncated, as the sinks truncate it to their units), because Spark refuses
+Parquet's TIMESTAMP(NANOS) and reads TIMESTAMP(MICROS, UTC) natively. Truncation is monotonic, so
+an order of stamps (run_end at or after the run's last event) holds in the store; ties are broken
+by `seq`, as the views already did (they read `ts` as DuckDB's microsecond TIMESTAMPTZ). Stores
+written before hold TIMESTAMP(NANOS) files: DuckDB reads both (rounding the old ones to the
+microsecond), and `conform` converts them wherever the collector merges files.
 """
 
 from __future__ import annotations
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
-TS = pa.timestamp("ns", tz="UTC")
+TS = pa.timestamp("us", tz="UTC")
 
 _IDENTITY = [
     pa.field("run_id", pa.string(), nullable=False),
@@ -57,3 +64,21 @@ TABLES: dict[str, pa.Schema] = {
     "events": EVENTS,
     "system": SYSTEM,
 }
+
+
+def ts_from_ns(ns: pa.Array) -> pa.Array:
+    """`ts` values (TS) from int64 nanoseconds since the epoch (never negative: validate.py),
+    truncated to the microsecond."""
+    return pc.divide(ns, 1000).cast(TS)
+
+
+def conform(data: pa.Table, schema: pa.Schema) -> pa.Table:
+    """`data` (rows of a stored file) with `schema`'s types: an older file's nanosecond `ts`
+    becomes TS, truncated as `ts_from_ns` truncates."""
+    if data.schema.equals(schema):
+        return data
+    at = data.schema.get_field_index("ts")
+    if at >= 0 and data.schema.field(at).type != TS:
+        ns = data.column(at).cast(pa.timestamp("ns", tz="UTC")).cast(pa.int64())
+        data = data.set_column(at, "ts", ts_from_ns(ns))
+    return data.select(schema.names).cast(schema)
