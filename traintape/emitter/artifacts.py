@@ -29,19 +29,18 @@ import fcntl
 import hashlib
 import logging
 import os
-import queue
 import stat
-import threading
 import time
 import uuid
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from traintape.durable import flocked, fsync_dir, mkdir_private
 from traintape.emitter.checks import check_artifact, check_body, check_step
 from traintape.emitter.port import EmitterPort
+from traintape.emitter.worker import Worker
 from traintape.errors import RunFinishedError
 from traintape.layout import StoreLayout
 from traintape.schemas.events import ARTIFACT
@@ -65,22 +64,13 @@ class _Job:
     result: Future[dict[str, Any]]
 
 
-@dataclass
-class _Stop:
-    done: threading.Event = field(default_factory=threading.Event)
-
-
 class ArtifactWriter:
     """Stores one run's artifacts from one process (one thread copies, in call order)."""
 
     def __init__(self, port: EmitterPort) -> None:
         self.port = port
         self.layout = StoreLayout(port.store)
-        self._jobs: queue.Queue[_Job | _Stop] = queue.Queue()
-        self._thread: threading.Thread | None = None
-        self._start_lock = threading.Lock()
-        self._pid = os.getpid()
-        self._closed = False
+        self._worker = Worker("traintape-artifacts", self._do)
 
     # -- the caller's side -----------------------------------------------------------------
 
@@ -94,10 +84,10 @@ class ArtifactWriter:
     ) -> Future[dict[str, Any]]:
         """Queues `data` (a file's path, or bytes); the future gives the event's body once the
         object is durable and the event sent."""
-        if self._closed or self.port.finished():
+        if self._worker.closed or self.port.finished():
             msg = f"run {self.port.run_id} is finished; call init() to start another"
             raise RunFinishedError(msg)
-        if os.getpid() != self._pid:
+        if os.getpid() != self._worker.pid:
             msg = "log_artifact() in a forked child: log from the training process"
             raise RuntimeError(msg)
         name, meta = _check_arguments(data, name, kind, metadata)
@@ -107,49 +97,27 @@ class ArtifactWriter:
             job.data = bytes(data)  # the caller may change its buffer once this returns
         else:
             job.fd = _open_file(Path(data))
-        self._put(job)
+        self._worker.put(job)
         return job.result
 
     def close(self) -> None:
         """Waits until every queued artifact is stored and its event queued (`finish()` calls it
         before the run's end: a copy of any size ends first)."""
-        if self._closed:
-            return
-        self._closed = True
-        if os.getpid() != self._pid or self._thread is None or not self._thread.is_alive():
-            return
-        stop = _Stop()
-        self._jobs.put(stop)
-        if self._thread is not threading.current_thread():
-            stop.done.wait()
-
-    def _put(self, job: _Job) -> None:
-        with self._start_lock:
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name="traintape-artifacts", daemon=True
-                )
-                self._thread.start()
-        self._jobs.put(job)
+        self._worker.close()
 
     # -- the copying thread ----------------------------------------------------------------
 
-    def _run(self) -> None:
-        while True:
-            job = self._jobs.get()
-            if isinstance(job, _Stop):
-                job.done.set()
-                return
-            try:
-                body = self._store(job)
-            except Exception as exc:  # never ends the thread: finish() waits for it
-                logger.warning(f"traintape: artifact {job.name!r} was not stored: {exc}")
-                job.result.set_exception(exc)
-            else:
-                job.result.set_result(body)
-            finally:
-                if job.fd >= 0:
-                    os.close(job.fd)
+    def _do(self, job: _Job) -> None:
+        try:
+            body = self._store(job)
+        except Exception as exc:  # the job's failure, not the thread's: finish() waits for it
+            logger.warning(f"traintape: artifact {job.name!r} was not stored: {exc}")
+            job.result.set_exception(exc)
+        else:
+            job.result.set_result(body)
+        finally:
+            if job.fd >= 0:
+                os.close(job.fd)
 
     def _store(self, job: _Job) -> dict[str, Any]:
         tmp_dir = self.layout.artifacts / "tmp"

@@ -27,10 +27,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import queue
-import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +36,7 @@ from traintape.checkpoint import CheckpointInfo, best_index, monitored_value
 from traintape.emitter.checkpointing.handle import CheckpointHandle
 from traintape.emitter.checks import check_step, checkpoint_metrics
 from traintape.emitter.port import EmitterPort
+from traintape.emitter.worker import Worker
 from traintape.errors import RunFinishedError
 from traintape.schemas.events import CHECKPOINT
 
@@ -74,21 +73,12 @@ class _Record:
     handle: CheckpointHandle
 
 
-@dataclass
-class _Stop:
-    done: threading.Event = field(default_factory=threading.Event)
-
-
 class ExternalCheckpoints:
     """Records one run's externally written checkpoints from one process (one thread hashes)."""
 
     def __init__(self, port: EmitterPort) -> None:
         self.port = port
-        self._jobs: queue.Queue[_Record | _Stop] = queue.Queue()
-        self._thread: threading.Thread | None = None
-        self._start_lock = threading.Lock()
-        self._pid = os.getpid()
-        self._closed = False
+        self._worker = Worker("traintape-checkpoint-hash", self._do, at_stop=self._end)
         # path -> what its saved event said; only the hashing thread reads or changes it.
         self._live: dict[str, dict[str, Any]] = {}
 
@@ -106,10 +96,10 @@ class ExternalCheckpoints:
         origin: str | None = None,
     ) -> CheckpointHandle:
         """Queues the `saved` event of the file or folder at `path`, as it is now."""
-        if self._closed or self.port.finished():
+        if self._worker.closed or self.port.finished():
             msg = f"run {self.port.run_id} is finished; call init() to start another"
             raise RunFinishedError(msg)
-        if os.getpid() != self._pid:
+        if os.getpid() != self._worker.pid:
             msg = "record_checkpoint() in a forked child: record from the training process"
             raise RuntimeError(msg)
         if mode not in MODES:
@@ -125,51 +115,30 @@ class ExternalCheckpoints:
             where, step, plain, monitor, mode, is_best, origin, files, is_dir, 0.0, handle
         )
         job.blocked_s = time.perf_counter() - start
-        self._put(job)
+        self._worker.put(job)
         return handle
 
     def close(self) -> None:
         """Waits until every queued record is hashed and emitted, and the files that are gone
         by now are recorded as deleted. The run's `finish()` calls it before its end event."""
-        if self._closed:
-            return
-        self._closed = True
-        if os.getpid() != self._pid or self._thread is None or not self._thread.is_alive():
-            return
-        stop = _Stop()
-        self._jobs.put(stop)
-        if self._thread is not threading.current_thread():
-            stop.done.wait()
-
-    def _put(self, job: _Record) -> None:
-        with self._start_lock:
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name="traintape-checkpoint-hash", daemon=True
-                )
-                self._thread.start()
-        self._jobs.put(job)
+        self._worker.close()
 
     # -- the hashing thread ----------------------------------------------------------------
 
-    def _run(self) -> None:
-        while True:
-            job = self._jobs.get()
-            try:
-                self._sweep()
-                if isinstance(job, _Record):
-                    self._saved(job)
-            except Exception as exc:  # never ends the thread: finish() waits for it
-                if isinstance(exc, OSError):  # a file of a folder gone before it was read
-                    logger.warning(f"traintape: cannot record a checkpoint: {exc}")
-                else:
-                    logger.exception("traintape: recording a checkpoint failed")
-                if isinstance(job, _Record):
-                    _close_all(job.files)
-                    job.handle.fail(exc)
-            if isinstance(job, _Stop):
-                job.done.set()
-                return
+    def _do(self, job: _Record) -> None:
+        try:
+            self._sweep()
+            self._saved(job)
+        except Exception as exc:  # the job's failure, not the thread's: finish() waits for it
+            _report(exc)
+            _close_all(job.files)
+            job.handle.fail(exc)
+
+    def _end(self) -> None:
+        try:
+            self._sweep()
+        except Exception as exc:
+            _report(exc)
 
     def _saved(self, job: _Record) -> None:
         try:
@@ -282,3 +251,10 @@ def _close_all(files: list[_Opened]) -> None:
         if f.fd >= 0:
             os.close(f.fd)
             f.fd = -1
+
+
+def _report(exc: Exception) -> None:
+    if isinstance(exc, OSError):  # a file of a folder gone before it was read
+        logger.warning(f"traintape: cannot record a checkpoint: {exc}")
+    else:
+        logger.exception("traintape: recording a checkpoint failed")
