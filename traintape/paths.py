@@ -36,6 +36,23 @@ def resolve_store(store: str | os.PathLike[str] | None = None) -> Path:
     return Path(chosen).expanduser().resolve()
 
 
+def store_origin(given: object, argument: str) -> str | None:
+    """Which setting `resolve_store(given)` followed, in words: `argument` (how the caller names
+    its argument), "$TRAINTAPE_STORE", or None for the default, ./traintape-store of the current
+    folder, which each caller words for its reader. Kept beside `resolve_store`: one order."""
+    if given is not None:
+        return argument
+    return "$TRAINTAPE_STORE" if os.environ.get("TRAINTAPE_STORE") else None
+
+
+def address_origin(given: str | None, argument: str) -> str | None:
+    """Which setting `resolve_address(given, ...)` followed, as `store_origin` says it; None:
+    the store's own socket."""
+    if given:
+        return argument
+    return "$TRAINTAPE_ADDRESS" if os.environ.get("TRAINTAPE_ADDRESS") else None
+
+
 def runtime_dir() -> Path:
     """This user's folder for sockets that cannot live in the store (checked by
     `private_folder` before use): $XDG_RUNTIME_DIR, else `<temp folder>/traintape-<uid>`."""

@@ -23,7 +23,14 @@ from typing import Any
 from traintape.cli.output import _human_bytes, format_duration
 from traintape.collector.diskfloor import DEFAULT_MIN_FREE_BYTES
 from traintape.layout import StoreLayout
-from traintape.paths import DEFAULT_STORE_NAME, resolve_address, resolve_store, spool_dir
+from traintape.paths import (
+    DEFAULT_STORE_NAME,
+    address_origin,
+    resolve_address,
+    resolve_store,
+    spool_dir,
+    store_origin,
+)
 from traintape.probe import nothing_listens
 
 STALE_STATUS_S = 30.0
@@ -71,12 +78,9 @@ def _read_status(layout: StoreLayout) -> dict[str, Any] | None:
 
 
 def _store_check(given: str | None, store: Path, layout: StoreLayout) -> Check:
-    if given is not None:
-        origin = "--store"
-    elif os.environ.get("TRAINTAPE_STORE"):
-        origin = "$TRAINTAPE_STORE"
-    else:
-        origin = f"./{DEFAULT_STORE_NAME} in {Path.cwd()} (no --store, no $TRAINTAPE_STORE)"
+    origin = store_origin(given, "--store") or (
+        f"./{DEFAULT_STORE_NAME} in {Path.cwd()} (no --store, no $TRAINTAPE_STORE)"
+    )
     if layout.tables.is_dir():
         return Check("store", "ok", f"{store} (from {origin})")
     return Check(
@@ -107,12 +111,7 @@ def _collector_check(store: Path, layout: StoreLayout, status: dict[str, Any] | 
 
 
 def _address_check(given: str | None, address: str, store: Path) -> Check:
-    if given is not None:
-        origin = "--address"
-    elif os.environ.get("TRAINTAPE_ADDRESS"):
-        origin = "$TRAINTAPE_ADDRESS"
-    else:
-        origin = "the store's default"
+    origin = address_origin(given, "--address") or "the store's default"
     absent = nothing_listens(address)
     if absent is None:
         return Check("emitter address", "ok", f"{address} ({origin})")

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from traintape import paths
 from traintape.paths import DEFAULT_STORE_NAME
 from traintape.probe import nothing_listens
 
@@ -51,19 +52,11 @@ class Where:
     def resolve(cls, address: str | None, store: object, resolved: tuple[str, Path]) -> Where:
         """From init's `address` and `store` arguments and what they resolved to."""
         final_address, final_store = resolved
-        if store is not None:
-            store_origin = "init(store=...)"
-        elif os.environ.get("TRAINTAPE_STORE"):
-            store_origin = "$TRAINTAPE_STORE"
-        else:
-            store_origin = f"./{DEFAULT_STORE_NAME} of the current folder {os.getcwd()}"
-        if address:
-            address_origin = "init(address=...)"
-        elif os.environ.get("TRAINTAPE_ADDRESS"):
-            address_origin = "$TRAINTAPE_ADDRESS"
-        else:
-            address_origin = "the store's socket"
-        return cls(final_address, address_origin, final_store, store_origin)
+        store_from = paths.store_origin(store, "init(store=...)") or (
+            f"./{DEFAULT_STORE_NAME} of the current folder {os.getcwd()}"
+        )
+        address_from = paths.address_origin(address, "init(address=...)") or "the store's socket"
+        return cls(final_address, address_from, final_store, store_from)
 
     def serve(self) -> str:
         """The command that starts a collector for this store."""
