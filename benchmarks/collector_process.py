@@ -20,12 +20,19 @@ from typing import Any
 
 
 class Collector:
-    def __init__(self, store: Path, *extra: str, cwd: Path | None = None) -> None:
+    def __init__(
+        self, store: Path, *extra: str, cwd: Path | None = None, collector_id: str | None = None
+    ) -> None:
+        """`collector_id`: one of several collectors on `store` (`serve --collector-id`)."""
         self.store = store
-        self.status_path = store / "state" / "collector.json"
-        self.log_path = store.parent / f"{store.name}-collector.log"
+        home = store if collector_id is None else store / "collectors" / collector_id
+        self.status_path = home / "state" / "collector.json"
+        suffix = f"-{collector_id}" if collector_id else ""
+        self.log_path = store.parent / f"{store.name}-collector{suffix}.log"
         store.mkdir(parents=True, exist_ok=True)
         argv = [sys.executable, "-m", "traintape.collector", "serve", "--store", str(store)]
+        if collector_id is not None:
+            argv += ["--collector-id", collector_id]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 [*argv, *extra], stdout=log, stderr=subprocess.STDOUT, cwd=cwd

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from traintape import emitter
+from traintape.layout import StoreLayout
 from traintape.paths import default_address
 
 REPO = Path(__file__).resolve().parents[1]
@@ -72,21 +73,36 @@ def start_ranks(
 class CollectorProcess:
     """A `traintape serve` subprocess on `store`; stop() is SIGTERM, kill() is SIGKILL."""
 
-    def __init__(self, store: Path, *extra: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        store: Path,
+        *extra: str,
+        env: dict[str, str] | None = None,
+        collector_id: str | None = None,
+    ) -> None:
+        """`collector_id`: one of several collectors on `store` (`serve --collector-id`)."""
         self.store = store
+        self.collector_id = collector_id
+        if collector_id is not None:
+            extra = ("--collector-id", collector_id, *extra)
         self.extra = extra
         self.env = env  # the whole environment of the process; None: this one's
         self.proc: subprocess.Popen[bytes] | None = None
-        self.log = store.parent / f"{store.name}-collector.log"
+        suffix = f"-{collector_id}" if collector_id else ""
+        self.log = store.parent / f"{store.name}-collector{suffix}.log"
         self._status_before = 0  # the status file's mtime before the last start
 
     @property
     def address(self) -> str:
-        return default_address(self.store)
+        return default_address(self.store, self.collector_id)
+
+    @property
+    def status_file(self) -> Path:
+        return StoreLayout(self.store, self.collector_id).collector_status
 
     def start(self, wait: bool = True) -> CollectorProcess:
         self.store.mkdir(parents=True, exist_ok=True)
-        status = self.store / "state" / "collector.json"
+        status = self.status_file
         before = status.stat().st_mtime_ns if status.exists() else 0
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
@@ -115,7 +131,7 @@ class CollectorProcess:
         """Returns once the collector serves (it wrote its status file), so several can start
         at once and be waited for together."""
         assert self.proc is not None
-        status = self.store / "state" / "collector.json"
+        status = self.status_file
         deadline = time.monotonic() + timeout
         while not (status.exists() and status.stat().st_mtime_ns != self._status_before):
             if self.proc.poll() is not None:

@@ -84,10 +84,13 @@ def _val_loss(run: int, rank: int, step: int) -> float:
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """Two finished runs (2 and 3 ranks) through a real collector: loss, val_loss with a NaN
-    and an Inf, params logged twice (the later value wins), and a text event."""
+    """Two finished runs (2 and 3 ranks) through real collectors: loss, val_loss with a NaN
+    and an Inf, params logged twice (the later value wins), and a text event. Odd ranks log to
+    a second collector on the same store (`--collector-id node-b`, a node of its own), so its
+    run folders (`<run>@node-b`) are read as well."""
     store = tmp_path_factory.mktemp("spark") / "store"
     proc = CollectorProcess(store).start()
+    node_b = CollectorProcess(store, collector_id="node-b").start()
     try:
         for run, (run_id, ranks) in enumerate(RUNS.items()):
             emitters = []
@@ -101,6 +104,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
                             {"lr": 0.1 * (run + 1)},
                             run_id=run_id,
                             store=store,
+                            address=node_b.address if rank % 2 else None,
                         )
                     )
                 finally:
@@ -119,6 +123,8 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
                 assert report.visible, report
     finally:
         proc.stop()
+        node_b.stop()
+    assert any((store / "tables" / "metrics").glob("*@node-b"))
     yield store
 
 

@@ -21,6 +21,13 @@
       tensorboard/                                    the TensorBoard sink's event files
       keys/                                           CURVE keys
 
+Several collectors (one per node, `traintape serve --collector-id ID`) can share one store root.
+Each owns its own folder, `collectors/<ID>/`, holding what the root holds for the default
+collector (collector.lock, .pid, .sock, journal/, state/, deadletter/, tensorboard/), and its own
+run folders, `tables/<table>/<run folder>@<ID>/` (a run folder name never holds `@`), so nothing
+is locked across collectors and every reader's `tables/<table>/*/*.parquet` glob sees them all.
+No id is the store's own collector: the layout above, unchanged.
+
 Importing this module imports nothing but the standard library.
 """
 
@@ -28,11 +35,21 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from traintape.errors import ConfigError
 from traintape.schemas.limits import valid_run_id
+
+COLLECTORS = "collectors"
+"""`<store>/collectors/<ID>/`: the folder of collector ID (journal, state, lock, socket)."""
+COLLECTOR_MARK = "@"
+"""`<run folder>@<ID>`: collector ID's folder of a run in a table (never in a run folder name)."""
+COLLECTOR_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+COLLECTOR_ID_ENV = "TRAINTAPE_COLLECTOR_ID"
+"""The collector id of `traintape serve` and of emitters' default address, when not given."""
 
 EMPTY_FOLDER = "_empty"
 """The folder of each table's schema-only file; never a run's (run ids start alphanumeric)."""
@@ -74,34 +91,65 @@ def data_file_range(name: str) -> tuple[int, int] | None:
         return None
 
 
+def check_collector_id(collector: str | None, where: str = "--collector-id") -> str | None:
+    """`collector` if it names a collector safely (COLLECTOR_ID_PATTERN), None for none."""
+    if collector is None or COLLECTOR_ID_PATTERN.fullmatch(collector):
+        return collector
+    msg = (
+        f"{where}: {collector!r} is not a collector id: 1-64 characters, letters, digits, "
+        "`.`, `_`, `-`, starting with a letter or digit (the node's host name, say)"
+    )
+    raise ConfigError(msg)
+
+
+def folder_collector(folder_name: str) -> str | None:
+    """The collector id a table's run folder belongs to (None: the store's own collector)."""
+    _, mark, collector = folder_name.partition(COLLECTOR_MARK)
+    return collector if mark else None
+
+
+def folder_run(folder_name: str) -> str:
+    """The run folder name (`run_folder_name`) of a table's folder, whichever collector's."""
+    return folder_name.partition(COLLECTOR_MARK)[0]
+
+
 @dataclass(frozen=True)
 class StoreLayout:
-    """Paths of one store. Build it once (`StoreLayout(resolve_store(...))`) and pass it on."""
+    """Paths of one store, as seen by one collector (`collector`: its id, None for the store's
+    own). Build it once (`StoreLayout(resolve_store(...))`) and pass it on."""
 
     root: Path
+    collector: str | None = None
+
+    @property
+    def home(self) -> Path:
+        """The folder of this collector's own files: the root, or `collectors/<ID>/`."""
+        if self.collector is None:
+            return self.root
+        return self.root / COLLECTORS / self.collector
 
     # -- the collector ---------------------------------------------------------------------------
 
     @property
     def lock(self) -> Path:
-        return self.root / "collector.lock"
+        return self.home / "collector.lock"
 
     @property
     def pid(self) -> Path:
-        return self.root / "collector.pid"
+        return self.home / "collector.pid"
 
     @property
     def socket(self) -> Path:
         """The collector's default ipc:// socket (traintape.paths.default_address)."""
-        return self.root / "collector.sock"
+        return self.home / "collector.sock"
 
     @property
     def journal(self) -> Path:
-        return self.root / "journal"
+        return self.home / "journal"
 
     @property
     def deadletter(self) -> Path:
-        return self.root / "deadletter"
+        return self.home / "deadletter"
 
     @property
     def keys(self) -> Path:
@@ -111,7 +159,7 @@ class StoreLayout:
 
     @property
     def state(self) -> Path:
-        return self.root / "state"
+        return self.home / "state"
 
     @property
     def collector_status(self) -> Path:
@@ -152,15 +200,38 @@ class StoreLayout:
     def table(self, table: str) -> Path:
         return self.tables / table
 
+    def folder_name(self, run_id: str) -> str:
+        """This collector's folder name for a run, in every table."""
+        name = run_folder_name(run_id)
+        return name if self.collector is None else f"{name}{COLLECTOR_MARK}{self.collector}"
+
     def run_folder(self, table: str, run_id: str) -> Path:
-        return self.tables / table / run_folder_name(run_id)
+        """This collector's folder of a run (where it writes and compacts)."""
+        return self.tables / table / self.folder_name(run_id)
+
+    def run_folders_of(self, table: str, run_id: str) -> list[Path]:
+        """Every collector's folder of a run in `table` that exists (what a reader reads)."""
+        name = run_folder_name(run_id)  # [A-Za-z0-9._-] only: nothing a glob takes as special
+        folders = [self.tables / table / name, *self.table(table).glob(name + COLLECTOR_MARK + "*")]
+        return sorted(f for f in folders if f.is_dir())
+
+    def owns_folder(self, folder_name: str) -> bool:
+        """Whether a table's run folder is this collector's (it alone writes and compacts it)."""
+        return folder_collector(folder_name) == self.collector
+
+    @property
+    def compaction_staging(self) -> Path:
+        """Where this collector's compaction builds a folder's next state (outside every glob)."""
+        name = ".staging" if self.collector is None else f".staging{COLLECTOR_MARK}{self.collector}"
+        return self.tables / name
 
     def empty_table_file(self, table: str) -> Path:
         return self.tables / table / EMPTY_FOLDER / "empty.parquet"
 
     def run_files(self, pattern: str) -> Iterator[Path]:
-        """The files matching `pattern` (a glob: "part-*") in every run folder of every table."""
-        return self.tables.glob(f"*/*/{pattern}")
+        """The files matching `pattern` (a glob: "part-*") in this collector's run folders of
+        every table (another collector's are never its to delete)."""
+        return (p for p in self.tables.glob(f"*/*/{pattern}") if self.owns_folder(p.parent.name))
 
     # -- beside the collector --------------------------------------------------------------------
 
@@ -188,4 +259,4 @@ class StoreLayout:
 
     @property
     def tensorboard(self) -> Path:
-        return self.root / "tensorboard"
+        return self.home / "tensorboard"

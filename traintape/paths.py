@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 from traintape.errors import SecurityError
-from traintape.layout import StoreLayout
+from traintape.layout import COLLECTOR_ID_ENV, StoreLayout, check_collector_id
 
 DEFAULT_STORE_NAME = "traintape-store"
 """A hyphenated name can never be imported, so it cannot shadow the `traintape` package."""
@@ -34,6 +34,13 @@ def resolve_store(store: str | os.PathLike[str] | None = None) -> Path:
     """The store folder: the argument, else $TRAINTAPE_STORE, else ./traintape-store."""
     chosen = store if store is not None else os.environ.get("TRAINTAPE_STORE") or DEFAULT_STORE_NAME
     return Path(chosen).expanduser().resolve()
+
+
+def remote_store(store: str | os.PathLike[str] | None = None) -> str | None:
+    """The s3://bucket/prefix URL that the argument, else $TRAINTAPE_STORE, names (a store whose
+    tables are on object storage: traintape.read.remote), or None for a store folder."""
+    chosen = store if store is not None else os.environ.get("TRAINTAPE_STORE")
+    return chosen if isinstance(chosen, str) and chosen.startswith("s3://") else None
 
 
 def store_origin(given: object, argument: str) -> str | None:
@@ -62,23 +69,26 @@ def runtime_dir() -> Path:
     return Path(tempfile.gettempdir()) / f"traintape-{os.geteuid()}"
 
 
-def default_address(store: Path) -> str:
-    """The collector's ipc:// address for a store.
+def default_address(store: Path, collector: str | None = None) -> str:
+    """The ipc:// address of a store's collector (`collector`: its id, None: the store's own).
 
     It is a socket inside the store, unless that path is too long for a Unix socket name: then it
     is a name derived from the store path in this user's `runtime_dir()`, which the emitter and
     the collector compute alike (and check with `check_ipc_path` before they bind or connect).
     """
-    sock = StoreLayout(store).socket
+    sock = StoreLayout(store, collector).socket
     if len(str(sock)) <= _MAX_IPC_PATH:
         return f"ipc://{sock}"
-    digest = hashlib.sha1(str(store).encode()).hexdigest()[:16]
+    named = str(store) if collector is None else f"{store}\0{collector}"
+    digest = hashlib.sha1(named.encode()).hexdigest()[:16]
     return f"ipc://{runtime_dir() / f'traintape-{digest}.sock'}"
 
 
 def resolve_address(address: str | None, store: Path) -> str:
-    """The argument, else $TRAINTAPE_ADDRESS, else the store's default ipc:// socket."""
-    return address or os.environ.get("TRAINTAPE_ADDRESS") or default_address(store)
+    """The argument, else $TRAINTAPE_ADDRESS, else the default ipc:// socket of the store's
+    collector ($TRAINTAPE_COLLECTOR_ID names one of several: traintape.layout)."""
+    collector = check_collector_id(os.environ.get(COLLECTOR_ID_ENV) or None, COLLECTOR_ID_ENV)
+    return address or os.environ.get("TRAINTAPE_ADDRESS") or default_address(store, collector)
 
 
 def spool_dir(store: Path) -> Path:

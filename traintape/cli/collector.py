@@ -15,6 +15,7 @@ from traintape.paths import resolve_address, resolve_store, spool_dir
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     from traintape.collector.config import resolve as resolve_sinks
+    from traintape.collector.objectstore import tables_config
     from traintape.collector.server import check_bind_address, run
     from traintape.errors import CollectorError, ConfigError, SecurityError, SinkError
     from traintape.security import secure_store
@@ -26,6 +27,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         return 2
     store = resolve_store(args.store if args.store is not None else config.store)
     binds = args.bind or config.bind
+    try:
+        collector_id = _collector_id(config.option("collector_id", args.collector_id, None))
+        tables = tables_config(config.option("tables", args.tables, None), config.options)
+    except ConfigError as exc:
+        print(f"traintape serve: {exc}", file=sys.stderr)
+        return 2
     # A store_true flag that is absent is False: then the file decides.
     allow_remote = config.option("allow_remote", args.allow_remote or None, False)
     try:
@@ -56,7 +63,21 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         max_message_bytes=max_message_bytes,
         curve=config.option("curve", args.curve or None, False),
         sinks=config.sinks,
+        collector_id=collector_id,
+        tables=tables,
     )
+
+
+def _collector_id(given: str | None) -> str | None:
+    """--collector-id (or the YAML key), else $TRAINTAPE_COLLECTOR_ID, else None (the store's
+    own collector); checked (traintape.layout)."""
+    import os
+
+    from traintape.layout import COLLECTOR_ID_ENV, check_collector_id
+
+    if given is not None:
+        return check_collector_id(given)
+    return check_collector_id(os.environ.get(COLLECTOR_ID_ENV) or None, COLLECTOR_ID_ENV)
 
 
 def _max_message_bytes(mb: float | None) -> int:
@@ -152,11 +173,18 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
+    from traintape.errors import ConfigError
+
     store = resolve_store(args.store)
-    layout = StoreLayout(store)
+    try:
+        layout = StoreLayout(store, _collector_id(args.collector_id))
+    except ConfigError as exc:
+        print(f"traintape status: {exc}", file=sys.stderr)
+        return 2
     path = layout.collector_status
     if not path.exists():
-        print(f"traintape status: no collector has run on {store}", file=sys.stderr)
+        who = "no collector" if layout.collector is None else f"collector {layout.collector} never"
+        print(f"traintape status: {who} has run on {store}", file=sys.stderr)
         return 1
     status = json.loads(path.read_text())
     alive = layout.pid.exists() and _pid_alive(int(status.get("pid", 0)))
@@ -186,6 +214,10 @@ def _status_value(key: str, value: Any) -> str:
         return f"{value} ({_human_bytes(value)})"
     if isinstance(value, list):
         return ", ".join(map(str, value))
+    if key == "tables" and isinstance(value, dict):  # publishing to object storage
+        from traintape.collector.publish import status_line
+
+        return status_line(value)
     return str(value)
 
 

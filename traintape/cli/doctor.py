@@ -22,7 +22,7 @@ from typing import Any
 
 from traintape.cli.output import _human_bytes, format_duration
 from traintape.collector.diskfloor import DEFAULT_MIN_FREE_BYTES
-from traintape.layout import StoreLayout
+from traintape.layout import COLLECTOR_ID_ENV, StoreLayout, check_collector_id
 from traintape.paths import (
     DEFAULT_STORE_NAME,
     address_origin,
@@ -47,7 +47,9 @@ class Check:
 
 def _cmd_doctor(args: argparse.Namespace) -> int:
     store = resolve_store(args.store)
-    layout = StoreLayout(store)
+    # The collector this process's emitters reach: $TRAINTAPE_COLLECTOR_ID's, as resolve_address.
+    collector = os.environ.get(COLLECTOR_ID_ENV) or None
+    layout = StoreLayout(store, check_collector_id(collector, COLLECTOR_ID_ENV))
     status = _read_status(layout)
     address = resolve_address(args.address, store)
     checks = [
@@ -151,7 +153,17 @@ def _follower_checks(status: dict[str, Any] | None) -> list[Check]:
                 else "",
             )
         )
+    if status.get("tables"):  # publishing to object storage: traintape.collector.publish
+        checks.append(_tables_check(status["tables"]))
     return checks
+
+
+def _tables_check(tables: dict[str, Any]) -> Check:
+    from traintape.collector.publish import status_line
+
+    failing = tables.get("failing_since") is not None
+    fix = "check the endpoint, credentials and network; it retries and catches up by itself"
+    return Check("tables", "warn" if failing else "ok", status_line(tables), fix if failing else "")
 
 
 def _disk_check(store: Path, status: dict[str, Any] | None) -> Check:

@@ -65,7 +65,19 @@ def _store_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--store",
         default=None,
-        help="store folder (default: $TRAINTAPE_STORE, else ./traintape-store)",
+        help="store folder, or s3://BUCKET/PREFIX for tables published there (read commands) "
+        "(default: $TRAINTAPE_STORE, else ./traintape-store)",
+    )
+
+
+def _collector_id_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--collector-id",
+        default=None,
+        metavar="ID",
+        help="one of several collectors sharing the store, one per node (its journal, state "
+        "and table folders are its own: docs/scale.md); default: $TRAINTAPE_COLLECTOR_ID, else "
+        "the store's own collector",
     )
 
 
@@ -85,6 +97,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="run the collector (Ctrl-C or SIGTERM stops it cleanly)")
     _store_arg(p)
+    _collector_id_arg(p)
+    p.add_argument(
+        "--tables",
+        metavar="s3://BUCKET/PREFIX",
+        help="also publish the Parquet tables there (read with --store s3://BUCKET/PREFIX; "
+        "credentials: the AWS variables and files, AWS_ENDPOINT_URL; docs/scale.md)",
+    )
     p.add_argument(
         "--bind",
         action="append",
@@ -210,6 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("status", help="the collector's counters and lag")
     _store_arg(p)
+    _collector_id_arg(p)
     p.add_argument("--format", choices=("table", "json"), default="table", help=_FORMAT)
     p.set_defaults(func=_cmd_status)
 

@@ -89,7 +89,8 @@ INTENT = StoreLayout(Path()).compaction_intent.relative_to(".")
 """The intent file, relative to the store (for tests)."""
 HIDDEN = ".compacted"
 STAGING = ".staging"
-"""`tables/.staging/`: where a swap builds a folder's next state (outside every table's glob)."""
+"""`tables/.staging/`: where a swap builds a folder's next state (outside every table's glob);
+`.staging@<ID>` for collector ID (StoreLayout.compaction_staging)."""
 METHODS = ("auto", "swap", "hide")
 PAUSE_ENV = "TRAINTAPE_TEST_COMPACTION_PAUSE"
 """Tests only: `SECONDS[:STEP]` prints a `traintape compaction step: ...` line on stderr after
@@ -119,15 +120,18 @@ class Compactor:
         log: Callable[[str], None] | None = None,
         method: str = "auto",
         folder_lock: threading.Lock | None = None,
+        collector: str | None = None,
     ) -> None:
         """`folder_lock`: held by whoever adds a file to a run folder while this compacts on
         another thread (the materializer); a swap holds it from listing the folder's other files
-        to the exchange, so no file written meanwhile is left behind in the old folder."""
+        to the exchange, so no file written meanwhile is left behind in the old folder.
+        `collector`: whose run folders these are (layout.py); another collector's are never
+        touched, so collectors sharing a store never wait on each other."""
         if method not in METHODS:
             msg = f"compaction method must be one of {METHODS}, got {method!r}"
             raise ValueError(msg)
         self.store = store
-        self.layout = StoreLayout(store)
+        self.layout = StoreLayout(store, collector)
         self.method = method  # "auto": swap where the filesystem can, decided at the first merge
         self.schedule = CompactionSchedule(self.layout, sweep_interval, settle)
         self._info = log or _info
@@ -191,7 +195,7 @@ class Compactor:
             )
 
     def _staging_root(self) -> Path:
-        return self.layout.tables / STAGING
+        return self.layout.compaction_staging
 
     def _swaps(self) -> bool:
         if self.method == "auto":
@@ -211,15 +215,18 @@ class Compactor:
         folder = self.layout.table(table) / folder_name
         done = 0
         for group in plan(data_files(folder), committed, min_files):
-            self._merge(table, folder, group)
+            self.merge(table, folder, group)
             done += 1
         return done
 
-    def _merge(self, table: str, folder: Path, group: list[DataFile]) -> None:
+    def merge(self, table: str, folder: Path, group: list[DataFile], name: str = "") -> None:
+        """`name`: of the merged file, by default `compacted_name` of the group's range (never
+        an input's name: footers are cached by name, conform.py)."""
+        name = name or compacted_name(group[0].start, group[-1].end)
         if self._swaps():
-            self._merge_swap(table, folder, group)
+            self._merge_swap(table, folder, group, name)
         else:
-            self._merge_hide(table, folder, group)
+            self._merge_hide(table, folder, group, name)
         self.merges += 1
 
     def _merged_rows(self, table: str, folder: Path, group: list[DataFile], out: Path) -> int:
@@ -233,9 +240,8 @@ class Compactor:
             raise RuntimeError(msg)
         return expected
 
-    def _merge_swap(self, table: str, folder: Path, group: list[DataFile]) -> None:
+    def _merge_swap(self, table: str, folder: Path, group: list[DataFile], name: str) -> None:
         """One compaction by folder exchange (the module docstring's first steps 1-4)."""
-        name = compacted_name(group[0].start, group[-1].end)
         staging = self._staging_root() / table / folder.name
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
@@ -284,9 +290,9 @@ class Compactor:
         finally:
             self.resolve_intent(quiet=True)
 
-    def _merge_hide(self, table: str, folder: Path, group: list[DataFile]) -> None:
+    def _merge_hide(self, table: str, folder: Path, group: list[DataFile], name: str) -> None:
         """One compaction by renames (the module docstring's second steps 1-6)."""
-        merged = folder / compacted_name(group[0].start, group[-1].end)
+        merged = folder / name
         tmp = merged.with_name(merged.name + ".tmp")
         try:
             expected = self._merged_rows(table, folder, group, tmp)

@@ -6,7 +6,10 @@ The YAML file (`traintape serve --config traintape.yaml`)::
     bind: [ipc:///tmp/tt.sock]         # optional, as --bind
     materialize_interval: 0.5          # optional, as --materialize-interval; likewise
     system_interval: 1.0               #   system_interval, compact_settle, curve (true: CURVE
-    curve: true                        #   on loopback tcp:// too), allow_remote and group
+    curve: true                        #   on loopback tcp:// too), allow_remote, group and
+    collector_id: node07               #   collector_id (one of several sharing the store)
+    tables: s3://bucket/prefix         # optional, as --tables; tables_grace: seconds replaced
+                                       #   objects stay for readers (300; collector/publish.py)
     sinks:
       tensorboard:                     # a sink's name; its type too, unless `type:` says
         dir: ./tb-logs
@@ -53,6 +56,9 @@ SERVE_OPTIONS: dict[str, type] = {
     "curve": bool,
     "allow_remote": bool,
     "group": str,
+    "collector_id": str,
+    "tables": str,
+    "tables_grace": float,
 }
 """`traintape serve` options a YAML file may set (its --flag of the same name overrides)."""
 

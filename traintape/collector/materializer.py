@@ -1,9 +1,9 @@
 """Materializer: journal -> partitioned Parquet files, about every `interval` seconds (in its own
 process beside the collector: materializer_process.py).
 
-Files are `tables/<table>/<run_id>/part-<start>-<end>.parquet`, named by the journal range they
-hold, each written under a temporary name, fsync'd and renamed (a reader globbing the folder
-never sees a half-written file). The cursor (`state/materializer.json`) moves only after the
+Files are `tables/<table>/<run folder>/part-<start>-<end>.parquet` (`<run folder>@<ID>` for
+collector ID: layout.py), named by the journal range they hold, each written under a temporary
+name, fsync'd and renamed (a reader globbing the folder never sees a half-written file). The cursor (`state/materializer.json`) moves only after the
 files are in place; on start, files from a range at or past the cursor are leftovers of a run
 that died before committing and are deleted, so no row is ever stored twice.
 """
@@ -20,8 +20,10 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from traintape.collector.compaction import SETTLE_S, Compactor, committed_position
+from traintape.collector.conform import conform_old_files
 from traintape.collector.deadletter import DeadLetters
 from traintape.collector.journal import Batch, Journal
+from traintape.collector.merging import parquet_options
 from traintape.collector.tables import BuildError, TableBuilder
 from traintape.collector.validate import (
     bad_events,
@@ -54,7 +56,7 @@ def ensure_empty_tables(store: Path) -> None:
         # table's types from its first file, and this one is usually it.
         if not path.exists() or not pq.read_schema(path).equals(schema):
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")  # collectors sharing the store race
             pq.write_table(schema.empty_table(), tmp)
             os.replace(tmp, path)
 
@@ -66,14 +68,16 @@ class Materializer:
         journal: Journal,
         interval: float = 0.5,
         compact_settle: float | None = None,
+        collector: str | None = None,
     ) -> None:
+        """`collector`: whose journal this is; it writes its own run folders only (layout.py)."""
         self.store = store
-        self.layout = StoreLayout(store)
+        self.layout = StoreLayout(store, collector)
         self.journal = journal
         self.interval = interval
         self._cursor_path = self.layout.materializer_cursor
         self._cursor_path.parent.mkdir(parents=True, exist_ok=True)
-        self.position = committed_position(store)
+        self.position = committed_position(self.layout.home)
         self.rows_written = 0
         self.skipped_records = 0
         self.skipped_events = 0
@@ -92,7 +96,9 @@ class Materializer:
         self._files_lock = threading.Lock()
         ensure_empty_tables(store)
         settle = SETTLE_S if compact_settle is None else compact_settle
-        self.compactor = Compactor(store, folder_lock=self._files_lock, settle=settle)
+        self.compactor = Compactor(
+            store, folder_lock=self._files_lock, settle=settle, collector=collector
+        )
         # First: rolling back an interrupted compaction can restore part files.
         self.compactor.recover(self.position)
         self._remove_uncommitted()
@@ -123,6 +129,7 @@ class Materializer:
         self.compactor.run_due(self.position)  # what is due now (an interrupted merge, say)
 
     def _compact(self) -> None:
+        conform_old_files(self.compactor, self.position)  # once per store: nanosecond `ts`
         # At once first: the first sweep is for what was left while no collector ran.
         while True:
             self.compactor.run_due(self.position)  # never raises: failures wait a sweep
@@ -265,7 +272,7 @@ class Materializer:
                 tmp = path.with_name(path.name + ".tmp")
                 with self._files_lock:  # not while compaction swaps folders
                     written.append(tmp)
-                    pq.write_table(data, tmp, compression="zstd")
+                    pq.write_table(data, tmp, **parquet_options(data.schema))
                     with open(tmp, "rb") as f:
                         os.fsync(f.fileno())
                     os.replace(tmp, path)
@@ -299,7 +306,7 @@ class Materializer:
 
     def _dead_letters(self) -> DeadLetters:
         if self._dead is None:
-            self._dead = DeadLetters(self.store, "materializer.log", label="materializer")
+            self._dead = DeadLetters(self.layout.home, "materializer.log", label="materializer")
         return self._dead
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from traintape.collector.compaction import committed_position
 from traintape.collector.follower import Follower, FollowerProcess
+from traintape.layout import StoreLayout
 
 NAME = "materializer_process"
 STOP_TIMEOUT_S = 5.0
@@ -26,10 +27,17 @@ class MaterializerProcess(FollowerProcess):
         interval: float,
         compact_settle: float | None,
         ingested: Callable[[], int],
+        collector: str | None = None,
+        tables: dict[str, Any] | None = None,
     ) -> None:
-        config = {"interval": interval, "compact_settle": compact_settle}
+        """`store`: the store's root; `collector`: whose journal (layout.py). The child's own
+        files (lock, status, journal) are in the collector's home. `tables`: where to publish
+        the tables ({"tables": "s3://...", "tables_grace": s}: collector/publish.py)."""
+        config: dict[str, Any] = {"interval": interval, "compact_settle": compact_settle}
+        config |= {"store": str(store), "collector": collector, **(tables or {})}
+        home = StoreLayout(store, collector).home
         super().__init__(
-            NAME, store, journal, config, ingested=ingested, stop_timeout=STOP_TIMEOUT_S
+            NAME, home, journal, config, ingested=ingested, stop_timeout=STOP_TIMEOUT_S
         )
 
     @property
@@ -45,4 +53,12 @@ class MaterializerProcess(FollowerProcess):
 def build(store: Path, config: dict[str, Any], journal: Any, ingested: Any) -> Follower:
     from traintape.collector.materializer import Materializer
 
-    return Materializer(store, journal, config["interval"], config.get("compact_settle"))
+    # `store` is the collector's home; the tables are under the store's root (config["store"]).
+    root = Path(config.get("store") or store)
+    settle = config.get("compact_settle")
+    materializer = Materializer(root, journal, config["interval"], settle, config.get("collector"))
+    if config.get("tables"):  # --tables s3://...: a publisher beside it
+        from traintape.collector.publish import publishing
+
+        return publishing(materializer, config)
+    return materializer

@@ -8,6 +8,7 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -87,14 +88,32 @@ def sort_for_storage(table: str, data: pa.Table) -> pa.Table:
     return data.sort_by(keys) if keys else data
 
 
+def parquet_options(schema: pa.Schema) -> dict[str, Any]:
+    """How every table file is written (materialized parts and merged files alike).
+
+    Dictionaries for strings and int32 (run_id, source, key, kind, rank: few distinct values);
+    int64 and timestamps (seq, ts, step) delta-encoded: sorted by key, a metric's seq, ts and
+    step rise steadily but never repeat, and dictionaries of them made merged files twice the
+    size of their inputs; doubles plain (zstd folds repeated values). Every engine reads both
+    encodings (Parquet 1.0 and 2.0's DELTA_BINARY_PACKED: DuckDB, pyarrow, Spark)."""
+    dictionary = [f.name for f in schema if pa.types.is_string(f.type) or f.type == pa.int32()]
+    delta = [f.name for f in schema if f.type == pa.int64() or pa.types.is_timestamp(f.type)]
+    return {
+        "compression": "zstd",
+        "use_dictionary": dictionary,
+        "column_encoding": dict.fromkeys(delta, "DELTA_BINARY_PACKED"),
+    }
+
+
 def write_parquet(data: pa.Table, path: Path, table: str | None = None) -> None:
     """Writes and fsyncs `path` (the caller renames it into place); a table sorted by key
     (`SORT_KEYS`) gets row groups that start at key boundaries."""
     bounds = _row_groups(data) if table in SORT_KEYS else None
+    options = parquet_options(data.schema)
     if bounds is None:
-        pq.write_table(data, path, compression="zstd", row_group_size=ROW_GROUP_ROWS)
+        pq.write_table(data, path, row_group_size=ROW_GROUP_ROWS, **options)
     else:
-        with pq.ParquetWriter(path, data.schema, compression="zstd") as writer:
+        with pq.ParquetWriter(path, data.schema, **options) as writer:
             for lo, hi in zip(bounds, bounds[1:]):
                 writer.write_table(data.slice(lo, hi - lo), row_group_size=ROW_GROUP_ROWS)
     with open(path, "rb") as f:

@@ -9,8 +9,8 @@ import sys
 
 from traintape.collector.compaction import METHODS, Compactor, committed_position
 from traintape.collector.storelock import take_store
-from traintape.errors import CollectorError
-from traintape.layout import StoreLayout
+from traintape.errors import CollectorError, ConfigError
+from traintape.layout import StoreLayout, check_collector_id
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,6 +19,7 @@ def main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(prog="python -m traintape.collector.compaction")
     p.add_argument("--store", default=None)
+    p.add_argument("--collector-id", default=None, help="whose run folders (layout.py)")
     p.add_argument("--min-files", type=int, default=2)
     p.add_argument(
         "--method",
@@ -30,13 +31,17 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     store = resolve_store(args.store)
     try:
-        lock = take_store(StoreLayout(store))
+        layout = StoreLayout(store, check_collector_id(args.collector_id))
+        lock = take_store(layout)
     except CollectorError:
         print(f"a collector serves {store}; it compacts by itself", file=sys.stderr)
         return 2
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
     with lock:
-        committed = committed_position(store)
-        compactor = Compactor(store, method=args.method)
+        committed = committed_position(layout.home)
+        compactor = Compactor(store, method=args.method, collector=layout.collector)
         compactor.recover(committed)
         merges = compactor.compact_all(committed, args.min_files)
     print(f"{merges} merges")

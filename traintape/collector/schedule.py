@@ -12,7 +12,7 @@ import threading
 import time
 from typing import Any
 
-from traintape.layout import StoreLayout, run_folder_name
+from traintape.layout import StoreLayout
 
 MIN_FILES_PERIODIC = 16
 """A live run's folder is compacted by the periodic sweep once it has this many small files."""
@@ -49,9 +49,10 @@ class CompactionSchedule:
             if table == "events" and "run_end" in data.column("kind").to_pylist()
         ]
         with self._lock:
-            self._touched.update((table, run_folder_name(run_id)) for table, run_id in built)
+            folder = self.layout.folder_name
+            self._touched.update((table, folder(run_id)) for table, run_id in built)
             for run_id in ended:
-                self._pending.setdefault(("*", run_folder_name(run_id)), time.monotonic())
+                self._pending.setdefault(("*", folder(run_id)), time.monotonic())
 
     def soon(self, table: str, folder: str) -> None:
         """Merge `folder` again once it settles (after a merge a crash interrupted)."""
@@ -100,10 +101,10 @@ def table_names(layout: StoreLayout) -> list[str]:
 
 
 def run_folders(layout: StoreLayout) -> list[tuple[str, str]]:
-    """(table, run folder) of every run folder of the store."""
+    """(table, run folder) of every run folder of the store that is the layout's collector's."""
     return [
         (table, folder.name)
         for table in table_names(layout)
         for folder in sorted(layout.table(table).iterdir())
-        if folder.is_dir() and not folder.name.startswith("_")
+        if folder.is_dir() and not folder.name.startswith("_") and layout.owns_folder(folder.name)
     ]

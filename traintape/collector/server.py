@@ -38,7 +38,7 @@ from traintape.collector.system import SystemSampler
 from traintape.collector.visibility import VisibilityWaiters
 from traintape.durable import write_json_atomic
 from traintape.errors import CollectorError
-from traintape.layout import StoreLayout
+from traintape.layout import StoreLayout, check_collector_id
 from traintape.paths import default_address
 from traintape.schemas.events import RUN_END
 from traintape.schemas.limits import MAX_MESSAGE_BYTES
@@ -76,13 +76,20 @@ class Collector:
         sinks: list[Any] | None = None,
         min_free_bytes: int = DEFAULT_MIN_FREE_BYTES,
         max_message_bytes: int = MAX_MESSAGE_BYTES,
+        collector_id: str | None = None,
+        tables: dict[str, Any] | None = None,
     ) -> None:
         """`quiet`: this object's own lines are not logged (its parts log on their loggers,
-        `traintape.collector.*`, which a program routes or silences with `logging`)."""
+        `traintape.collector.*`, which a program routes or silences with `logging`).
+        `collector_id`: one of several collectors sharing the store (one per node); its own
+        files are in `layout.home` and its own run folders (layout.py). None: the store's own.
+        `tables`: {"tables": "s3://bucket/prefix", "tables_grace": s} publishes them there."""
         self.store = store
-        self.layout = StoreLayout(store)
+        self.tables = tables
+        self.layout = StoreLayout(store, check_collector_id(collector_id))
+        self.home = self.layout.home  # what its parts that keep no table files are given
         self.max_message_bytes = max_message_bytes
-        self.binds = binds or [default_address(store)]
+        self.binds = binds or [default_address(store, collector_id)]
         self.quiet = quiet
         self.failures: list[str] = []
         """Why a follower (materializer, sinks) failed at the stop: `serve` then exits 1."""
@@ -114,10 +121,10 @@ class Collector:
     def _open_journal(self) -> None:
         """The journal, and what it already holds: sequence numbers seen, dead letters."""
         self.journal = Journal(self.layout.journal)
-        self.journal.advance_to(max_follower_position(self.store))
+        self.journal.advance_to(max_follower_position(self.home))
         self.dedup = Deduplicator()
-        self.dead = DeadLetters(self.store)
-        self.visible = VisibilityWaiters(self.store)  # ACK_VISIBLE once a run_end is materialized
+        self.dead = DeadLetters(self.home)
+        self.visible = VisibilityWaiters(self.home)  # ACK_VISIBLE once a run_end is materialized
         self._recover()
         ensure_empty_tables(self.store)  # queryable at once, before the materializer process runs
 
@@ -131,11 +138,13 @@ class Collector:
             materialize_interval,
             compact_settle,
             lambda: self.stats["events"],
+            self.layout.collector,
+            self.tables,
         )
         # The sinks (traintape.sinks.config.SinkConfig) follow the journal in a child process,
         # one thread each, so their backends never hold this process's GIL.
         self.sinks = (
-            SinkProcess(self.store, self.journal, list(sinks), lambda: self.stats["events"])
+            SinkProcess(self.home, self.journal, list(sinks), lambda: self.stats["events"])
             if sinks
             else None
         )
@@ -145,7 +154,7 @@ class Collector:
         # Journaled by the ingest loop, the journal's only writer.
         self._local: queue.SimpleQueue[tuple[bytes, bytes]] = queue.SimpleQueue()
         self.sampler = SystemSampler(system_interval, self._local) if system_interval > 0 else None
-        self.liveness = Liveness(self.store, self._local)
+        self.liveness = Liveness(self.home, self._local)
         self.liveness.load(self.journal)
 
     def _log(self, text: str, level: int = logging.INFO) -> None:
@@ -296,6 +305,7 @@ class Collector:
         return {
             "pid": os.getpid(),
             "store": str(self.store),
+            "collector_id": self.layout.collector,
             "binds": self.binds,
             "updated": time.time(),
             **self.stats,
@@ -305,6 +315,7 @@ class Collector:
             "materializer_error": self.materializer.last_error,
             "acks_withheld": self.disk.reason,  # why nothing is acknowledged now, or None
             "sinks": self.sinks.sinks_status() if self.sinks is not None else {},
+            "tables": (self.materializer.status() or {}).get("tables"),  # their publishing
         }
 
     def write_status(self) -> None:

@@ -100,7 +100,7 @@ def resolve_run(con: duckdb.DuckDBPyConnection, ref: str) -> str:
     if (
         store is not None
         and run_folder_name(ref) == ref
-        and StoreLayout(store).run_folder("events", ref).is_dir()
+        and StoreLayout(store).run_folders_of("events", ref)
     ):
         return ref  # a full id: no need to read every run's start
     found = rows(

@@ -16,6 +16,9 @@ Views
                      live (saved, not deleted since), best_when_saved, error, monitor, mode, reason
     artifacts        one row per logged artifact: run_id, rank, step, name, kind, path (of its
                      object in the store), bytes, sha256, metadata, ts
+    media            the artifacts that are images or tables logged with `log()`: run_id, rank,
+                     step, name, kind, path, bytes, sha256, width, height, channels, rows,
+                     columns, caption, ts
     system           system samples: host, device, key, value, run_id, rank
     attempts         one row per (run_id, rank, attempt): source, started
 """
@@ -23,7 +26,7 @@ Views
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import duckdb
@@ -31,12 +34,13 @@ import duckdb
 from traintape.errors import StoreNotFoundError
 from traintape.globs import literal, sql_string
 from traintape.layout import StoreLayout
-from traintape.paths import resolve_store
+from traintape.paths import remote_store, resolve_store
 
 
 def table_files(store: Path, table: str, run_ids: Sequence[str] | None = None) -> str:
     """`read_parquet(...)` of a table's files: every run folder's, or only those of `run_ids`
-    (then rows of other runs whose ids share a folder name may come too: filter by run_id)."""
+    (then rows of other runs whose ids share a folder name may come too: filter by run_id).
+    Every collector's folders are read (`<run folder>@<ID>` where several share the store)."""
     # Every file of a table is written from one Arrow schema (schemas/tables.py), so DuckDB binds
     # from the first file. union_by_name would read the footer of every file at each bind of each
     # view (seconds per query at 1,000 runs); a change of a table's schema must migrate old files.
@@ -47,7 +51,8 @@ def table_files(store: Path, table: str, run_ids: Sequence[str] | None = None) -
         return f"read_parquet({sql_string(files)})"
     empty = layout.empty_table_file(table)
     globs = [(empty.parent, empty.name)]  # never an empty list
-    globs += [(f, "*.parquet") for f in sorted({layout.run_folder(table, r) for r in run_ids})]
+    folders = {f for r in run_ids for f in layout.run_folders_of(table, r)}
+    globs += [(f, "*.parquet") for f in sorted(folders)]
     # A folder can exist without a file (a collector died between mkdir and its first write).
     listed = ", ".join(
         sql_string(f"{literal(folder)}/{name}")
@@ -57,11 +62,16 @@ def table_files(store: Path, table: str, run_ids: Sequence[str] | None = None) -
     return f"read_parquet([{listed}])"
 
 
-def view_sql(store: Path, run_ids: Sequence[str] | None = None) -> list[str]:
+def view_sql(
+    store: Path, run_ids: Sequence[str] | None = None, sources: Mapping[str, str] | None = None
+) -> list[str]:
     """The views of a store; with `run_ids`, over those runs' folders only (system samples are
-    the host's, all of them)."""
-    m, p, e = (table_files(store, t, run_ids) for t in ("metrics", "params", "events"))
-    s = table_files(store, "system")
+    the host's, all of them). `sources`: each table's FROM clause instead of its folders (an
+    s3:// store's objects, traintape.read.remote)."""
+    names = ("metrics", "params", "events", "system")
+    if sources is None:
+        sources = {t: table_files(store, t, None if t == "system" else run_ids) for t in names}
+    m, p, e, s = (sources[t] for t in names)
     return [
         f"CREATE OR REPLACE VIEW events AS SELECT run_id, rank, step, ts::TIMESTAMPTZ AS ts, kind, body, source, seq FROM {e}",
         """CREATE OR REPLACE VIEW attempts AS
@@ -171,6 +181,17 @@ def view_sql(store: Path, run_ids: Sequence[str] | None = None) -> list[str]:
                   json_extract_string(body, '$.sha256') AS sha256,
                   json_extract(body, '$.metadata') AS metadata, ts, source, seq
            FROM events WHERE kind = 'artifact'""",
+        # Media of log() (traintape.emitter.media): artifacts whose kind and metadata say so.
+        """CREATE OR REPLACE VIEW media AS
+           SELECT run_id, rank, step, name, kind, path, bytes, sha256,
+                  TRY_CAST(json_extract(metadata, '$.width') AS BIGINT) AS width,
+                  TRY_CAST(json_extract(metadata, '$.height') AS BIGINT) AS height,
+                  TRY_CAST(json_extract(metadata, '$.channels') AS BIGINT) AS channels,
+                  TRY_CAST(json_extract(metadata, '$.rows') AS BIGINT) AS "rows",
+                  TRY_CAST(json_extract(metadata, '$.columns') AS VARCHAR[]) AS "columns",
+                  json_extract_string(metadata, '$.caption') AS caption, ts, source, seq
+           FROM artifacts
+           WHERE kind IN ('image', 'table') AND json_extract_string(metadata, '$.media') = kind""",
         # The events files are read once (ev): each of their scans opens every run's folder.
         """CREATE OR REPLACE VIEW runs AS
            WITH ev AS MATERIALIZED (
@@ -248,7 +269,14 @@ def connect(
     `store` defaults to $TRAINTAPE_STORE, else ./traintape-store. `runs`: views over those runs'
     folders only (a question about a few runs then opens their files, not every run's; a view
     may still hold rows of another run whose id shares a folder name: filter by run_id).
+    `store` may be `s3://bucket/prefix`, where collectors publish (`serve --tables`): the tables
+    there as of this call (traintape.read.remote).
     """
+    remote = remote_store(store)
+    if remote is not None:  # s3://bucket/prefix: the tables the collectors publish there
+        from traintape.read.remote import connect_remote
+
+        return connect_remote(remote, runs)
     path = resolve_store(store)
     if not StoreLayout(path).tables.is_dir():
         msg = (

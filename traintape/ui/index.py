@@ -53,8 +53,8 @@ class MetricIndex:
             )
             return Lookup({int(r[0]) for r in found}, None)
         layout = StoreLayout(store)
-        folder = layout.run_folder("metrics", run_id)
-        files = self._update(con, folder, run_id)
+        folder = layout.table("metrics")  # files are named `<run folder>/<file>` below
+        files = self._update(con, layout, run_id)
         ranks: set[int] = set()
         newer = []
         for name, keys in files.items():
@@ -73,13 +73,18 @@ class MetricIndex:
         return Lookup(ranks, source)
 
     def _update(
-        self, con: duckdb.DuckDBPyConnection, folder: Path, run_id: str
+        self, con: duckdb.DuckDBPyConnection, layout: StoreLayout, run_id: str
     ) -> dict[str, FileKeys]:
-        """The run's files now, each new one read once (key, ranks, last step)."""
-        try:
-            names = {n for n in os.listdir(folder) if n.endswith(".parquet")}
-        except FileNotFoundError:
-            names = set()
+        """The run's files now, as `<run folder>/<file>` (every collector's folder of the run:
+        traintape.layout), each new one read once (key, ranks, last step)."""
+        folder = layout.table("metrics")
+        names: set[str] = set()
+        for run_folder in layout.run_folders_of("metrics", run_id):
+            try:
+                listing = os.listdir(run_folder)
+            except FileNotFoundError:
+                continue
+            names |= {f"{run_folder.name}/{n}" for n in listing if n.endswith(".parquet")}
         with self._lock:
             known = self._runs.setdefault(run_id, {})
             for gone in set(known) - names:
@@ -96,7 +101,7 @@ class MetricIndex:
             )
             read: dict[str, FileKeys] = {n: {} for n in new}
             for path, key, ranks, last in found:
-                read.setdefault(os.path.basename(path), {})[key] = (frozenset(ranks), last)
+                read.setdefault("/".join(Path(path).parts[-2:]), {})[key] = (frozenset(ranks), last)
             with self._lock:
                 known.update(read)
         with self._lock:
