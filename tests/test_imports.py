@@ -28,9 +28,12 @@ def _modules_after(code: str) -> set[str]:
 @pytest.mark.slow
 def test_import_traintape_is_light() -> None:
     """`import traintape` in a training process imports none of torch, mlflow, wandb,
-    tensorboard, matplotlib, nor the read side's DuckDB and pyarrow (until `connect` is used)."""
+    tensorboard, matplotlib, nor the read side's DuckDB and pyarrow (until `connect` is used),
+    nor numpy, Pillow or pyarrow for the media types (until an Image or Table is made)."""
     loaded = _modules_after("import traintape; from traintape import emitter")
     assert not loaded & {*HEAVY, "duckdb", "pyarrow"}
+    loaded = _modules_after("import traintape; traintape.Image, traintape.Table, traintape.Text")
+    assert not loaded & {*HEAVY, "duckdb", "pyarrow", "numpy", "PIL", "pandas"}
     assert "duckdb" in _modules_after("import traintape; traintape.connect")
 
 

@@ -46,6 +46,7 @@ from traintape.errors import (
 )
 
 if TYPE_CHECKING:
+    from traintape.emitter.media import Image, Table, Text
     from traintape.read.store import connect
 
 __version__ = "0.1.0"
@@ -53,6 +54,7 @@ __version__ = "0.1.0"
 _aliases.install()  # old module paths (traintape.history, ...) keep working for one release
 
 _LAZY = {"connect": "traintape.read.store"}
+_LAZY |= dict.fromkeys(("Image", "Table", "Text"), "traintape.emitter.media")  # log() media
 """Public names whose module is heavy, imported when first used."""
 
 
@@ -79,6 +81,7 @@ __all__ = [
     "ConfigError",
     "Emitter",
     "FinishReport",
+    "Image",
     "LinkError",
     "MissingBackendError",
     "NoRunError",
@@ -94,6 +97,8 @@ __all__ = [
     "StoreError",
     "StoreNotFoundError",
     "SyncError",
+    "Table",
+    "Text",
     "TraintapeError",
     "UnreadablePathError",
     "UnsupportedMediaError",

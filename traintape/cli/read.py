@@ -108,11 +108,12 @@ def _print_pairs(title: str, pairs: dict[str, Any]) -> None:
 
 def _cmd_show(args: argparse.Namespace) -> int:
     from traintape.read import history
-    from traintape.read.artifacts import artifact_rows
+    from traintape.read.artifacts import artifact_rows, is_media, media_summary
 
     con = _connect(args)
     info = history.show(con, history.resolve_run(con, args.run))
     info["artifacts"] = artifact_rows(con, info["run"]["run_id"])
+    info["media"] = media_summary(info["artifacts"])  # images and tables of log(), per key
     if args.format == "json":
         json.dump(info, sys.stdout, default=str, indent=1)
         print()
@@ -140,11 +141,15 @@ def _cmd_show(args: argparse.Namespace) -> int:
             for c in info["checkpoints"]
         ]
         print_rows(cols, cps)
-    if info["artifacts"]:
+    files = [a for a in info["artifacts"] if not is_media(a)]
+    if files:
         print("\nartifacts (`traintape artifacts get RUN NAME -o DIR` fetches one)")
         cols = ("step", "rank", "name", "kind", "bytes", "sha256")
-        arts = [[a[k] if k != "sha256" else a[k][:12] for k in cols] for a in info["artifacts"]]
-        print_rows(cols, arts)
+        print_rows(cols, [[a[k] if k != "sha256" else a[k][:12] for k in cols] for a in files])
+    if info["media"]:
+        print("\nmedia (images and tables of log(); SELECT * FROM media has each one)")
+        cols = ("name", "kind", "count", "ranks", "first_step", "last_step", "last")
+        print_rows(cols, [[m.get(c) for c in cols] for m in info["media"]])
     if info["system"]:
         print("\nsystem (samples of the host while the run was active; pid<N>: a rank's process)")
         cols = ("host", "device", "rank", "key", "samples", "mean", "max")

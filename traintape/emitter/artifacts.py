@@ -32,6 +32,7 @@ import os
 import stat
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,7 @@ from typing import Any
 
 from traintape.durable import flocked, fsync_dir, mkdir_private
 from traintape.emitter.checks import check_artifact, check_body, check_step
+from traintape.emitter.media_backlog import MediaBacklog
 from traintape.emitter.port import EmitterPort
 from traintape.emitter.worker import Worker
 from traintape.errors import RunFinishedError
@@ -61,7 +63,10 @@ class _Job:
     ts: int
     fd: int  # the file's descriptor, or -1 for `data`
     data: bytes | None
-    result: Future[dict[str, Any]]
+    result: Future[dict[str, Any]] | None  # None: a media value of log(), which returns nothing
+    # A media value of log() (media.py): its bytes and metadata, made on the copying thread.
+    encode: Callable[[], tuple[bytes, dict[str, Any]]] | None = None
+    snapshot_bytes: int = 0  # the memory a media value holds until it is encoded
 
 
 class ArtifactWriter:
@@ -71,6 +76,7 @@ class ArtifactWriter:
         self.port = port
         self.layout = StoreLayout(port.store)
         self._worker = Worker("traintape-artifacts", self._do)
+        self._media = MediaBacklog()
 
     # -- the caller's side -----------------------------------------------------------------
 
@@ -84,21 +90,41 @@ class ArtifactWriter:
     ) -> Future[dict[str, Any]]:
         """Queues `data` (a file's path, or bytes); the future gives the event's body once the
         object is durable and the event sent."""
-        if self._worker.closed or self.port.finished():
-            msg = f"run {self.port.run_id} is finished; call init() to start another"
-            raise RunFinishedError(msg)
-        if os.getpid() != self._worker.pid:
-            msg = "log_artifact() in a forked child: log from the training process"
-            raise RuntimeError(msg)
+        self.check_open("log_artifact()")
         name, meta = _check_arguments(data, name, kind, metadata)
         step = self.port.next_step() if step is None else check_step(step)
-        job = _Job(name, kind, meta, step, time.time_ns(), -1, None, Future())
+        result: Future[dict[str, Any]] = Future()
+        job = _Job(name, kind, meta, step, time.time_ns(), -1, None, result)
         if isinstance(data, (bytes, bytearray, memoryview)):
             job.data = bytes(data)  # the caller may change its buffer once this returns
         else:
             job.fd = _open_file(Path(data))
         self._worker.put(job)
-        return job.result
+        return result
+
+    def check_open(self, what: str) -> None:
+        """Raises unless this process can still queue artifacts of the run."""
+        if self._worker.closed or self.port.finished():
+            msg = f"run {self.port.run_id} is finished; call init() to start another"
+            raise RunFinishedError(msg)
+        if os.getpid() != self._worker.pid:
+            msg = f"{what} in a forked child: log from the training process"
+            raise RuntimeError(msg)
+
+    def put_media(
+        self,
+        name: str,
+        kind: str,
+        encode: Callable[[], tuple[bytes, dict[str, Any]]],
+        step: int,
+        ts: int,
+        size: int,
+    ) -> None:
+        """Queues a media value of `log()` (media.py) holding `size` bytes: `encode()` runs on the
+        copying thread, then its bytes are stored as any artifact's (after `check_open`). Waits
+        while the media not yet encoded hold more than MediaBacklog.LIMIT bytes."""
+        self._media.add(size)
+        self._worker.put(_Job(name, kind, {}, step, ts, -1, None, None, encode, size))
 
     def close(self) -> None:
         """Waits until every queued artifact is stored and its event queued (`finish()` calls it
@@ -109,12 +135,20 @@ class ArtifactWriter:
 
     def _do(self, job: _Job) -> None:
         try:
+            if job.encode is not None:  # PNG or Parquet, made here: off the training thread
+                try:
+                    job.data, job.metadata = job.encode()
+                finally:
+                    job.encode = None  # what it holds (a copy of an image) is freed now
+                    self._media.done(job.snapshot_bytes)
             body = self._store(job)
         except Exception as exc:  # the job's failure, not the thread's: finish() waits for it
             logger.warning(f"traintape: artifact {job.name!r} was not stored: {exc}")
-            job.result.set_exception(exc)
+            if job.result is not None:
+                job.result.set_exception(exc)
         else:
-            job.result.set_result(body)
+            if job.result is not None:
+                job.result.set_result(body)
         finally:
             if job.fd >= 0:
                 os.close(job.fd)

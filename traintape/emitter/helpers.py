@@ -60,11 +60,15 @@ class RunHelpers:
         return self.recorder.record(path, step, metrics, **options)
 
     def log_artifact(self, data: Any, *args: Any, **kwargs: Any) -> Future[dict[str, Any]]:
+        return self.artifact_writer().log(data, *args, **kwargs)
+
+    def artifact_writer(self) -> ArtifactWriter:
+        """The run's artifact writer (files, and the media values of `log()`), made on first use."""
         from traintape.emitter.artifacts import ArtifactWriter
 
         if self.artifacts is None:  # made on the first artifact
             self.artifacts = ArtifactWriter(self.port)
-        return self.artifacts.log(data, *args, **kwargs)
+        return self.artifacts
 
     def watch(self, model: Any, every: int, per_layer: bool, histograms: bool) -> GradientWatcher:
         from traintape.emitter.gradients import GradientWatcher

@@ -4,7 +4,8 @@ What it reads on every call (the clock, the type sets, the step bound) is bound 
 (read as fast as locals), not as default arguments a caller could see or pass. A call whose
 values are all int, float or bool under non-empty str names takes the fast path: one C-level
 pass over the types, a copy, an append. Anything else (numpy scalars, tensors, an empty name, an
-empty dict, a wrong type) goes through `take_tensors`, which checks and converts, or raises.
+empty dict, a wrong type) goes through `take_tensors`, which checks and converts, or raises;
+media values (`traintape.Image`, `Table`, `Text`) are split off first (media.py).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from typing import Any, Protocol
 
 from traintape.emitter.checks import Event, check_step
 from traintape.emitter.deferred import take_tensors
+from traintape.emitter.helpers import RunHelpers
+from traintape.emitter.media import MEDIA_TYPES, log_media
 from traintape.emitter.outbox import Outbox
 from traintape.emitter.port import DeferredQueue
 from traintape.schemas.events import METRICS
@@ -31,6 +34,9 @@ class Logging(Protocol):
     _pending: deque[Event]
     _batch_size: int
     _outbox: Outbox
+    _helpers: RunHelpers
+
+    def log_text(self, key: str, text: str, step: int | None = None) -> None: ...
 
 
 def hot_log() -> Callable[..., None]:
@@ -40,6 +46,7 @@ def hot_log() -> Callable[..., None]:
     strs = frozenset((str,))
     type_ = type
     max_step = MAX_INT64
+    media_types = MEDIA_TYPES
 
     def log(self: Logging, metrics: dict[str, Any], step: int | None = None) -> None:
         """Records metric values (int, float, bool, numpy scalars or one-element tensors) at
@@ -48,7 +55,9 @@ def hot_log() -> Callable[..., None]:
         Without `step`, the step after the last one logged is used (0 first), as W&B does.
         Raises TypeError naming the key if any value is not a number, ValueError for an empty
         name; nothing of that call is logged then. NaN and ±Inf are kept. An empty dict logs
-        nothing (and takes its step, as a call with values would).
+        nothing (and takes its step, as a call with values would). `traintape.Image`, `Table`
+        and `Text` values are stored too, at the same step: copied here, encoded and stored off
+        this thread (emitter/media.py).
         """
         try:
             fast = scalars.issuperset(map(type_, metrics.values())) and strs.issuperset(
@@ -64,7 +73,14 @@ def hot_log() -> Callable[..., None]:
         if fast and metrics and "" not in metrics:
             metrics = metrics.copy()
         else:
-            metrics = take_tensors(self._deferred, metrics, step, now())
+            if isinstance(metrics, dict) and not media_types.isdisjoint(
+                map(type_, metrics.values())
+            ):
+                metrics = log_media(  # queues Image, Table, Text
+                    metrics, step, now(), self._deferred, self._helpers, self.log_text
+                )
+            else:
+                metrics = take_tensors(self._deferred, metrics, step, now())
             if not metrics:
                 self._step = step + 1
                 return

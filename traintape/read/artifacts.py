@@ -16,6 +16,7 @@ told to go on.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import time
 import uuid
@@ -52,11 +53,54 @@ def artifact_rows(con: duckdb.DuckDBPyConnection, run_id: str) -> list[dict[str,
     )
 
 
+def media_summary(found: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per (name, kind) of the media among `found` (rows of `artifact_rows`: images and tables
+    of `log()`, as the `media` view picks them): events, steps, ranks and the last one's size."""
+    out: dict[tuple[str, str], dict[str, Any]] = {}
+    for row in found:
+        meta = _media_metadata(row)
+        if meta is None:
+            continue
+        entry = out.setdefault(
+            (row["name"], row["kind"]),
+            {"name": row["name"], "kind": row["kind"], "count": 0, "ranks": set()},
+        )
+        entry["count"] += 1
+        entry["ranks"].add(row["rank"])
+        step = row["step"]
+        if step is not None:
+            entry["first_step"] = min(entry.get("first_step", step), step)
+            entry["last_step"] = max(entry.get("last_step", step), step)
+        if row["kind"] == "image":
+            entry["last"] = f"{meta.get('width')}x{meta.get('height')}x{meta.get('channels')}"
+        else:
+            entry["last"] = f"{meta.get('rows')} rows x {len(meta.get('columns') or [])} columns"
+    for entry in out.values():
+        entry["ranks"] = len(entry["ranks"])
+    return list(out.values())
+
+
+def is_media(row: dict[str, Any]) -> bool:
+    """Whether an `artifact_rows` row is an image or table of `log()` (the media contract)."""
+    return _media_metadata(row) is not None
+
+
+def _media_metadata(row: dict[str, Any]) -> dict[str, Any] | None:
+    if row.get("kind") not in ("image", "table") or not row.get("metadata"):
+        return None
+    try:
+        meta = json.loads(row["metadata"])
+    except ValueError:
+        return None
+    return meta if isinstance(meta, dict) and meta.get("media") == row["kind"] else None
+
+
 def fetch(
     store: Path, found: list[dict[str, Any]], name: str, out: Path, rank: int | None = None
 ) -> Path:
     """Copies the newest artifact called `name` (of `rank`, if given) among `found` (rows of
-    `artifact_rows`) to `out/<name>`, verifying its size and sha256; returns the copy's path."""
+    `artifact_rows`) to `out/<name>` (`_file_name`), verifying its size and sha256; returns the
+    copy's path."""
     matches = [r for r in found if r["name"] == name and (rank is None or r["rank"] == rank)]
     if not matches:
         names = sorted({r["name"] for r in found})
@@ -69,7 +113,7 @@ def fetch(
         raise ArtifactVerifyError(msg)
     source = StoreLayout(store).artifact_object(sha256)
     out.mkdir(parents=True, exist_ok=True)
-    target = out / os.path.basename(name)
+    target = out / _file_name(row)
     tmp = out / f".{target.name}.{uuid.uuid4().hex}.tmp"
     try:
         with open(source, "rb") as src, open(tmp, "wb") as dst:
@@ -90,6 +134,19 @@ def fetch(
     os.replace(tmp, target)
     fsync_dir(out)
     return target
+
+
+def _file_name(row: dict[str, Any]) -> str:
+    """The fetched copy's name: the artifact's; a media key's ("samples/pred") with "/" as "_"
+    and its format's suffix (samples_pred.png), never a name that leaves the folder."""
+    name = str(row["name"]).replace("/", "_")
+    if name in (".", ".."):
+        name = name.replace(".", "_")
+    meta = _media_metadata(row)
+    suffix = f".{meta.get('format')}" if meta is not None else ""
+    if suffix in (".png", ".parquet") and not name.endswith(suffix):
+        name += suffix
+    return name
 
 
 def _copy(src: Any, dst: Any) -> tuple[int, str]:

@@ -127,6 +127,9 @@ class Sink:
     ordered_steps: ClassVar[bool] = False
     """True when the backend drops a value whose step is below one it already has (W&B): the
     runner then holds multi-rank values back until every rank has passed the step."""
+    late_events_s: ClassVar[float] = 0.0
+    """With `ordered_steps`: seconds of the run's own clock a step waits for events that come
+    late (artifacts, stored off the caller), so they still reach their step (projection.py)."""
 
     def __init__(self, name: str, options: Mapping[str, Any], store: Path, *, replay: bool = False):
         """`replay` is True under `traintape sync`: the run is written again from its start, so

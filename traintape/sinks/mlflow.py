@@ -18,9 +18,10 @@ What goes where:
   `mlflow.source.git.commit` (and branch), each user tag as a tag with value "true", the
   run_end summary as `summary.<key>`; checkpoint events as `traintape.checkpoint.last`/`.best`;
 - text and checkpoint events as artifacts `text/<key>/step-<step>.txt` and
-  `checkpoints/step-<step>.json` (option `artifacts`). An experiment the sink creates in a
-  sqlite tracking store keeps them beside the database, in `<db folder>/mlartifacts/<name>`
-  (MLflow's default would be `./mlruns` of whichever folder the process runs in); elsewhere the
+  `checkpoints/step-<step>.json` (option `artifacts`); artifact events' files under `traintape/`,
+  images also by `log_image`, tables by `log_table` (`mlflow_media`). An experiment the sink
+  creates in a sqlite tracking store keeps them beside the database, in `<db folder>/mlartifacts/
+  <name>` (MLflow's default: `./mlruns` of whichever folder the process runs in); elsewhere the
   tracking server decides. `stats()` names where (`artifacts_in`: printed by `traintape sync`,
   and in the collector's status file under the sink's `backend`);
 - status from `run_end`: completed -> FINISHED, failed -> FAILED, killed -> KILLED;
@@ -50,8 +51,9 @@ from pathlib import Path
 from typing import Any
 
 from traintape.errors import SinkRejected
-from traintape.schemas.events import CHECKPOINT, METRICS, PARAMS, RUN_END, TEXT
+from traintape.schemas.events import ARTIFACT, CHECKPOINT, METRICS, PARAMS, RUN_END, TEXT
 from traintape.sinks._base import Event, Option, RunInfo, Sink, flatten, safe_name
+from traintape.sinks.mlflow_media import ArtifactProblems, send_artifact
 from traintape.sinks.mlflow_names import (
     MAX_KEY,
     MAX_METRICS_PER_CALL,
@@ -79,6 +81,7 @@ class _Run:
         self.existing: dict[str, Counter] = {}  # key -> Counter of (step, ts, value) held
         self.truncated: list[str] = []
         self.renamed: set[str] = set()  # MLflow keys whose original name this run's tags hold
+        self.media: dict[str, list[str]] | None = None  # folder -> files held (mlflow_media)
 
 
 class MlflowSink(Sink):
@@ -115,6 +118,7 @@ class MlflowSink(Sink):
         self._keys: dict[str, str] = {}
         self._warned_keys: set[str] = set()
         self.counts: Counter[str] = Counter()
+        self.problems = ArtifactProblems(name)
 
     # -- the sink calls ------------------------------------------------------------------------
 
@@ -132,10 +136,10 @@ class MlflowSink(Sink):
         try:
             self._write(run, state, events)
         except Exception as exc:
-            state.verify = True  # MLflow may hold part of it: check before sending again
+            state.verify, state.media = True, None  # MLflow may hold part: check before resending
             _reraise(exc, f"run {run.run_id}")
         if not self.replay:
-            state.verify = False
+            state.verify, state.media = False, None
             state.existing.clear()
 
     def stats(self) -> dict[str, Any]:
@@ -144,6 +148,7 @@ class MlflowSink(Sink):
             "tracking_uri": self.uri,
             **(where if self._artifact_locations else {}),
             **self.counts,
+            **self.problems.stats(),
         }
 
     # -- opening -------------------------------------------------------------------------------
@@ -238,7 +243,7 @@ class MlflowSink(Sink):
                 self._send_metrics(state, metrics)
                 metrics = []
                 self._log_params(run, state, flatten(event.body))
-            elif kind in (TEXT, CHECKPOINT):
+            elif kind in (TEXT, CHECKPOINT, ARTIFACT):
                 self._send_metrics(state, metrics)
                 metrics = []
                 self._artifact(state, event)
@@ -356,6 +361,8 @@ class MlflowSink(Sink):
             )
 
     def _artifact(self, state: _Run, event: Event) -> None:
+        if event.kind == ARTIFACT:
+            return send_artifact(self, state, event)
         step = event.step if event.step is not None else 0
         rank = "" if event.rank in (None, 0) else f"-rank{event.rank}"
         if event.kind == CHECKPOINT:

@@ -10,12 +10,18 @@ Rank policies:
 
 - `rank0` (default): only rank 0's events; other ranks' batches are not even decoded.
 - `all`: every rank's metric values, named `KEY/rankN` when the run has more than one rank;
-  text, histogram and checkpoint events of every rank; params of rank 0.
+  text, histogram, artifact and checkpoint events of every rank; params of rank 0.
 - `mean`, `min`, `max`: one value per (step, key) across ranks. A step is sent once every rank
   has logged a later step or ended, or once it waited `wait_ranks` seconds of the run's own
   clock (then with the ranks that did report); steps go out in increasing order, and a value
-  for a step already sent is dropped and counted in `late_values`. Params, text, histogram and
-  checkpoint events come from rank 0.
+  for a step already sent is dropped and counted in `late_values`. Params, text, histogram,
+  artifact and checkpoint events come from rank 0.
+
+A backend that wants increasing steps (`ordered_steps`: W&B) gets each step whole, in step
+order: text, histogram and artifact events wait with the step's values (`all`), and with
+`late_s` (the sink's `late_events_s`) a step also waits until the run logged for `late_s`
+seconds past it, also under `rank0`: an artifact is stored on the emitter's background thread
+and its event comes after the values of later steps, yet reaches its own step's row.
 
 A multi-rank run ends in the backend when every rank has sent its `run_end` (failed if any
 failed, else killed if any was killed); under `rank0`, with rank 0's `run_end`. `system`
@@ -30,6 +36,7 @@ from collections.abc import Callable
 from typing import Any
 
 from traintape.schemas.events import (
+    ARTIFACT,
     CHECKPOINT,
     HISTOGRAM,
     METRICS,
@@ -64,7 +71,9 @@ _REDUCE: dict[str, Callable[[list[float]], float]] = {
     "min": min,
     "max": max,
 }
-_FORWARDED = frozenset((PARAMS, TEXT, CHECKPOINT, HISTOGRAM))
+_FORWARDED = frozenset((PARAMS, TEXT, CHECKPOINT, HISTOGRAM, ARTIFACT))
+_STEPPED = frozenset((TEXT, HISTOGRAM, ARTIFACT))
+"""Forwarded kinds that go in a step's row: held with the step's values for ordered sinks."""
 
 
 def merge_status(statuses: list[str]) -> str:
@@ -81,6 +90,7 @@ class _Run:
     __slots__ = (
         "ended",
         "first_ts",
+        "held",
         "info",
         "last_ts",
         "opened",
@@ -98,6 +108,7 @@ class _Run:
         self.ended: dict[int, list[Any]] = {}  # rank -> [status, summary, ts]
         self.watermark: dict[int, int] = {}  # rank -> highest step logged (current attempt)
         self.pending: dict[int, dict[str, dict[int, float]]] = {}  # step -> key -> rank -> value
+        self.held: dict[int, list[list[Any]]] = {}  # step -> [kind, rank, ts, body] (ordered)
         self.first_ts: dict[int, list[int]] = {}  # step -> [first ts, last ts]
         self.sent_through = -1
         self.last_ts = 0
@@ -108,6 +119,7 @@ class _Run:
     def to_state(self) -> dict[str, Any] | None:
         if not (self.ended or self.pending or self.watermark or self.sent_through >= 0):
             return None
+        held = {"held": {str(s): e for s, e in self.held.items()}} if self.held else {}
         return {
             "ended": {str(r): v for r, v in self.ended.items()},
             "watermark": {str(r): s for r, s in self.watermark.items()},
@@ -118,6 +130,7 @@ class _Run:
             "first_ts": {str(s): t for s, t in self.first_ts.items()},
             "sent_through": self.sent_through,
             "last_ts": self.last_ts,
+            **held,
         }
 
     @classmethod
@@ -130,6 +143,7 @@ class _Run:
             for s, keys in state.get("pending", {}).items()
         }
         run.first_ts = {int(s): t for s, t in state.get("first_ts", {}).items()}
+        run.held = {int(s): e for s, e in state.get("held", {}).items()}
         run.sent_through = state.get("sent_through", -1)
         run.last_ts = state.get("last_ts", 0)
         return run
@@ -143,6 +157,7 @@ class Projection:
         ordered_steps: bool = False,
         wait_ranks: float = 30.0,
         lookup: Callable[[str], RunInfo | None] | None = None,
+        late_s: float = 0.0,
     ) -> None:
         if policy not in RANK_POLICIES:
             msg = f"rank policy {policy!r} is not one of {', '.join(RANK_POLICIES)}"
@@ -150,9 +165,11 @@ class Projection:
         self.policy = policy
         self.ordered_steps = ordered_steps
         # Values wait for every rank when they are reduced, or when the backend wants increasing
-        # steps and several ranks' values would otherwise interleave.
-        self.align = policy in _REDUCE or (policy == "all" and ordered_steps)
+        # steps and several ranks' values (or late artifacts) would otherwise interleave.
+        self.align = policy in _REDUCE or (ordered_steps and (policy == "all" or late_s > 0))
+        self.hold = ordered_steps and self.align
         self.wait_ns = int(wait_ranks * 1e9)
+        self.late_ns = int(late_s * 1e9)
         self.lookup = lookup
         self.runs: dict[str, _Run] = {}
         self.late_values = 0
@@ -174,7 +191,7 @@ class Projection:
                 self._metrics(run, rank, step, ts, b)
             elif kind in _FORWARDED:
                 if rank == 0 or (self.policy == "all" and kind != PARAMS):
-                    self._emit(run, Event(kind, rank, step, ts, b))
+                    self._forward(run, Event(kind, rank, step, ts, b))
             elif kind == RUN_START:
                 self._start(run, rank, ts, b, late=header.source in run.sources)
             elif kind == RUN_END:
@@ -263,7 +280,8 @@ class Projection:
 
     def _metrics(self, run: _Run, rank: int, step: int | None, ts: int, body: dict) -> None:
         step = 0 if step is None else step
-        if not self.align:
+        # The step sent last can still take values, unless they were reduced (W&B merges them).
+        if not self.align or (step == run.sent_through and self.policy not in _REDUCE):
             if self.policy == "all" and self._info(run, ts).world_size > 1:
                 body = {f"{k}/rank{rank}": v for k, v in body.items()}
             self._emit(run, Event(METRICS, rank, step, ts, body))
@@ -271,6 +289,16 @@ class Projection:
         if step <= run.sent_through:
             self.late_values += len(body)
             return
+        slot = self._slot(run, rank, step, ts)
+        for key, value in body.items():
+            ranks = slot.get(key)
+            if ranks is None:
+                slot[key] = {rank: value}
+            else:
+                ranks[rank] = value
+
+    def _slot(self, run: _Run, rank: int, step: int, ts: int) -> dict[str, dict[int, float]]:
+        """The values waiting at `step`, made if new; `rank` is known to have reached it."""
         slot = run.pending.get(step)
         if slot is None:
             slot = run.pending[step] = {}
@@ -278,21 +306,31 @@ class Projection:
         else:
             times = run.first_ts[step]
             times[1] = max(times[1], ts)
-        for key, value in body.items():
-            ranks = slot.get(key)
-            if ranks is None:
-                slot[key] = {rank: value}
-            else:
-                ranks[rank] = value
         if step > run.watermark.get(rank, -1):
             run.watermark[rank] = step
         if ts > run.last_ts:
             run.last_ts = ts
+        return slot
+
+    def _forward(self, run: _Run, event: Event) -> None:
+        """A text, histogram, artifact, checkpoint or params event: now, or (ordered sinks)
+        held with its step's values. One for a step already sent goes now: the sink counts it."""
+        step = event.step
+        if not self.hold or event.kind not in _STEPPED or step is None or step <= run.sent_through:
+            self._emit(run, event)
+            return
+        self._slot(run, event.rank or 0, step, event.ts)
+        run.held.setdefault(step, []).append([event.kind, event.rank, event.ts, event.body])
 
     def _end(self, run: _Run, rank: int, ts: int, body: dict[str, Any]) -> None:
         status = body.get("status") if isinstance(body.get("status"), str) else "completed"
         summary = body.get("summary") if isinstance(body.get("summary"), dict) else {}
         if self.policy == "rank0":
+            if self.align:  # (ordered sinks with late_s) the held steps go first
+                if run.pending:
+                    self._release(run, force=True)
+                run.watermark.clear()
+                run.sent_through = -1
             self._emit(run, Event(RUN_END, rank, None, ts, {"status": status, "summary": summary}))
             run.opened = False
             return
@@ -319,11 +357,16 @@ class Projection:
             cut = max(run.pending)
         else:
             world = self._info(run, run.last_ts).world_size
-            low = min(
-                math.inf if r in run.ended else run.watermark.get(r, -1) for r in range(world)
-            )
+            counted = (0,) if self.policy == "rank0" else range(world)
+            low = min(math.inf if r in run.ended else run.watermark.get(r, -1) for r in counted)
             deadline = run.last_ts - self.wait_ns
-            ready = [s for s in run.pending if s < low or run.first_ts[s][0] <= deadline]
+            settled = run.last_ts - self.late_ns  # a late artifact of that step had its time
+            times = run.first_ts
+            ready = [
+                s
+                for s in run.pending
+                if (s < low and times[s][1] <= settled) or times[s][0] <= deadline
+            ]
             if not ready:
                 return
             cut = max(ready)
@@ -340,5 +383,8 @@ class Projection:
                 }
             else:
                 body = {k: reduce(list(ranks.values())) for k, ranks in slot.items()}
-            self._emit(run, Event(METRICS, None, step, ts, body))
+            if body:  # a step may hold only text, histograms or artifacts
+                self._emit(run, Event(METRICS, None, step, ts, body))
+            for kind, rank, at, held in run.held.pop(step, ()):
+                self._emit(run, Event(kind, rank, step, at, held))
             run.sent_through = step

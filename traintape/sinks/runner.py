@@ -285,6 +285,7 @@ class SinkRunner:
             ordered_steps=self.config.sink_class.ordered_steps,
             wait_ranks=self.config.runner_option("wait_ranks"),
             lookup=self._lookup,
+            late_s=self.config.sink_class.late_events_s,
         )
         fresh.load_state(self._committed)
         fresh.late_values = self.projection.late_values

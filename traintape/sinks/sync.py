@@ -58,6 +58,7 @@ def sync_run(
         config.runner_option("ranks"),
         ordered_steps=config.sink_class.ordered_steps,
         wait_ranks=_NEVER,
+        late_s=config.sink_class.late_events_s,
     )
     limit = config.runner_option("batch_events")
     pending = 0

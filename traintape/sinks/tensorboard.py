@@ -12,6 +12,8 @@ name), holding `events.out.tfevents.<time>.<host>.<n>.<sink>` files:
   tag `checkpoints`;
 - histogram events (`watch(histograms=True)`) as histogram-plugin summaries (the HISTOGRAMS and
   DISTRIBUTIONS tabs) tagged by their key (`weights/<param>`, `grads/<param>`);
+- artifact events: images as image summaries, tables as markdown text, other files as a line
+  of text under `artifacts` (`tbmedia`);
 - at the run's end, its params (config + log_params) as the HPARAMS tab's session info, its
   status, and its summary as `summary/<key>` scalars. The HPARAMS tab takes the metric columns
   from the run's scalar tags, so their final values show there.
@@ -34,12 +36,21 @@ import shutil
 import socket
 import struct
 import time
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from traintape.layout import StoreLayout
-from traintape.schemas.events import CHECKPOINT, HISTOGRAM, METRICS, PARAMS, RUN_END, TEXT
+from traintape.schemas.events import (
+    ARTIFACT,
+    CHECKPOINT,
+    HISTOGRAM,
+    METRICS,
+    PARAMS,
+    RUN_END,
+    TEXT,
+)
 from traintape.sinks._base import (
     Event,
     Option,
@@ -49,6 +60,7 @@ from traintape.sinks._base import (
     histogram_bins,
     safe_name,
 )
+from traintape.sinks.media import ArtifactProblems
 from traintape.sinks.tbevents import (
     FLOAT,
     EventFile,
@@ -57,6 +69,7 @@ from traintape.sinks.tbevents import (
     scalar_event,
     value_prefix,
 )
+from traintape.sinks.tbmedia import write_artifact
 
 MARKER = ".traintape-run"
 PARAMS_FILE = "traintape-params.json"
@@ -101,6 +114,8 @@ class TensorBoardSink(Sink):
         self.values_written = 0
         self.histograms_written = 0
         self.histograms_skipped = 0  # histograms of tensors with no finite value
+        self.counts: Counter[str] = Counter()  # images, tables, artifacts written
+        self.problems = ArtifactProblems(name)
 
     # -- crash recovery ------------------------------------------------------------------------
 
@@ -166,6 +181,8 @@ class TensorBoardSink(Sink):
                 self._histogram(state, event)
             elif kind == CHECKPOINT:
                 self._text(state, "checkpoints", _describe_checkpoint(event.body), event)
+            elif kind == ARTIFACT:
+                write_artifact(self, state, event)
             elif kind == RUN_END:
                 self._end(state, event)
 
@@ -191,6 +208,8 @@ class TensorBoardSink(Sink):
             "values_written": self.values_written,
             "histograms_written": self.histograms_written,
             "histograms_skipped": self.histograms_skipped,
+            **self.counts,
+            **self.problems.stats(),
         }
 
     # -- writing -------------------------------------------------------------------------------

@@ -4,13 +4,16 @@ One W&B run per traintape run, with the same id (characters W&B refuses become `
 from `run_start` and `log_params`, metric values as history rows at their step with the event's
 wall time as `_timestamp`, text events as string values and histogram events (`watch(histograms=
 True)`) as `wandb.Histogram`s in the row of their step, the last and
-best checkpoint paths and the `run_end` summary in the run's summary, and the run state from
+best checkpoint paths and the `run_end` summary in the run's summary, artifact events as
+`wandb.Image`s and `wandb.Table`s in the row of their step and other files as `wandb.Artifact`s
+(`wbmedia`), and the run state from
 `run_end` (completed -> exit code 0, failed or killed -> 1). Offline runs are written to
 `<dir>/wandb/offline-run-<time>-<id>/`, ready for `wandb sync <that folder>`.
 
 W&B keeps a run's steps increasing and ignores a row below the last one, so the runner hands
-this sink each run's values in step order (multi-rank values wait for every rank, see
-`projection`); a value that still comes late is not sent and is counted (`out_of_order`).
+this sink each run's steps whole and in order (multi-rank values wait for every rank, and a
+step waits `late_events_s` of the run's time for artifacts stored after later steps' values,
+see `projection`); a value that still comes late is not sent and is counted (`out_of_order`).
 
 Delivery: once `run.log` returned, W&B's service process has the row, and the runner moves its
 cursor. Before opening a run again after a restart, the sink reads the last history step of the
@@ -43,8 +46,18 @@ from urllib.parse import urlparse
 import numpy as np
 
 from traintape.errors import SinkError
-from traintape.schemas.events import CHECKPOINT, HISTOGRAM, METRICS, PARAMS, RUN_END, TEXT
+from traintape.schemas.events import (
+    ARTIFACT,
+    CHECKPOINT,
+    HISTOGRAM,
+    METRICS,
+    PARAMS,
+    RUN_END,
+    TEXT,
+)
 from traintape.sinks._base import Event, Option, RunInfo, Sink, flatten, histogram_bins
+from traintape.sinks.media import ArtifactProblems, media_kind
+from traintape.sinks.wbmedia import WandbMedia
 
 _BAD_ID = frozenset('/\\#?%:"')
 _BLOCK = 32768
@@ -151,6 +164,7 @@ class WandbSink(Sink):
     value_option = "mode"
     batch_events = 5_000
     ordered_steps = True
+    late_events_s = 2.0
     options = {
         "mode": Option(str, "auto", "offline, online, or auto (online when credentials are set)"),
         "dir": Option(str, None, "folder that gets wandb/ (default: the store)"),
@@ -169,6 +183,8 @@ class WandbSink(Sink):
         self.dir.mkdir(parents=True, exist_ok=True)
         self._runs: dict[str, _Run] = {}
         self.counts: Counter = Counter()
+        self.problems = ArtifactProblems(name)
+        self.media = WandbMedia(store, self.problems, self.counts)
 
     # -- the sink calls ------------------------------------------------------------------------
 
@@ -235,13 +251,16 @@ class WandbSink(Sink):
         row_step = -1
         for event in events:
             kind = event.kind
-            if kind in (METRICS, TEXT, HISTOGRAM):
+            if kind == ARTIFACT and media_kind(event.body) is None:
+                self.media.artifact(wb, event)
+            elif kind in (METRICS, TEXT, HISTOGRAM, ARTIFACT):
                 step = event.step if event.step is not None else max(state.last_step, 0)
+                values = len(event.body) if kind == METRICS else 1
                 if step <= state.skip_through:
-                    self.counts["already_stored"] += len(event.body)
+                    self.counts["already_stored"] += values
                     continue
                 if step < state.last_step:  # the same step again merges into W&B's row
-                    self.counts["out_of_order"] += len(event.body)
+                    self.counts["out_of_order"] += values
                     continue
                 if step != row_step and row:
                     self._log(state, row, row_step)
@@ -251,8 +270,10 @@ class WandbSink(Sink):
                     row.update(event.body)
                 elif kind == TEXT:
                     row[str(event.body.get("key") or "text")] = str(event.body.get("text", ""))
-                else:
+                elif kind == HISTOGRAM:
                     self._add_histogram(row, event)
+                else:
+                    self.media.add(row, event)
                 row["_timestamp"] = event.ts / 1e9
                 state.last_step = step
             elif kind == PARAMS:
@@ -278,7 +299,8 @@ class WandbSink(Sink):
             del self._runs[run_id]
 
     def stats(self) -> dict[str, Any]:
-        return {"mode": self.mode, "dir": str(self.dir / "wandb"), **self.counts}
+        where = {"mode": self.mode, "dir": str(self.dir / "wandb")}
+        return {**where, **self.counts, **self.problems.stats()}
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -294,7 +316,10 @@ class WandbSink(Sink):
         self.counts["histograms"] += 1
 
     def _log(self, state: _Run, row: dict[str, Any], step: int) -> None:
-        state.wb.log(row, step=step)
+        try:
+            state.wb.log(row, step=step)
+        finally:
+            self.media.logged()
         self.counts["rows"] += 1
         self.counts["values"] += len(row) - 1
 

@@ -1,0 +1,397 @@
+"""Media in `log()` (traintape/emitter/media.py, media_encode.py): what `traintape.Image`,
+`Table` and `Text` take and refuse, the PNG and Parquet they become (read back by Pillow and
+pyarrow), the events they make through the artifact writer, and traintape.wandb's Image/Table.
+Fast tests: no process is started (tests/test_media_e2e.py runs them through a collector)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image as PILImage
+
+import traintape
+from tests.test_artifacts import _objects, _port
+from traintape.emitter.artifacts import ArtifactWriter
+from traintape.emitter.deferred import DeferredValues
+from traintape.emitter.media import log_media
+from traintape.emitter.media_backlog import MediaBacklog
+from traintape.emitter.media_encode import png_numpy
+from traintape.schemas.events import ARTIFACT
+
+RNG = np.random.default_rng(18)
+
+
+def _decoded(png: bytes) -> np.ndarray:
+    """An independent decode of PNG bytes (Pillow), as an array."""
+    assert png.startswith(b"\x89PNG\r\n\x1a\n")
+    with PILImage.open(io.BytesIO(png)) as image:
+        assert image.format == "PNG"
+        return np.array(image)
+
+
+def _pixels(*shape: int) -> np.ndarray:
+    return RNG.integers(0, 256, size=shape, dtype=np.uint8)
+
+
+# -- images --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("shape", "hwc"),
+    [
+        ((5, 7), (5, 7)),  # grayscale HW
+        ((5, 7, 1), (5, 7)),  # HWC, one channel: stored as gray
+        ((5, 7, 3), (5, 7, 3)),
+        ((5, 7, 4), (5, 7, 4)),
+        ((3, 5, 7), (5, 7, 3)),  # CHW: the first dimension is 3, the last is not
+        ((4, 6, 3), (4, 6, 3)),  # both could be channels: numpy arrays are HWC
+    ],
+)
+def test_numpy_images_of_each_layout_round_trip_through_png(
+    shape: tuple[int, ...], hwc: tuple[int, ...]
+) -> None:
+    """HW, HWC and CHW uint8 arrays become PNGs whose pixels, decoded by Pillow, are the array
+    in HWC order, with the contract's metadata (width, height, channels, caption)."""
+    array = _pixels(*shape)
+    image = traintape.Image(array, caption="c")
+    data, meta = image.encode()
+    chw = len(shape) == 3 and shape[-1] not in (1, 3, 4)
+    expected = np.moveaxis(array, 0, -1) if chw else array.reshape(hwc)
+    assert np.array_equal(_decoded(data), expected)
+    channels = 1 if len(hwc) == 2 else hwc[2]
+    assert meta == {
+        "media": "image",
+        "format": "png",
+        "width": hwc[1],
+        "height": hwc[0],
+        "channels": channels,
+        "caption": "c",
+    }
+    assert (image.width, image.height, image.channels) == (hwc[1], hwc[0], channels)
+
+
+def test_float_images_in_0_1_are_scaled_and_bad_values_refused_at_the_call() -> None:
+    """A float image in [0, 1] is stored as round(x * 255); NaN, values outside [0, 1], other
+    dtypes, batches, empty arrays and unknown types raise on the caller's thread."""
+    floats = RNG.random((6, 5, 3)).astype(np.float32)
+    data, _ = traintape.Image(floats).encode()
+    assert np.array_equal(_decoded(data), np.rint(floats * 255).astype(np.uint8))
+    with pytest.raises(ValueError, match="NaN"):
+        traintape.Image(np.full((4, 4), np.nan))
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        traintape.Image(np.full((4, 4, 3), 2.0))
+    with pytest.raises(TypeError, match="int32"):
+        traintape.Image(np.zeros((4, 4, 3), dtype=np.int32))
+    with pytest.raises(ValueError, match="batch"):
+        traintape.Image(_pixels(2, 4, 4, 3))
+    with pytest.raises(ValueError, match="not an image"):
+        traintape.Image(_pixels(5, 5, 2))
+    with pytest.raises(ValueError, match="empty"):
+        traintape.Image(np.zeros((0, 4, 3), dtype=np.uint8))
+    with pytest.raises(TypeError, match="list"):
+        traintape.Image([[1, 2], [3, 4]])
+    with pytest.raises(TypeError, match="caption"):
+        traintape.Image(_pixels(4, 4), caption=3)  # type: ignore[arg-type]
+
+
+def test_the_image_is_copied_when_made_so_later_changes_of_the_array_are_not_logged() -> None:
+    """The caller may reuse its buffer as soon as Image() returns: the stored pixels are those
+    of the call."""
+    array = _pixels(8, 8, 3)
+    before = array.copy()
+    image = traintape.Image(array)
+    array[:] = 0
+    assert np.array_equal(_decoded(image.encode()[0]), before)
+
+
+def test_torch_tensors_are_chw_and_copied() -> None:
+    """A CHW tensor (uint8, or float in [0, 1], bfloat16 too) is stored in HWC order; changing
+    it after the call changes nothing stored; an integer tensor other than uint8 is refused."""
+    torch = pytest.importorskip("torch")
+    chw = torch.from_numpy(_pixels(3, 6, 5))
+    expected = chw.permute(1, 2, 0).numpy().copy()
+    image = traintape.Image(chw)
+    chw.zero_()
+    assert np.array_equal(_decoded(image.encode()[0]), expected)
+    ones = torch.ones(1, 4, 4, dtype=torch.bfloat16)
+    assert np.array_equal(_decoded(traintape.Image(ones).encode()[0]), np.full((4, 4), 255))
+    with pytest.raises(TypeError, match="int64"):
+        traintape.Image(torch.zeros(3, 4, 4, dtype=torch.int64))
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB", "RGBA", "P", "LA", "1"])
+def test_pil_images_are_stored_as_gray_rgb_or_rgba(mode: str) -> None:
+    """A PIL image of any 8-bit mode is stored as its gray, RGB or RGBA pixels (palette and
+    gray-with-alpha converted by Pillow); a 16-bit image is refused with what to do."""
+    source = PILImage.fromarray(_pixels(6, 9, 3)).convert(mode)
+    target = {"P": "RGB", "LA": "RGBA", "1": "L"}.get(mode, mode)
+    data, meta = traintape.Image(source).encode()
+    assert np.array_equal(_decoded(data), np.array(source.convert(target)))
+    assert meta["channels"] == {"L": 1, "RGB": 3, "RGBA": 4}[target]
+    with pytest.raises(ValueError, match="16-bit"):
+        traintape.Image(PILImage.new("I;16", (4, 4)))
+
+
+def test_files_a_plain_png_is_stored_as_it_is_other_images_are_converted(tmp_path: Path) -> None:
+    """An 8-bit PNG file is stored byte for byte; a JPEG is decoded and stored as a PNG of the
+    same pixels; a file that is no image, a 16-bit PNG, a folder or a missing path raise."""
+    array = _pixels(10, 12, 3)
+    PILImage.fromarray(array).save(tmp_path / "a.png")
+    data, meta = traintape.Image(tmp_path / "a.png", caption="file").encode()
+    assert data == (tmp_path / "a.png").read_bytes()
+    assert (meta["width"], meta["height"], meta["channels"], meta["caption"]) == (12, 10, 3, "file")
+    PILImage.fromarray(array).save(tmp_path / "b.jpg", quality=90)
+    data, meta = traintape.Image(str(tmp_path / "b.jpg")).encode()
+    with PILImage.open(tmp_path / "b.jpg") as jpeg:
+        assert np.array_equal(_decoded(data), np.array(jpeg.convert("RGB")))
+    (tmp_path / "c.txt").write_text("not an image")
+    with pytest.raises(ValueError, match="neither a PNG nor a JPEG"):
+        traintape.Image(tmp_path / "c.txt")
+    PILImage.fromarray(np.zeros((4, 4), dtype=np.uint16)).save(tmp_path / "d.png")
+    with pytest.raises(ValueError, match="16-bit"):
+        traintape.Image(tmp_path / "d.png")
+    with pytest.raises(ValueError, match="regular file"):
+        traintape.Image(tmp_path)
+    with pytest.raises(FileNotFoundError):
+        traintape.Image(tmp_path / "missing.png")
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 1, 3), (17, 5, 4), (64, 33, 3), (9, 200)])
+def test_the_numpy_png_encoder_round_trips(shape: tuple[int, ...]) -> None:
+    """The encoder used without Pillow (per-row filters, zlib) writes PNGs Pillow decodes to
+    the same pixels."""
+    array = _pixels(*shape)
+    array[: shape[0] // 2] //= 4  # smooth and noisy rows: different filters win
+    assert np.array_equal(_decoded(png_numpy(array)), array)
+
+
+# -- tables --------------------------------------------------------------------------------------
+
+
+def _read_parquet(data: bytes) -> pa.Table:
+    return pq.read_table(io.BytesIO(data))
+
+
+def test_tables_of_rows_and_of_frames_round_trip_through_parquet() -> None:
+    """Columns + rows, a pandas frame and an Arrow table become one Parquet file holding the
+    same columns and values, with rows and column names in the metadata; rows changed after
+    Table() are not logged."""
+    pd = pytest.importorskip("pandas")
+    rows = [[1, "a", 0.5, True], [2, "b", None, False]]
+    table = traintape.Table(columns=["id", "s", "x", "ok"], data=rows)
+    rows[0][1] = "changed"
+    data, meta = table.encode()
+    assert _read_parquet(data).to_pylist() == [
+        {"id": 1, "s": "a", "x": 0.5, "ok": True},
+        {"id": 2, "s": "b", "x": None, "ok": False},
+    ]
+    assert meta == {
+        "media": "table",
+        "format": "parquet",
+        "rows": 2,
+        "columns": ["id", "s", "x", "ok"],
+    }
+    frame = pd.DataFrame({"a": [1.5, 2.5], "b": ["x", "y"]})
+    data, meta = traintape.Table(dataframe=frame).encode()
+    assert _read_parquet(data).to_pandas().equals(frame)
+    assert (meta["rows"], meta["columns"]) == (2, ["a", "b"])
+    arrow = pa.table({"k": [1, 2, 3]})
+    assert _read_parquet(traintape.Table(dataframe=arrow).encode()[0]).equals(arrow)
+    array = np.arange(6).reshape(3, 2)
+    assert traintape.Table(["p", "q"], array).rows == 3
+
+
+def test_bad_tables_are_refused_when_made() -> None:
+    """A column of values of different types, a row of the wrong length, missing, empty or
+    repeated column names, and both data and a frame raise, naming the problem."""
+    with pytest.raises(TypeError, match="'v'"):
+        traintape.Table(columns=["v"], data=[[1], ["text"]])
+    with pytest.raises(ValueError, match="row 1"):
+        traintape.Table(columns=["a", "b"], data=[[1, 2], [3]])
+    with pytest.raises(ValueError, match="columns"):
+        traintape.Table(data=[[1]])
+    with pytest.raises(ValueError, match="repeat"):
+        traintape.Table(columns=["a", "a"], data=[])
+    with pytest.raises(TypeError, match="non-empty str"):
+        traintape.Table(columns=["a", ""], data=[])
+    with pytest.raises(ValueError, match="not both"):
+        traintape.Table(columns=["a"], data=[[1]], dataframe=pa.table({"a": [1]}))
+    with pytest.raises(TypeError, match="pandas or Arrow"):
+        traintape.Table(dataframe=object())
+
+
+# -- log(): what the call queues -----------------------------------------------------------------
+
+
+class _Run:
+    """What `log_media` uses of an Emitter: its artifact writer (real, on a recording port), its
+    deferred values and log_text."""
+
+    def __init__(self, store: Path) -> None:
+        self.events: list[tuple[Any, ...]] = []
+        self.writer = ArtifactWriter(_port(store, self.events))
+        self._helpers = self
+        self._deferred = DeferredValues(lambda *a: None)
+        self.texts: list[tuple[str, str, int | None]] = []
+
+    def artifact_writer(self) -> ArtifactWriter:
+        return self.writer
+
+    def log_text(self, key: str, text: str, step: int | None = None) -> None:
+        self.texts.append((key, text, step))
+
+
+def _log_media(run: _Run, metrics: dict[str, Any], step: int, ts: int) -> dict[str, Any]:
+    return log_media(metrics, step, ts, run._deferred, run, run.log_text)  # type: ignore[arg-type]
+
+
+def test_log_queues_media_and_returns_the_numbers(tmp_path: Path) -> None:
+    """A call holding an image, a table and text returns its numbers, records the text as
+    log_text does and stores the image and table as artifact events at the call's step, under
+    the log key (a "/" in it too), with the contract's kind and metadata; the same image twice
+    is one object."""
+    run = _Run(tmp_path / "store")
+    array = _pixels(16, 16, 3)
+    table = traintape.Table(columns=["a"], data=[[1], [2]])
+    numbers = _log_media(
+        run,
+        {
+            "loss": 0.25,
+            "samples/pred": traintape.Image(array, caption="p"),
+            "again": traintape.Image(array, caption="p"),
+            "worst": table,
+            "note": traintape.Text("hello"),
+        },
+        7,
+        123,
+    )
+    run.writer.close()
+    assert numbers == {"loss": 0.25}
+    assert run.texts == [("note", "hello", 7)]
+    bodies = {body["name"]: (kind, step, body) for kind, step, body in run.events}
+    assert set(bodies) == {"samples/pred", "again", "worst"}
+    assert all(kind == ARTIFACT and step == 7 for kind, step, _ in bodies.values())
+    image = bodies["samples/pred"][2]
+    assert image["kind"] == "image" and image["metadata"] == {
+        "media": "image",
+        "format": "png",
+        "width": 16,
+        "height": 16,
+        "channels": 3,
+        "caption": "p",
+    }
+    stored = (tmp_path / "store" / image["path"]).read_bytes()
+    assert hashlib.sha256(stored).hexdigest() == image["sha256"] == bodies["again"][2]["sha256"]
+    assert np.array_equal(_decoded(stored), array)
+    worst = bodies["worst"][2]
+    assert worst["kind"] == "table" and worst["metadata"]["columns"] == ["a"]
+    stored = (tmp_path / "store" / worst["path"]).read_bytes()
+    assert _read_parquet(stored).column("a").to_pylist() == [1, 2]
+    assert len(_objects(tmp_path / "store")) == 2
+
+
+def test_a_bad_key_or_number_in_the_call_queues_no_media(tmp_path: Path) -> None:
+    """An empty or non-str key of a media value, or a bad number beside it, raises and queues
+    nothing of the call; a finished writer refuses media with RunFinishedError."""
+    run = _Run(tmp_path / "store")
+    image = traintape.Image(_pixels(4, 4))
+    with pytest.raises(ValueError, match="empty"):
+        _log_media(run, {"": image}, 0, 0)
+    with pytest.raises(TypeError, match="names must be str"):
+        _log_media(run, {1: image}, 0, 0)  # type: ignore[dict-item]
+    with pytest.raises(TypeError, match="'bad'"):
+        _log_media(run, {"img": image, "bad": "text"}, 0, 0)
+    run.writer.close()
+    assert run.events == [] and run.texts == [] and _objects(tmp_path / "store") == []
+    with pytest.raises(traintape.RunFinishedError):
+        _log_media(run, {"img": image}, 1, 0)
+
+
+def test_emitter_log_takes_media_beside_numbers_and_refuses_a_bad_call_whole(
+    tmp_path: Path,
+) -> None:
+    """`Emitter.log` with an image and a bad number raises and stores nothing; with an image
+    and numbers it stores the image and takes the step, as a call of numbers alone does."""
+    from traintape.emitter import Emitter
+
+    store = tmp_path / "store"
+    em = Emitter("p", store=store, address=f"ipc://{tmp_path}/nobody.sock")
+    try:
+        with pytest.raises(TypeError, match="'bad'"):
+            em.log({"img": traintape.Image(_pixels(4, 4)), "bad": "text"}, step=0)
+        em.log({"loss": 0.5, "img": traintape.Image(_pixels(4, 4))}, step=3)
+        em.log({"img": traintape.Image(_pixels(4, 4))})  # media alone takes the next step
+        assert em._step == 5
+        writer = em._helpers.artifacts
+        assert writer is not None
+        writer.close()
+        assert len(_objects(store)) == 2
+    finally:
+        em.finish(timeout=0.1)
+
+
+def test_the_backlog_of_unencoded_media_is_bounded() -> None:
+    """Past the limit, adding waits until the artifact thread says some was encoded; a single
+    value larger than the limit still goes when nothing else waits."""
+    backlog = MediaBacklog()
+    backlog.LIMIT = 100
+    backlog.add(150)  # alone: over the limit, still taken
+    entered, passed = threading.Event(), threading.Event()
+
+    def add_more() -> None:
+        entered.set()
+        backlog.add(10)
+        passed.set()
+
+    thread = threading.Thread(target=add_more)
+    thread.start()
+    assert entered.wait(10)
+    assert not passed.wait(0.2)  # waits while 150 bytes are not encoded
+    backlog.done(150)
+    assert passed.wait(10)
+    thread.join(10)
+
+
+# -- the public surface and traintape.wandb -------------------------------------------------------
+
+
+def test_the_media_types_are_public_and_text_is_checked() -> None:
+    """traintape exports Image, Table and Text; Text takes a str only."""
+    assert {"Image", "Table", "Text"} <= set(traintape.__all__)
+    assert traintape.Text("x").text == "x"
+    with pytest.raises(TypeError):
+        traintape.Text(3)  # type: ignore[arg-type]
+
+
+def test_wandb_image_and_table_take_what_wandb_takes() -> None:
+    """traintape.wandb.Image casts arrays of 0-255 values to uint8 (W&B 0.31) and takes CHW
+    tensors; its Table has W&B's default columns, add_data, add_column and get_column, and is
+    stored as the rows it holds when logged."""
+    import traintape.wandb as wandb
+
+    values = RNG.integers(0, 256, size=(5, 6, 3)).astype(np.float64)
+    data, meta = wandb.Image(values, caption="w").encode()
+    assert np.array_equal(_decoded(data), values.astype(np.uint8)) and meta["caption"] == "w"
+    with pytest.raises(ValueError, match="0..255"):
+        wandb.Image(np.full((4, 4), 300.0))
+    assert isinstance(wandb.Image(_pixels(4, 4), mode="RGB"), traintape.Image)
+    torch = pytest.importorskip("torch")
+    chw = torch.from_numpy(_pixels(3, 4, 5))
+    assert np.array_equal(_decoded(wandb.Image(chw).encode()[0]), chw.permute(1, 2, 0).numpy())
+    table = wandb.Table(data=[[1, 2, 3]])
+    assert table.columns == ["Input", "Output", "Expected"]
+    table.add_data(4, 5, 6)
+    table.add_column("More", [7, 8])
+    assert table.get_column("More") == [7, 8]
+    stored = _read_parquet(table.media().encode()[0]).to_pylist()
+    assert stored[1] == {"Input": 4, "Output": 5, "Expected": 6, "More": 8}
+    frame = wandb.Table(dataframe=pa.table({"a": [1]}).to_pandas())
+    assert (frame.columns, frame.data) == (["a"], [[1]])

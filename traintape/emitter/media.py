@@ -1,0 +1,342 @@
+"""Media in `log()`: `traintape.Image`, `traintape.Table` and `traintape.Text`.
+
+    emitter.log({"loss": 0.1, "samples/pred": traintape.Image(batch[0], caption="epoch 3")})
+    emitter.log({"worst": traintape.Table(columns=["id", "loss"], data=rows)}, step=100)
+
+Making a value checks it and takes a snapshot, on the caller's thread: an array is copied (numpy
+`tobytes()`, a tensor's `detach().to("cpu", copy=True)`), a file is opened (its descriptor keeps
+the bytes of the call), a table becomes an immutable Arrow table. Everything else happens on the
+run's artifact thread (artifacts.py): PNG or Parquet encoding (media_encode.py), then the store
+path `log_artifact` takes (content-addressed object, durable before its event). The event is an
+`artifact` event with kind "image" or "table" and the metadata of the media contract
+(docs/architecture.md, "Media"). `Text` is `log_text` under the key.
+
+In `log()` the numbers of the same call keep their path (hot.py): only a call holding a media
+value comes here (`log_media`), and a bad value raises before anything of the call is queued.
+This module imports nothing heavy: numpy and pyarrow are loaded by the first Image or Table.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from traintape.emitter.deferred import take_tensors
+from traintape.emitter.values import check_metric_name
+
+if TYPE_CHECKING:
+    from traintape.emitter.deferred import DeferredQueue
+    from traintape.emitter.helpers import RunHelpers
+
+__all__ = ["MEDIA_TYPES", "Image", "Media", "Table", "Text", "log_media"]
+
+MEDIA_TYPES: set[type] = set()
+"""Every class of media value (subclasses too): `log()`'s slow path tests types against it."""
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+JPEG_MAGIC = b"\xff\xd8\xff"
+_CHANNELS = (1, 3, 4)
+_SCALARS = frozenset((float, int, bool))
+_PLAIN_PNG = (b"\x08\x00", b"\x08\x02", b"\x08\x06")  # 8-bit gray, RGB, RGBA: stored as is
+_PIL_MODES = {"1": "L", "L": "L", "RGB": "RGB", "RGBA": "RGBA", "LA": "RGBA", "CMYK": "RGB"}
+_PIL_MODES |= {"YCbCr": "RGB", "LAB": "RGB", "HSV": "RGB", "RGBX": "RGB", "RGBa": "RGBA"}
+
+
+class Media:
+    """A value `log()` stores as an artifact (kind `kind`), encoded off the caller's thread."""
+
+    kind = ""
+    nbytes = 0  # the memory its snapshot holds until it is encoded
+    __slots__ = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        MEDIA_TYPES.add(cls)
+
+    def encode(self) -> tuple[bytes, dict[str, Any]]:
+        """The object's bytes and the event's metadata; run on the artifact thread."""
+        raise NotImplementedError
+
+
+class Image(Media):
+    """An image: a numpy array or torch tensor (HWC or CHW with 1, 3 or 4 channels, or HW
+    grayscale; uint8, or float in [0, 1]), a PIL image, or the path of a PNG or JPEG file.
+
+    Stored as PNG. A 3-D array whose first dimension is 1, 3 or 4 and whose last is not is taken
+    as CHW (torch's layout); when both are, numpy arrays are HWC and tensors CHW. A batch (4-D)
+    is refused: log each image under its own key. A PNG file of 8-bit gray, RGB or RGBA is stored
+    as it is; other files are decoded (Pillow) and stored as PNG.
+    """
+
+    kind = "image"
+    __slots__ = ("_source", "caption", "channels", "height", "nbytes", "width")
+
+    def __init__(self, data: Any, caption: str | None = None) -> None:
+        if caption is not None and type(caption) is not str:
+            msg = f"Image(caption=) takes a str, got {type(caption).__name__}"
+            raise TypeError(msg)
+        self.caption = caption
+        self._source: Any
+        np = sys.modules.get("numpy")
+        if np is not None and type(data) is np.ndarray:  # the usual case, checked first
+            self._source = _array_snapshot(np, data)
+        elif isinstance(data, (str, os.PathLike)):
+            self._source = _open_image_file(os.fspath(data))
+            self.width = self.height = self.channels = 0  # known once the file is read
+            self.nbytes = 0  # read on the artifact thread
+            return
+        else:
+            self._source = _other_snapshot(data)
+        pixels, shape, _, layout = self._source
+        self.nbytes = len(pixels) if type(pixels) is bytes else pixels.nbytes  # or a tensor's
+        if layout == "chw":
+            self.channels, self.height, self.width = shape
+        else:
+            self.height, self.width = shape[0], shape[1]
+            self.channels = 1 if len(shape) == 2 else shape[2]
+
+    def encode(self) -> tuple[bytes, dict[str, Any]]:
+        """PNG bytes and the event's metadata (on the artifact thread: `self` keeps an Image
+        of a file open until then)."""
+        from traintape.emitter import media_encode
+
+        source = self._source
+        if isinstance(source, int):
+            return media_encode.image_file(source, self.caption)
+        pixels, shape, dtype, layout = source
+        return media_encode.image_array(pixels, shape, dtype, layout, self.caption)
+
+    def __del__(self) -> None:
+        source = getattr(self, "_source", None)
+        if isinstance(source, int):  # the descriptor of a file, open since the Image was made
+            os.close(source)
+
+    def __repr__(self) -> str:
+        return f"Image({self.width}x{self.height}x{self.channels}, caption={self.caption!r})"
+
+
+class Table(Media):
+    """A table: `columns` (names) with `data` (rows), or `dataframe` (pandas, or anything Arrow
+    reads: a pyarrow Table, polars). Stored as one Parquet file.
+
+    The rows are converted to Arrow when the Table is made (a column of mixed types raises
+    then), so changing `data` afterwards changes nothing logged.
+    """
+
+    kind = "table"
+    __slots__ = ("arrow", "nbytes")
+
+    def __init__(
+        self, columns: list[str] | None = None, data: Any = None, dataframe: Any = None
+    ) -> None:
+        from traintape.emitter.media_encode import arrow_table
+
+        self.arrow = arrow_table(columns, data, dataframe)
+        self.nbytes = int(self.arrow.nbytes)
+
+    @property
+    def columns(self) -> list[str]:
+        return list(self.arrow.column_names)
+
+    @property
+    def rows(self) -> int:
+        return int(self.arrow.num_rows)
+
+    def encode(self) -> tuple[bytes, dict[str, Any]]:
+        """Parquet bytes and the event's metadata (on the artifact thread)."""
+        from traintape.emitter.media_encode import parquet
+
+        return parquet(self.arrow)
+
+    def __repr__(self) -> str:
+        return f"Table({self.rows} rows, columns={self.columns!r})"
+
+
+class Text(Media):
+    """Text under a key: `log({"k": Text("...")}, step=s)` is `log_text("k", "...", step=s)`."""
+
+    kind = "text"
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        if not isinstance(text, str):
+            msg = f"Text() takes a str, got {type(text).__name__}"
+            raise TypeError(msg)
+        self.text = text
+
+    def __repr__(self) -> str:
+        return f"Text({self.text[:40]!r})"
+
+
+# -- log()'s part -------------------------------------------------------------------------------
+
+
+def log_media(
+    metrics: dict[str, Any],
+    step: int,
+    ts: int,
+    deferred: DeferredQueue,
+    helpers: RunHelpers,
+    log_text: Callable[[str, str, int], None],
+) -> dict[str, Any]:
+    """`log()` of a call holding media values: queues them (Text: `log_text`) and returns the
+    other values, checked as `log()` checks them. A bad key or value, or a run that cannot store
+    media now (finished, a forked child), raises before anything of the call is queued."""
+    rest: dict[str, Any] = {}
+    media: list[tuple[str, Any]] = []
+    plain = True  # every other value a Python number under a non-empty str name
+    files = False  # an Image or Table: the artifact thread takes it
+    for key, value in metrics.items():
+        kind = type(value)
+        if kind in MEDIA_TYPES:
+            if type(key) is not str or not key:
+                check_metric_name(key)
+            media.append((key, value))
+            files = files or kind is not Text
+        else:
+            rest[key] = value
+            plain = plain and kind in _SCALARS and type(key) is str and key != ""
+    writer = helpers.artifact_writer() if files else None
+    if writer is not None:
+        writer.check_open("log() of a media value")
+    if not plain:  # numpy scalars, tensors, or errors: log()'s own slow path
+        rest = take_tensors(deferred, rest, step, ts)
+    for key, value in media:
+        if writer is not None and type(value) is not Text:
+            writer.put_media(key, value.kind, value.encode, step, ts, value.nbytes)
+        else:
+            log_text(key, value.text, step)
+    return rest
+
+
+# -- the caller's snapshot of an image ----------------------------------------------------------
+
+
+def _array_snapshot(np: Any, data: Any) -> tuple[bytes, tuple[int, ...], str, str]:
+    """(pixels as bytes, shape, dtype, layout) of a numpy image. `tobytes` is the copy: one
+    memcpy that keeps the GIL (ndarray.copy releases it, and the artifact thread, waiting for
+    it, would then hold the caller up)."""
+    dtype = data.dtype
+    kind = dtype.kind
+    if kind != "f" and (kind != "u" or dtype.itemsize != 1):
+        _bad_dtype(str(dtype))
+    shape = data.shape
+    layout = _layout(shape, prefer_chw=False)
+    if kind == "f":
+        _check_float_range(float(data.min()), float(data.max()))
+    return data.tobytes(), shape, dtype.str, layout
+
+
+def _other_snapshot(data: Any) -> tuple[Any, tuple[int, ...], str, str]:
+    """(pixels, shape, dtype, layout) of a tensor (a CPU copy) or a PIL image (a new array)."""
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(data, torch.Tensor):
+        if data.dtype != torch.uint8 and not data.is_floating_point():
+            _bad_dtype(str(data.dtype).removeprefix("torch."))
+        pixels = data.detach().to("cpu", copy=True)
+        shape = tuple(pixels.shape)
+        layout = _layout(shape, prefer_chw=True)
+        if pixels.is_floating_point():
+            _check_float_range(float(pixels.min()), float(pixels.max()))
+        return pixels, shape, "", layout
+    pil = sys.modules.get("PIL.Image")
+    if pil is not None and isinstance(data, pil.Image):
+        array = _pil_array(data)
+        return array.tobytes(), array.shape, "|u1", _layout(array.shape, prefer_chw=False)
+    msg = (
+        f"Image() takes a numpy array, a torch tensor, a PIL image or a file path, not "
+        f"{type(data).__name__}"
+    )
+    raise TypeError(msg)
+
+
+def _layout(shape: tuple[int, ...], prefer_chw: bool) -> str:
+    if 0 in shape:
+        msg = f"Image(): an empty image (shape {shape})"
+        raise ValueError(msg)
+    if len(shape) == 2:
+        return "hw"
+    if len(shape) == 3:
+        first, last = shape[0] in _CHANNELS, shape[2] in _CHANNELS
+        if first and (prefer_chw or not last):
+            return "chw"
+        if last:
+            return "hwc"
+    msg = (
+        f"Image(): shape {shape} is not an image: HW, HWC or CHW with 1, 3 or 4 channels (a "
+        "batch of images: log each under its own key)"
+    )
+    raise ValueError(msg)
+
+
+def _bad_dtype(dtype: str) -> None:
+    msg = f"Image(): dtype {dtype}; images are uint8 (0-255) or float (0-1)"
+    raise TypeError(msg)
+
+
+def _check_float_range(low: float, high: float) -> None:
+    if low != low or high != high:  # NaN
+        msg = "Image(): a float image holds NaN; images are uint8 (0-255) or float in [0, 1]"
+        raise ValueError(msg)
+    if low < 0.0 or high > 1.0:
+        msg = (
+            f"Image(): float values from {low:g} to {high:g}; a float image must lie in [0, 1] "
+            "(scale it, or pass uint8)"
+        )
+        raise ValueError(msg)
+
+
+def _pil_array(image: Any) -> Any:
+    """A PIL image's pixels as a new uint8 array (gray, RGB or RGBA)."""
+    mode = image.mode
+    if mode == "P":
+        target = "RGBA" if "transparency" in image.info else "RGB"
+    elif mode in _PIL_MODES:
+        target = _PIL_MODES[mode]
+    else:
+        msg = f"Image(): PIL mode {mode!r} (16-bit or float); convert it to 'L' or 'RGB' first"
+        raise ValueError(msg)
+    return _numpy().array(image if mode == target else image.convert(target))
+
+
+def _open_image_file(path: str) -> int:
+    """An open descriptor of a PNG or JPEG file (checked by its first bytes)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)  # a FIFO must not block
+    except FileNotFoundError:
+        msg = f"Image(): {path} does not exist"
+        raise FileNotFoundError(msg) from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            msg = f"Image(): {path} is not a regular file"
+            raise ValueError(msg)
+        head = os.pread(fd, 26, 0)  # a PNG's signature and IHDR up to its colour type
+        if not (head.startswith(PNG_MAGIC) or head.startswith(JPEG_MAGIC)):
+            msg = f"Image(): {path} is neither a PNG nor a JPEG file"
+            raise ValueError(msg)
+        if head.startswith(PNG_MAGIC) and head[24:25] == b"\x10":
+            msg = f"Image(): {path} is a 16-bit PNG; images are stored with 8 bits per channel"
+            raise ValueError(msg)
+        if not (head.startswith(PNG_MAGIC) and head[24:26] in _PLAIN_PNG):
+            _need_pillow(path)  # decoded, then stored as an 8-bit PNG
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _need_pillow(what: str) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("PIL") is None:
+        msg = f"Image(): decoding {what} needs Pillow: pip install 'traintape[media]'"
+        raise ModuleNotFoundError(msg)
+
+
+def _numpy() -> Any:
+    import numpy
+
+    return numpy
