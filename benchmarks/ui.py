@@ -22,6 +22,12 @@ The store is benchmarks/query.py's (the same Fleet, written as compacted Parquet
   20 runs          20 /api/series requests (20 runs' loss, mean across ranks), 6 at a time as a
                    browser does, wall time of all
   poll             GET /api/series?after=... of live: the incremental poll of a running run
+  first paint      headless Chromium (Debian's `chromium`, through Playwright; `--no-browser`
+                   skips it), each load in a fresh browser context (an empty cache): from the
+                   navigation's start until the runs table is drawn (the page's
+                   `traintape:runs-table` mark), and until a run page's first chart is
+                   (`traintape:first-chart`); the first load right after the server started,
+                   before any other request, is timed apart
 
 trackio (`--no-trackio` skips it): the same 100,000-point run logged with trackio.log into its
 SQLite store (TRACKIO_DIR in the work folder, HF_HUB_OFFLINE=1), its dashboard started with
@@ -252,13 +258,72 @@ def trackio_rows(root: Path, repeat: int) -> list[Row]:
         proc.wait()
 
 
-def traintape_rows(store: Path, fleet: Fleet, repeat: int) -> list[Row]:
+CHROMIUM = Path(os.environ.get("TRAINTAPE_CHROMIUM", "/usr/bin/chromium"))
+
+
+class Browser:
+    """Headless Chromium timing page loads, each in a fresh context (nothing cached)."""
+
+    def __init__(self) -> None:
+        from playwright.sync_api import sync_playwright
+
+        self._pw = sync_playwright().start()
+        # The same flags as tests/test_ui_browser.py (WebGL, if asked for, through SwiftShader).
+        args = ["--use-angle=swiftshader", "--enable-unsafe-swiftshader", "--no-sandbox"]
+        self.browser = self._pw.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=args
+        )
+        # The browser's own start (its first renderer process) is not the page's first paint.
+        context = self.browser.new_context()
+        context.new_page().goto("about:blank")
+        context.close()
+
+    def paint(self, url: str, mark: str) -> float:
+        """Seconds from the navigation's start to the page's `mark`."""
+        context = self.browser.new_context(viewport={"width": 1400, "height": 1000})
+        try:
+            page = context.new_page()
+            page.goto(url)
+            page.wait_for_function(
+                f"performance.getEntriesByName('{mark}', 'mark').length > 0", timeout=120_000
+            )
+            ms = page.evaluate(f"performance.getEntriesByName('{mark}', 'mark')[0].startTime")
+            return float(ms) / 1000
+        finally:
+            context.close()
+
+    def close(self) -> None:
+        self.browser.close()
+        self._pw.stop()
+
+
+def paint_rows(browser: Browser, base: str, run_id: str, repeat: int, server: Any) -> list[Row]:
+    """First paint of the runs table and of a run page's first chart, each load in a fresh
+    context: the page's own clock (navigation start to its mark), median and p99."""
+    out: list[Row] = []
+    for label, url, mark in (
+        ("first paint: runs table", base + "/", "traintape:runs-table"),
+        ("first paint: run page, first chart", f"{base}/#/run/{run_id}", "traintape:first-chart"),
+    ):
+        browser.paint(url, mark)  # warm-up: the server's caches, not the browser's
+        cpu0 = sum(server.cpu_times()[:2])
+        times = sorted(browser.paint(url, mark) for _ in range(repeat))
+        cpu = (sum(server.cpu_times()[:2]) - cpu0) / repeat
+        p99 = times[min(len(times) - 1, round(0.99 * (len(times) - 1)))]
+        out.append((f"{label} (fresh context)", statistics.median(times), p99, cpu, 0))
+    return out
+
+
+def traintape_rows(store: Path, fleet: Fleet, repeat: int, browser: Browser | None) -> list[Row]:
     import psutil
 
     proc, base = start_ui(store)
     server = psutil.Process(proc.pid)
     out: list[Row] = []
     try:
+        if browser is not None:  # before any other request: the server has just started
+            cold = browser.paint(base + "/", "traintape:runs-table")
+            out.append(("first paint: runs table, server just started", cold, cold, None, 0))
         t, cpu0 = time.perf_counter(), sum(server.cpu_times()[:2])
         first = fetch(base + "/api/runs")
         cold, cpu = time.perf_counter() - t, sum(server.cpu_times()[:2]) - cpu0
@@ -294,13 +359,34 @@ def traintape_rows(store: Path, fleet: Fleet, repeat: int) -> list[Row]:
         out.append(
             (f"traintape series, 100,000-point run ({n:,} points)", med, p99, cpu, len(body))
         )
+        if browser is not None:
+            out += paint_rows(browser, base, fleet.run_id(0), repeat, server)
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(30)
     return out
 
 
-TARGETS = {"runs table (": 0.300, "one series": 0.150, "20 runs": 0.500, "poll": 0.050}
+TARGETS = {
+    "runs table (": 0.300,
+    "one series": 0.150,
+    "20 runs": 0.500,
+    "poll": 0.050,
+    "first paint": 1.5,
+}
+
+
+def _browser() -> Browser | None:
+    """Chromium through Playwright, or None (said on stderr) when either is missing."""
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        progress("no first paint: Playwright is missing (`make install`)")
+        return None
+    if not CHROMIUM.exists():
+        progress(f"no first paint: {CHROMIUM} is missing (`make install`)")
+        return None
+    return Browser()
 
 
 def main() -> int:
@@ -310,6 +396,7 @@ def main() -> int:
     p.add_argument("--full", action="store_true", help="1,000 runs, 100 million rows")
     p.add_argument("--repeat", type=int, default=9)
     p.add_argument("--no-trackio", action="store_true")
+    p.add_argument("--no-browser", action="store_true", help="skip the first paint in Chromium")
     p.add_argument("--dir", help="work folder, reused by later runs (default: a temporary one)")
     args = p.parse_args()
     if args.full:
@@ -321,7 +408,12 @@ def main() -> int:
         shaping = {"runs": args.runs, "rows": args.rows, "ranks": 4, "keys": 10, "eval_every": 10}
         store = make_store(root, fleet, shaping)
         progress("traintape ui")
-        rows = traintape_rows(store, fleet, args.repeat)
+        browser = None if args.no_browser else _browser()
+        try:
+            rows = traintape_rows(store, fleet, args.repeat, browser)
+        finally:
+            if browser is not None:
+                browser.close()
         if not args.no_trackio:
             progress("trackio: logging 100,000 points, then its dashboard")
             rows += trackio_rows(root, args.repeat)
@@ -341,8 +433,9 @@ def main() -> int:
                 else (f"<= {target * 1000:.0f} ms {'met' if med <= target else 'MISSED'}")
             )
             used = "" if cpu is None else f"{cpu * 1000:8.1f}ms"
+            shown = "" if label.startswith("first paint") else f"{size:,d}"  # a page, no one body
             print(
-                f"{label:58s} {med * 1000:8.1f}ms {p99 * 1000:8.1f}ms {used:>10s} {size:12,d}  {verdict}"
+                f"{label:58s} {med * 1000:8.1f}ms {p99 * 1000:8.1f}ms {used:>10s} {shown:>12s}  {verdict}"
             )
         theirs = [r for r in rows if r[0].startswith("trackio get_logs (")]
         ours = [r for r in rows if r[0].startswith("traintape series, 100,000")]

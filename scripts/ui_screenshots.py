@@ -1,5 +1,6 @@
-"""The README's dashboard screenshots: docs/img/ui-runs.png (the runs table) and
-docs/img/ui-chart.png (a run's chart page), taken by headless Chromium on `traintape ui`.
+"""The README's dashboard screenshots: docs/img/ui-runs.png (the runs table),
+docs/img/ui-chart.png (runs compared) and docs/img/ui-media.png (a run's images with their step
+slider, and a table), taken by headless Chromium on `traintape ui`.
 
     .venv/bin/python scripts/ui_screenshots.py                 # makes a demo store first
     .venv/bin/python scripts/ui_screenshots.py --store DIR     # an existing store
@@ -29,6 +30,36 @@ DEMO_RUNS = (("3e-3", "64"), ("1e-2", "64"), ("1e-3", "128"))
 """(lr, hidden) of the demo runs: examples/ddp_train.py, 2 CPU ranks each, as `make demo` runs it."""
 
 
+MEDIA_RUN = """
+import io
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+from traintape import emitter
+
+emitter.init(project="demo", name="samples")
+yy, xx = np.mgrid[0:96, 0:96] / 95.0
+for step in range(0, 50, 10):
+    t = step / 40
+    rgb = np.stack([xx * (1 - t) + t * yy, np.abs(np.sin(6 * (xx + t))) * yy, 1 - xx * yy], -1)
+    out = io.BytesIO()
+    Image.fromarray((rgb * 255).astype(np.uint8)).save(out, format="PNG")
+    emitter.log({"loss": 1 / (1 + step)}, step=step)
+    meta = {"media": "image", "format": "png", "width": 96, "height": 96, "channels": 3,
+            "caption": f"prediction at step {step}"}
+    emitter.log_artifact(out.getvalue(), name="predictions", kind="image", metadata=meta, step=step)
+rows = {"id": [3, 17, 42], "label": ["cat", "dog", "ship"], "predicted": ["dog", "cat", "plane"],
+        "loss": [2.31, 1.87, 1.52]}
+out = io.BytesIO()
+pq.write_table(pa.table(rows), out)
+meta = {"media": "table", "format": "parquet", "rows": 3, "columns": list(rows)}
+emitter.log_artifact(out.getvalue(), name="worst", kind="table", metadata=meta, step=40)
+emitter.finish()
+"""
+"""A run logging images and a table as the media contract has them (issue 18)."""
+
+
 def demo_store(folder: Path) -> Path:
     """A store with a few finished 2-rank runs of examples/ddp_train.py under one collector."""
     from traintape.layout import StoreLayout
@@ -46,6 +77,7 @@ def demo_store(folder: Path) -> Path:
                 msg = "the collector did not start"
                 raise SystemExit(msg)
             time.sleep(0.05)
+        subprocess.run([sys.executable, "-c", MEDIA_RUN], env=env, check=True)
         for lr, hidden in DEMO_RUNS:
             subprocess.run(
                 [sys.executable, "-m", "torch.distributed.run", "--standalone",
@@ -114,10 +146,31 @@ def shoot(url: str, out: Path, chromium: str) -> None:
             time.sleep(0.1)
         page.wait_for_timeout(300)  # Plotly's WebGL layer paints on the next frames
         page.screenshot(path=out / "ui-chart.png")
+        media_shot(page, url, runs, out)
         browser.close()
     if errors:
         msg = "the page reported errors:\n" + "\n".join(errors)
         raise SystemExit(msg)
+
+
+def media_shot(page: object, url: str, runs: list[dict[str, object]], out: Path) -> None:
+    """The media section of the run that logged images (none in a store without one)."""
+    from playwright.sync_api import Page
+
+    assert isinstance(page, Page)
+    with_media = [r for r in runs if r.get("name") == "samples"]
+    if not with_media:
+        return
+    page.set_viewport_size({"width": 1280, "height": 560})
+    page.goto(f"{url}/#/run/{with_media[0]['run_id']}")
+    section = page.locator(".media-section")
+    section.locator("img").first.wait_for()
+    section.locator("table").first.wait_for()
+    page.evaluate(
+        "() => [...document.images].every(i => i.complete) || new Promise(r => setTimeout(r, 500))"
+    )
+    page.evaluate("() => document.querySelector('.media-section').scrollIntoView()")
+    page.screenshot(path=out / "ui-media.png")
 
 
 def main() -> int:
@@ -135,7 +188,7 @@ def main() -> int:
         finally:
             proc.terminate()
             proc.wait(30)
-    for name in ("ui-runs.png", "ui-chart.png"):
+    for name in ("ui-runs.png", "ui-chart.png", "ui-media.png"):
         path = args.out / name
         print(f"{path} ({path.stat().st_size // 1024} KiB)")
     return 0

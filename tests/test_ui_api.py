@@ -22,7 +22,7 @@ import duckdb
 import pytest
 
 from tests.conftest import REPO, CollectorProcess
-from tests.workers.ui_trainer import SPIKE_VALUE
+from tests.workers.ui_trainer import IMAGE_STEPS, SPIKE_VALUE, TABLE_STEP, png
 from traintape.errors import QueryError
 from traintape.ui.api import check_where, jsonable
 from traintape.ui.downsample import m4_sql, nonfinite_sql
@@ -111,6 +111,24 @@ def test_json_keeps_nonfinite_values_as_text() -> None:
     assert jsonable({"a": [math.nan, math.inf, -math.inf, 1.5]}) == {
         "a": ["nan", "inf", "-inf", 1.5]
     }
+
+
+def test_folder_cache_lists_a_folder_again_when_it_changed(tmp_path: Path) -> None:
+    """The dashboard's folder listings see a file added, and one removed, at once, also in a
+    folder that had been still for long (served from the cache until then)."""
+    from traintape.ui.listing import FolderCache
+
+    cache, folder = FolderCache(), tmp_path / "run"
+    assert cache.names(str(folder)) is None
+    folder.mkdir()
+    (folder / "a.parquet").write_bytes(b"")
+    os.utime(folder, (1_000_000_000, 1_000_000_000))  # still since 2001
+    assert cache.names(str(folder)) == {"a.parquet"}
+    assert cache.names(str(folder)) == {"a.parquet"}  # from the cache
+    (folder / "b.parquet").write_bytes(b"")
+    assert cache.names(str(folder)) == {"a.parquet", "b.parquet"}
+    (folder / "a.parquet").unlink()
+    assert cache.names(str(folder)) == {"b.parquet"}
 
 
 # -- the server, over HTTP -----------------------------------------------------------------------
@@ -328,6 +346,120 @@ def test_mean_across_ranks_with_its_band(dashboard: Dashboard) -> None:
 
 
 @pytest.mark.slow
+def test_x_axis_another_metric_joins_on_rank_and_step(dashboard: Dashboard) -> None:
+    """Against another metric, each value is drawn at that metric's value at the same rank and
+    step (`tokens` = 32·step + rank, the mean's x the ranks' mean), and the values at steps it
+    was not logged at (the odd ones) are counted as unmatched, not drawn."""
+    zoom = "x=metric&xkey=tokens&x0=3200&x1=6401&width=800"
+    status, s = dashboard.api(f"/api/series?run=uirun1&key=loss&ranks=all&{zoom}")
+    assert status == 200 and (s["x_kind"], s["x_key"]) == ("metric", "tokens")
+    steps = range(100, 201, 2)
+    assert [line["rank"] for line in s["series"]] == [0, 1]
+    for line in s["series"]:
+        r = line["rank"]
+        assert line["x"] == [32.0 * st + r for st in steps]
+        assert line["y"] == pytest.approx([1 + r + 0.001 * st for st in steps])
+    status, m = dashboard.api(f"/api/series?run=uirun1&key=loss&{zoom}")
+    (mean,) = m["series"]
+    assert mean["x"] == [32.0 * st + 0.5 for st in steps]
+    assert mean["y"] == pytest.approx([1.5 + 0.001 * st for st in steps])
+    status, whole = dashboard.api("/api/series?run=uirun1&key=loss&x=metric&xkey=tokens&width=100")
+    # The odd steps of both ranks but the last: the run still runs, so its steps past the last
+    # `tokens` (19,998) are held back until `tokens` reaches them (the cursor).
+    assert status == 200 and whole["unmatched"] == STEPS - 2 and whole["cursor"] == STEPS - 2
+    assert whole["total_points"] == STEPS // 2 and len(whole["series"][0]["x"]) <= 200
+    assert dashboard.api("/api/series?run=uirun1&key=loss&width=100")[1]["unmatched"] == 0
+    status, body = dashboard.api("/api/series?run=uirun1&key=loss&x=metric")
+    assert status == 400 and "xkey" in body["error"]
+
+
+@pytest.mark.slow
+def test_live_poll_against_another_metric_counts_steps(dashboard: Dashboard) -> None:
+    """Polling a running metric drawn against a metric (`live` against itself) with
+    `after=cursor` returns only the steps past the cursor, each once, in order."""
+    query = "/api/series?run=uirun1&key=live&x=metric&xkey=live"
+    status, s = dashboard.api(query)
+    assert status == 200
+    xs = list(s["series"][0]["x"]) if s["series"] else []
+    cursor, polls = s["cursor"], 0
+    while len(xs) < 30:
+        status, s = dashboard.api(f"{query}&after={cursor}")
+        assert status == 200 and s["unmatched"] == 0
+        for line in s["series"]:
+            assert all(x > cursor for x in line["x"]) and line["y"] == line["x"]
+            xs += line["x"]
+        cursor, polls = s["cursor"], polls + 1
+        assert polls < 600, "the live run's points stopped coming"
+        time.sleep(0.1)
+    assert xs == [float(x) for x in range(len(xs))]
+
+
+def _media(dashboard: Dashboard) -> dict[str, Any] | None:
+    """The run's media once every image and table the trainer logs is listed."""
+    status, body = dashboard.api("/api/media?run=uirun1")
+    assert status == 200
+    found = {m["name"]: m for m in body["media"]}
+    images = found.get("samples", {}).get("items", [])
+    tables = found.get("preds", {}).get("items", [])
+    return found if len(images) == 2 * len(IMAGE_STEPS) and len(tables) == 2 else None
+
+
+@pytest.mark.slow
+def test_media_are_listed_and_served_by_their_run(dashboard: Dashboard) -> None:
+    """The run's images are listed per step and rank with the contract's metadata and served as
+    the PNG bytes logged; its table's rows are read back; a plain file artifact is no media."""
+    found = poll(lambda: _media(dashboard))
+    assert set(found) == {"samples", "preds"}  # notes.txt (kind "file") is not media
+    images = found["samples"]
+    assert images["kind"] == "image"
+    got = sorted((i["step"], i["rank"]) for i in images["items"])
+    assert got == [(st, r) for st in IMAGE_STEPS for r in (0, 1)]
+    item = next(i for i in images["items"] if (i["step"], i["rank"]) == (10, 1))
+    assert (item["width"], item["height"], item["caption"]) == (8, 8, "step 10")
+    with urllib.request.urlopen(f"{dashboard.url}api/object/{item['sha256']}?run=uirun1") as r:
+        assert r.read() == png(10, 1) and r.headers["content-type"] == "image/png"
+    table = next(i for i in found["preds"]["items"] if i["rank"] == 1)
+    assert table["step"] == TABLE_STEP and table["columns"] == ["id", "label", "score"]
+    status, t = dashboard.api(f"/api/table?run=uirun1&sha256={table['sha256']}")
+    assert status == 200 and t["columns"] == ["id", "label", "score"] and t["total_rows"] == 3
+    assert t["rows"] == [[0, "cat", 0.5], [1, "dog", 0.25], [2, "rank1", 1.0]]
+
+
+@pytest.mark.slow
+def test_object_endpoint_serves_only_what_the_run_records(dashboard: Dashboard) -> None:
+    """An object is served only to the run whose artifact event records its sha256, and only
+    when its bytes still hash to it; a path, a non-hash, another run, or an object no event
+    refers to is refused, and a plain artifact comes as an attachment."""
+    import hashlib
+
+    from traintape.layout import StoreLayout
+
+    found = poll(lambda: _media(dashboard))
+    sha = found["samples"]["items"][0]["sha256"]
+    assert get(f"{dashboard.url}api/object/{sha}?run=nosuchrun")[0] == 404
+    for bad in ("..%2F..%2F..%2Fetc%2Fpasswd", "..", sha.upper(), sha[:-1] + "g", sha[:40]):
+        status, body, _ = get(f"{dashboard.url}api/object/{bad}?run=uirun1")
+        assert status in (400, 404) and body["error"], bad
+    layout = StoreLayout(dashboard.store)
+    stray = b"an object no event refers to"
+    stray_sha = hashlib.sha256(stray).hexdigest()
+    layout.artifact_object(stray_sha).parent.mkdir(parents=True, exist_ok=True)
+    layout.artifact_object(stray_sha).write_bytes(stray)
+    status, body, _ = get(f"{dashboard.url}api/object/{stray_sha}?run=uirun1")
+    assert status == 404 and "records no artifact" in body["error"]
+    notes = hashlib.sha256(b"plain notes").hexdigest()
+    with urllib.request.urlopen(f"{dashboard.url}api/object/{notes}?run=uirun1") as r:
+        assert r.read() == b"plain notes"
+        assert r.headers["content-type"] == "application/octet-stream"
+        assert r.headers["content-disposition"] == 'attachment; filename="notes.txt"'
+    path = layout.artifact_object(notes)  # changed behind the store's back: refused
+    path.chmod(0o600)
+    path.write_bytes(b"PLAIN NOTES")
+    status, body, _ = get(f"{dashboard.url}api/object/{notes}?run=uirun1")
+    assert status == 409 and "hash" in body["error"]
+
+
+@pytest.mark.slow
 def test_nan_and_inf_are_reported_where_they_happened(dashboard: Dashboard) -> None:
     """NaN, +Inf and -Inf of `bad` are listed at their steps and ranks, and left out of the
     lines, per rank and in the mean alike."""
@@ -370,6 +502,9 @@ def test_bad_requests_get_json_errors(dashboard: Dashboard) -> None:
     for path in (
         "/api/series?run=uirun1&key=loss&width=1",
         "/api/series?run=uirun1&key=loss&x=q",
+        "/api/series?run=uirun1&key=loss&x=metric",
+        "/api/media",
+        "/api/table?run=uirun1",
         "/api/series?key=loss",
         "/api/metrics",
         "/api/nothing",

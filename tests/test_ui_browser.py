@@ -55,6 +55,23 @@ class Dashboard:
     run_id: str  # running: logs a step every 0.3 s
     progress: Path  # the trainer writes the last step it logged here
     done_id: str  # a finished run of 50 steps
+    media_id: str  # a finished run with images `samples` at steps 0, 5 and 10
+
+
+_MEDIA_RUN = """
+import sys
+from tests.workers.ui_trainer import png
+from traintape import emitter
+
+emitter.init(project="e2e", name="media", store=sys.argv[1])
+meta = {"media": "image", "format": "png", "width": 8, "height": 8, "channels": 3}
+for step in (0, 5, 10):
+    emitter.log({"loss": 1.0 / (1 + step)}, step=step)
+    emitter.log_artifact(png(step, 0), name="samples", kind="image",
+                         metadata={**meta, "caption": f"step {step}"}, step=step)
+emitter.finish(timeout=60)
+"""
+"""A run logging three images as the media contract has them (log_artifact, kind image)."""
 
 
 def _read_url(proc: subprocess.Popen[bytes], log: Path, timeout: float = 60) -> str:
@@ -113,11 +130,19 @@ def dashboard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dashboard]:
         cwd=REPO,
         timeout=120,
     )
+    media_id = f"ui{uuid.uuid4().hex[:10]}"
+    media = subprocess.run(
+        [sys.executable, "-c", _MEDIA_RUN, str(store)],
+        env={**env, "TRAINTAPE_RUN_ID": media_id},
+        cwd=REPO,
+        timeout=120,
+    )
     try:
         assert done.returncode == 0, "the 50-step trainer failed"
+        assert media.returncode == 0, "the media run failed"
         url = _read_url(ui, ui_log)
         _wait(progress.exists, 60, "the trainer logged its first step")
-        yield Dashboard(url.rstrip("/"), store, run_id, progress, done_id)
+        yield Dashboard(url.rstrip("/"), store, run_id, progress, done_id, media_id)
     finally:
         for proc in (ui, trainer):
             if proc.poll() is None:
@@ -129,8 +154,8 @@ def dashboard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dashboard]:
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     with sync_playwright() as p:
-        # The system's Chromium, never a downloaded build; WebGL (Plotly's scattergl) through
-        # SwiftShader, since a headless machine has no GPU.
+        # The system's Chromium, never a downloaded build; WebGL, should anything of Plotly's
+        # ask for it, through SwiftShader, since a headless machine has no GPU.
         b = p.chromium.launch(
             executable_path=str(CHROMIUM),
             headless=True,
@@ -191,11 +216,30 @@ def test_runs_table_shows_the_live_run(page: Page, dashboard: Dashboard) -> None
     assert page.url.endswith(f"#/run/{dashboard.run_id}")
 
 
+def test_runs_table_is_drawn_without_waiting_for_plotly(page: Page, dashboard: Dashboard) -> None:
+    """The runs table's answer is asked for before the page's modules have loaded, and Plotly's
+    4.8 MB only after the table is drawn (for the charts a click opens next)."""
+    page.goto(dashboard.url + "/")
+    page.locator("tr.run").first.wait_for(timeout=30_000)
+    marks = page.evaluate(
+        """() => {
+            const table = performance.getEntriesByName("traintape:runs-table", "mark")[0];
+            const res = (end) => performance.getEntriesByType("resource")
+                .find((e) => new URL(e.name).pathname.endsWith(end)) || null;
+            const runs = res("/api/runs"), app = res("/app.js"), plotly = res("/plotly.min.js");
+            return { table: table.startTime, runs: runs.startTime, app: app.responseEnd,
+                     plotly: plotly && plotly.startTime };
+        }"""
+    )
+    assert marks["runs"] < marks["app"], marks  # asked for by index.html's first script
+    assert marks["plotly"] is None or marks["plotly"] > marks["table"], marks
+
+
 def test_new_point_appears_within_2s(page: Page, dashboard: Dashboard) -> None:
     """A step the trainer logs after the page opened is on the chart within 2 s of its logging
     (the page polls with `after=cursor` and extends its traces)."""
     _open_run(page, dashboard)
-    # The page's first seconds go to starting Plotly and software WebGL on a CPU-only machine:
+    # The page's first seconds go to loading and starting Plotly on a CPU-only machine:
     # measured from the first live update on, as a user watching the page sees it.
     first = max(_trace_x(page, "m1", "raw"))
     _wait(lambda: max(_trace_x(page, "m1", "raw")) > first, 30, "a first live update")
@@ -279,3 +323,35 @@ def test_panel_downloads(page: Page, dashboard: Dashboard) -> None:
     with page.expect_download() as png_download:
         panel.get_by_role("button", name="PNG").click()
     assert Path(png_download.value.path()).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_x_axis_another_metric(page: Page, dashboard: Dashboard) -> None:
+    """Choosing another metric as the x axis draws each value of m1 at m0's value of the same
+    step, puts the choice in the link, and says that the step with NaN as m0 is not drawn."""
+    from tests.workers.log_steps import expected_value
+
+    page.goto(f"{dashboard.url}/#/run/{dashboard.done_id}")
+    _wait(lambda: _trace_x(page, "m1", "raw"), 30, "the chart of m1 shows points")
+    page.locator('select[name="x"]').first.select_option("metric:m0")
+    want = sorted(expected_value(0, step, 0) for step in range(1, 50))  # step 0's m0 is NaN
+    _wait(lambda: sorted(_trace_x(page, "m1", "raw")) == want, 30, "m1 drawn against m0")
+    assert "x=metric" in page.url and "xkey=m0" in page.url
+    note = page.locator('.panel:has(.chart[data-key="m1"]) .note')
+    assert "1 value not drawn: no finite m0" in note.inner_text()
+
+
+def test_images_show_with_a_step_slider(page: Page, dashboard: Dashboard) -> None:
+    """A run's logged images show on its page at the newest step, and moving the slider shows
+    the image of the step chosen."""
+    page.goto(f"{dashboard.url}/#/run/{dashboard.media_id}")
+    panel = page.locator('.media[data-media="samples"]')
+    panel.wait_for(timeout=30_000)
+    loaded = """(step) => {
+        const img = document.querySelector('.media[data-media="samples"] img');
+        return !!img && img.dataset.step === step && img.complete && img.naturalWidth === 8;
+    }"""
+    _wait(lambda: page.evaluate(loaded, "10"), 10, "the newest image (step 10) loaded")
+    panel.locator('input[type="range"]').fill("0")
+    _wait(lambda: page.evaluate(loaded, "0"), 10, "the image of step 0 loaded")
+    assert panel.get_attribute("data-step") == "0"
+    assert "step 0" in panel.locator("figcaption").inner_text()

@@ -15,7 +15,6 @@ from __future__ import annotations
 import datetime
 import logging
 import math
-import os
 import threading
 from collections.abc import Callable, Sequence
 from decimal import Decimal
@@ -25,7 +24,7 @@ from typing import Any
 import duckdb
 
 from traintape.errors import QueryError
-from traintape.layout import StoreLayout
+from traintape.layout import StoreLayout, folder_run, run_folder_name
 from traintape.read.history import (
     decode_param,
     flatten,
@@ -37,6 +36,7 @@ from traintape.read.history import (
     show,
 )
 from traintape.read.store import connect
+from traintape.ui.listing import FolderCache
 
 __all__ = ["RunsCache", "SummaryCache", "jsonable", "metric_keys", "run_page", "runs_table"]
 
@@ -56,9 +56,11 @@ class SummaryCache:
 
     A request computes the runs that changed itself when they are few (live runs, new runs: a
     few ms each). A larger backlog (a big store's first page: every metric row of every run, tens
-    of seconds at 100 M rows) goes to one background thread, in chunks, newest runs first; the
-    request answers at once with what is ready and names the rest (`pending`), whose last and
-    best the page gets on its next refresh.
+    of seconds at 100 M rows) goes to one background thread, in chunks, newest runs first, over
+    the connection `open_con` gives it (the server's: a database of its own, one DuckDB thread,
+    so the page's requests keep the other cores); the request answers at once with what is ready
+    and names the rest (`pending`), whose last and best the page gets on its next refresh.
+    Whether a run changed is asked of its folders' listings (traintape.ui.listing).
     """
 
     INLINE = 32
@@ -68,6 +70,7 @@ class SummaryCache:
 
     def __init__(self, store: Path, open_con: Callable[[], duckdb.DuckDBPyConnection]) -> None:
         self.layout = StoreLayout(store)
+        self.listing = FolderCache()
         self._open = open_con
         self._lock = threading.Lock()
         self._kept: dict[str, tuple[frozenset[str], Summary]] = {}
@@ -89,14 +92,22 @@ class SummaryCache:
         with self._lock:
             return self._worker is None
 
-    def _files(self, run_id: str) -> frozenset[str]:
-        try:
-            return frozenset(os.listdir(self.layout.run_folder("metrics", run_id)))
-        except FileNotFoundError:
-            return frozenset()
+    def _files(self, folders: list[str]) -> frozenset[str]:
+        """The metrics files (`<folder>/<file>`) in these folders of the metrics table."""
+        files: set[str] = set()
+        table = str(self.layout.table("metrics"))
+        for name in folders:
+            files.update(f"{name}/{n}" for n in self.listing.names(f"{table}/{name}") or ())
+        return frozenset(files)
 
     def _stale(self, run_ids: Sequence[str]) -> dict[str, frozenset[str]]:
-        listing = {r: self._files(r) for r in run_ids}
+        # Every collector's folder of a run (traintape.layout), from one listing of the table:
+        # asking the layout run by run would list the whole table again for each run.
+        names = self.listing.names(str(self.layout.table("metrics"))) or ()
+        folders: dict[str, list[str]] = {}
+        for name in names:
+            folders.setdefault(folder_run(name), []).append(name)
+        listing = {r: self._files(folders.get(run_folder_name(r), [])) for r in run_ids}
         with self._lock:
             return {
                 r: f for r, f in listing.items() if r not in self._kept or self._kept[r][0] != f
@@ -181,19 +192,20 @@ class RunsCache:
 
     def __init__(self, store: Path, size: int = 32) -> None:
         self.folder = StoreLayout(store).table("events")
+        self.listing = FolderCache()
         self.size = size
         self._lock = threading.Lock()
         self._kept: dict[tuple[Any, ...], tuple[Any, list[dict[str, Any]]]] = {}
+        self._reading: dict[tuple[Any, ...], threading.Lock] = {}  # one reader per filter
 
     def signature(self) -> frozenset[tuple[str, frozenset[str]]]:
         """Every events folder with the names of its files."""
         out = []
-        with os.scandir(self.folder) as it:
-            for entry in it:
-                try:
-                    out.append((entry.name, frozenset(os.listdir(entry.path))))
-                except (FileNotFoundError, NotADirectoryError):
-                    continue  # a folder swapped by a compaction: the next listing has it
+        for name in self.listing.names(str(self.folder)) or ():
+            # None: not a folder, or one swapped by a compaction (the next listing has it)
+            files = self.listing.names(f"{self.folder}/{name}")
+            if files is not None:
+                out.append((name, files))
         return frozenset(out)
 
     def rows(
@@ -202,15 +214,21 @@ class RunsCache:
         """The rows `read()` gives for the filter `key`, from the cache when nothing changed."""
         sig = self.signature()
         with self._lock:
-            hit = self._kept.get(key)
-        if hit is not None and hit[0] == sig:
-            found = [dict(r) for r in hit[1]]
-        else:
-            found = read()
+            reading = self._reading.setdefault(key, threading.Lock())
+        # A request asking what another is reading (the server's warm-up at start) waits for it.
+        with reading:
             with self._lock:
-                if len(self._kept) >= self.size:
-                    self._kept.pop(next(iter(self._kept)))
-                self._kept[key] = (sig, [dict(r) for r in found])
+                hit = self._kept.get(key)
+            if hit is not None and hit[0] == sig:
+                found = [dict(r) for r in hit[1]]
+            else:
+                found = read()
+                with self._lock:
+                    if len(self._kept) >= self.size:
+                        gone = next(iter(self._kept))
+                        self._kept.pop(gone)
+                        self._reading.pop(gone, None)
+                    self._kept[key] = (sig, [dict(r) for r in found])
         now = datetime.datetime.now(datetime.timezone.utc)
         for r in found:
             if r.get("ended") is None and isinstance(r.get("started"), datetime.datetime):
@@ -339,11 +357,14 @@ def jsonable(value: Any) -> Any:
     return value
 
 
-def open_store(store: Path) -> duckdb.DuckDBPyConnection:
+def open_store(store: Path, threads: int | None = None) -> duckdb.DuckDBPyConnection:
     """The server's one `traintape.connect()`: files outside the store can be neither read nor
-    written from it (a `where` filter is SQL the page sends), and that cannot be undone."""
+    written from it (a `where` filter is SQL the page sends), and that cannot be undone.
+    `threads`: DuckDB's worker threads (default: one per core)."""
     con = connect(store)
     con.execute("SET enable_progress_bar = false")
+    if threads is not None:
+        con.execute(f"SET threads = {int(threads)}")
     con.execute("SET allowed_directories = [" + _sql_text(str(store.resolve())) + "]")
     con.execute("SET enable_external_access = false")
     con.execute("SET lock_configuration = true")

@@ -1,16 +1,21 @@
 """The chart data of the dashboard: one metric of one run (`/api/series`) and a run's system
 samples (`/api/system`), downsampled in DuckDB (traintape.ui.downsample).
 
-x is the step, the wall time (`time`: Unix seconds) or the seconds since the run's first start
-(`relative`). A series reads only its run's folder (traintape.read.query.run_rows), a live poll
-only the files holding steps past its cursor (traintape.ui.index). NaN and ±Inf are never
+x is the step, the wall time (`time`: Unix seconds), the seconds since the run's first start
+(`relative`) or another metric (`metric`, named by `x_key`): each value is then drawn against
+that metric's value at the same (rank, step), the latest one where a step was logged twice; a
+value whose step has no such value (the two are logged at different steps) has no x, and is
+counted apart (`unmatched`) for the page to say so. A series reads only its run's folder
+(traintape.read.query.run_rows), a live poll only the files holding steps past its cursor (traintape.ui.index). NaN and ±Inf are never
 dropped: they are listed apart (`nonfinite`) at their x, and the lines and bands are drawn through
 the finite values.
 
 Live runs: `cursor` is the x up to which every rank of the run that is still running has sent
 this metric, and the series stops there; a poll with `after=cursor` then returns only the points
 past it. A step that one rank has logged and another not yet is held back until it is whole, so
-neither a mean nor a rank's line ever gets a point twice or misses one.
+neither a mean nor a rank's line ever gets a point twice or misses one. Against a metric the
+cursor is a step (the x of such a chart need not grow with the steps), and a rank's steps past
+the last one its x metric reached are held back too, until their x arrives.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from traintape.ui.index import MetricIndex
 
 __all__ = ["X_KINDS", "metric_series", "system_series"]
 
-X_KINDS = ("step", "time", "relative")
+X_KINDS = ("step", "time", "relative", "metric")
 RANK_MODES = ("mean", "all")
 
 _LIFE = """
@@ -55,7 +60,8 @@ def _x_expr(x_kind: str, started_us: int | None) -> str:
 
 def _range(x_kind: str, x0: float | None, x1: float | None, after: float | None) -> str:
     """The rows of the x range asked, as a filter over the stored columns where it can be (the
-    step: so Parquet's row-group statistics skip what lies before `after`)."""
+    step: so Parquet's row-group statistics skip what lies before `after`). Against a metric,
+    `after` is a step (the cursor's unit there) and the range is over the x metric's values."""
     col, lo, hi = ("x", float, float) if x_kind != "step" else ("step", math.ceil, math.floor)
     where = []
     if x0 is not None:
@@ -63,14 +69,17 @@ def _range(x_kind: str, x0: float | None, x1: float | None, after: float | None)
     if x1 is not None:
         where.append(f"{col} <= {hi(x1)!r}")
     if after is not None:
-        where.append(f"{col} > {hi(after)!r}")
+        where.append(
+            f"step > {math.floor(after)!r}" if x_kind == "metric" else f"{col} > {hi(after)!r}"
+        )
     return " AND ".join(where) or "true"
 
 
-def _points_sql(ranks: str, single: bool) -> str:
+def _points_sql(ranks: str, single: bool, x_kind: str) -> str:
     """The drawable points of the rows `raw` has: per rank, or the mean across ranks per step
     with the min and max as its band (finite values only). A metric only one rank logs is its
-    own mean and band, without a pass grouping by step."""
+    own mean and band, without a pass grouping by step. The mean's x is the latest time across
+    ranks, or the mean of the x metric's values."""
     if ranks == "all":
         return (
             "(SELECT rank AS g, x, value AS y, NULL::DOUBLE AS lo, NULL::DOUBLE AS hi "
@@ -82,8 +91,8 @@ def _points_sql(ranks: str, single: bool) -> str:
             "WHERE isfinite(value))"
         )
     return f"""MATERIALIZED (
-               SELECT {MEAN} AS g, max(x) AS x, avg(value) AS y, min(value) AS lo,
-                      max(value) AS hi
+               SELECT {MEAN} AS g, {"avg" if x_kind == "metric" else "max"}(x) AS x,
+                      avg(value) AS y, min(value) AS lo, max(value) AS hi
                FROM raw WHERE isfinite(value) GROUP BY step)"""
 
 
@@ -93,6 +102,7 @@ def metric_series(
     key: str,
     *,
     x_kind: str = "step",
+    x_key: str | None = None,
     ranks: str = "mean",
     width: int = 800,
     x0: float | None = None,
@@ -102,60 +112,98 @@ def metric_series(
 ) -> dict[str, Any]:
     """One metric of one run as the chart draws it (see the module docstring); `index` keeps
     what each file of the run holds between calls (the server's one)."""
-    _check(x_kind, ranks)
+    _check(x_kind, ranks, x_key)
+    index = index or MetricIndex()
     events = run_rows(con, "events", [run_id])
     live, started = rows(con, _LIFE.format(events=events))[0]
-    after_step = math.floor(after) if after is not None and x_kind == "step" else None
-    found = (index or MetricIndex()).lookup(con, run_id, key, after_step)
+    by_step = x_kind in ("step", "metric")
+    after_step = math.floor(after) if after is not None and by_step else None
+    found = index.lookup(con, run_id, key, after_step)
     held = sorted(set(live or ()) & found.ranks)  # the ranks that may still send this metric
-    args = (key, x_kind, ranks, started, _range(x_kind, x0, x1, after), held, after, width)
-    sql = _series_sql(found.source or run_rows(con, "metrics", [run_id]), *args, len(found.ranks))
+    x_src = None
+    if x_kind == "metric" and x_key is not None:
+        x_src = index.lookup(con, run_id, x_key, after_step).source
+    args = (_range(x_kind, x0, x1, after), ranks, held, after, width)
+
+    def sql(narrowed: bool) -> str:
+        whole = run_rows(con, "metrics", [run_id])
+        got = _got_sql(
+            (found.source if narrowed else None) or whole,
+            key,
+            x_kind,
+            started,
+            (x_src if narrowed else None) or whole,
+            x_key,
+        )
+        return _series_sql(got, x_kind, *args, len(found.ranks) if narrowed else 0)
+
     try:
-        answer = rows(con, sql)
+        answer = rows(con, sql(True))
     except duckdb.IOException:  # a file of the narrowed list was merged away meanwhile
-        answer = rows(con, _series_sql(run_rows(con, "metrics", [run_id]), *args, 0))
+        answer = rows(con, sql(False))
     out = _assemble(answer, width, integer_x=x_kind == "step")
-    return {"run_id": run_id, "key": key, "x_kind": x_kind, "ranks": ranks, **out}
+    return {"run_id": run_id, "key": key, "x_kind": x_kind, "x_key": x_key, "ranks": ranks, **out}
+
+
+def _got_sql(
+    metrics: str, key: str, x_kind: str, started: int | None, x_rows: str, x_key: str | None
+) -> str:
+    """The metric's rows as rank, step, value, x, pos (where the cursor counts: the step, or
+    x on a time axis) and ok (x is drawable). Against a metric, x is that metric's latest value
+    at the same (rank, step), NULL where it has none."""
+    if x_kind != "metric":
+        x = _x_expr(x_kind, started)
+        return f"""SELECT rank, step, value, {x} AS x, {x} AS pos, true AS ok
+                   FROM {metrics} WHERE key = {sql_string(key)}"""
+    return f"""
+        SELECT m.rank, m.step, m.value, v.x, m.step::DOUBLE AS pos,
+               v.x IS NOT NULL AND isfinite(v.x) AS ok
+        FROM (SELECT rank, step, value FROM {metrics}
+              WHERE key = {sql_string(key)} AND step IS NOT NULL) m
+        LEFT JOIN (SELECT rank, step, arg_max(value, ts) AS x FROM {x_rows}
+                   WHERE key = {sql_string(str(x_key))} AND step IS NOT NULL
+                   GROUP BY rank, step) v
+          ON m.rank = v.rank AND m.step = v.step"""
 
 
 def _series_sql(
-    metrics: str,
-    key: str,
+    got: str,
     x_kind: str,
-    ranks: str,
-    started: int | None,
     where: str,
+    ranks: str,
     held: list[int],
     after: float | None,
     width: int,
     n_ranks: int,
 ) -> str:
     """Rows tagged p (a point: g, x, y, lo, hi), n (non-finite: g, x, count in y, kind) and
-    c (x: the cursor, y: the points before downsampling)."""
+    c (x: the cursor, y: the points before downsampling, lo: the values without an x)."""
     after_sql = "NULL::DOUBLE" if after is None else repr(float(after))
-    # The cursor: the least of each held rank's newest x (its `after` when it sent nothing new).
-    cursor = "(SELECT max(x) FROM got)"
+    # The cursor: the least of each held rank's newest pos (its `after` when it sent nothing
+    # new); against a metric, the newest step whose x has arrived.
+    cursor = "(SELECT max(pos) FROM got)"
     if held:
         cursor = f"""(SELECT min(coalesce(per.mx, {after_sql}))
                       FROM (SELECT unnest({held!r}) AS rank) h LEFT JOIN per USING (rank))"""
+    upto = "" if not held else ", cur WHERE pos <= c AND"
     return f"""
     WITH got AS MATERIALIZED (
-        SELECT * FROM (SELECT rank, step, value, {_x_expr(x_kind, started)} AS x
-                       FROM {metrics} WHERE key = {sql_string(key)})
-        WHERE x IS NOT NULL AND {
+        SELECT * FROM ({got})
+        WHERE pos IS NOT NULL AND {
         where
     }),  -- a value logged without a step has no place on a step axis
-    per AS (SELECT rank, max(x) AS mx FROM got GROUP BY rank),
+    per AS (SELECT rank, max(pos) FILTER (WHERE x IS NOT NULL) AS mx FROM got GROUP BY rank),
     cur AS (SELECT coalesce({cursor}, {after_sql}) AS c),
-    raw AS ({"SELECT * FROM got" if not held else "SELECT got.* FROM got, cur WHERE x <= c"}),
-    p AS {_points_sql(ranks, n_ranks == 1)}
+    raw AS (SELECT got.* FROM got{upto or " WHERE"} ok),
+    p AS {_points_sql(ranks, n_ranks == 1, x_kind)}
     SELECT 'p' AS tag, g, x, y, lo, hi, NULL AS kind FROM ({m4_sql("p", width)})
     UNION ALL
     SELECT 'n', g, x, n, NULL, NULL, kind FROM ({
         nonfinite_sql("(SELECT rank AS g, x, value FROM raw WHERE NOT isfinite(value))", width)
     })
     UNION ALL
-    SELECT 'c', NULL, (SELECT c FROM cur), (SELECT count(*) FROM p), NULL, NULL, NULL"""
+    SELECT 'c', NULL, (SELECT c FROM cur), (SELECT count(*) FROM p),
+           (SELECT count(*) FROM got{upto or " WHERE"} NOT ok), NULL, NULL"""
 
 
 def system_series(
@@ -198,9 +246,12 @@ def system_series(
     return {"run_id": run_id, "key": key, "x_kind": "time", **out}
 
 
-def _check(x_kind: str, ranks: str) -> None:
+def _check(x_kind: str, ranks: str, x_key: str | None = None) -> None:
     if x_kind not in X_KINDS:
         msg = f"x must be one of {', '.join(X_KINDS)}, got {x_kind!r}"
+        raise QueryError(msg)
+    if x_kind == "metric" and not x_key:
+        msg = "x=metric needs xkey: the metric key to draw against, e.g. x=metric&xkey=lr"
         raise QueryError(msg)
     if ranks not in RANK_MODES:
         msg = f"ranks must be one of {', '.join(RANK_MODES)}, got {ranks!r}"
@@ -211,7 +262,7 @@ def _assemble(found: list[tuple[Any, ...]], width: int, *, integer_x: bool) -> d
     """The tagged rows of a series query as the API's JSON shape."""
     series: dict[Any, dict[str, Any]] = {}
     nonfinite: list[dict[str, Any]] = []
-    cursor, total = None, 0
+    cursor, total, unmatched = None, 0, 0
     conv = (lambda v: int(v) if v is not None and math.isfinite(v) else v) if integer_x else float
     for tag, g, x, y, lo, hi, kind in found:
         g = None if g == MEAN else g
@@ -225,6 +276,7 @@ def _assemble(found: list[tuple[Any, ...]], width: int, *, integer_x: bool) -> d
             nonfinite.append({"x": conv(x), "rank": g, "value": kind, "count": int(y)})
         else:
             cursor, total = (conv(x) if x is not None else None), int(y or 0)
+            unmatched = int(lo or 0)
     for s in series.values():
         if all(v is None for v in s["ymin"]):
             s["ymin"] = s["ymax"] = None
@@ -234,6 +286,7 @@ def _assemble(found: list[tuple[Any, ...]], width: int, *, integer_x: bool) -> d
         "nonfinite": nonfinite,
         "cursor": cursor,
         "total_points": total,
+        "unmatched": unmatched,  # values with no x (against a metric: no value at their step)
         "downsampled": drawn < total,
         "max_points": 2 * width,
     }

@@ -8,8 +8,12 @@ Routes (all GET; JSON errors are {"error": "..."} with a 4xx status):
     /api/runs               the runs table                     (traintape.ui.api.runs_table)
     /api/run/{run_id}       one run: config, params, ...       (traintape.ui.api.run_page)
     /api/metrics?runs=a,b   the metric keys of runs            (traintape.ui.api.metric_keys)
-    /api/series             one metric of one run, downsampled (traintape.ui.series)
+    /api/series             one metric of one run, downsampled (traintape.ui.series); x is
+                            step, time, relative or metric (&xkey=KEY: another metric)
     /api/system             one system metric of one run
+    /api/media?run=ID       the run's images and tables, per key and step (traintape.ui.media)
+    /api/object/SHA?run=ID  the bytes of an object an artifact event of the run records
+    /api/table?run=ID&sha256=SHA   a table's first rows
 
 The store is opened once (`traintape.connect()` is an in-memory DuckDB over the Parquet files:
 no lock the collector ever waits on); each request gets its own cursor of it, in Starlette's
@@ -35,13 +39,19 @@ from typing import Any
 import duckdb
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import FileResponse, Response
+from starlette.responses import FileResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from traintape.errors import QueryError, RunLookupError, RunNotFoundError
+from traintape.errors import (
+    ArtifactNotFoundError,
+    ArtifactVerifyError,
+    QueryError,
+    RunLookupError,
+    RunNotFoundError,
+)
 from traintape.read.history import resolve_run
-from traintape.ui import api, series
+from traintape.ui import api, media, series
 from traintape.ui.downsample import MAX_WIDTH, MIN_WIDTH
 from traintape.ui.index import MetricIndex
 
@@ -67,8 +77,16 @@ class JSON(Response):
     media_type = "application/json"
 
     def render(self, content: Any) -> bytes:
-        text = json.dumps(api.jsonable(content), separators=(",", ":"), allow_nan=False)
+        try:  # most answers hold no NaN or Inf: encoded as they are, without a copy first
+            text = json.dumps(content, separators=(",", ":"), allow_nan=False, default=_plain)
+        except (ValueError, TypeError):  # NaN/Inf (kept as text), or a key JSON has no form for
+            text = json.dumps(api.jsonable(content), separators=(",", ":"), allow_nan=False)
         return text.encode()
+
+
+def _plain(value: Any) -> Any:
+    """What json.dumps cannot encode itself (times, decimals, bytes), as api.jsonable has it."""
+    return api.jsonable(value)
 
 
 def _error(status: int, message: str) -> JSON:
@@ -81,32 +99,37 @@ class Handlers:
     def __init__(self, store: Path) -> None:
         self.store = store
         self.base = api.open_store(store)
-        self.summaries = api.SummaryCache(store, lambda: api.cursor(self.base, store))
-        threading.Thread(target=self._warm, name="traintape-ui-warm", daemon=True).start()
+        # The background last/best work reads every metric row of a big store: on a database of
+        # its own with one thread, so that it leaves the other cores to the page's requests.
+        self.summaries = api.SummaryCache(store, lambda: api.open_store(store, threads=1))
         self.runs_cache = api.RunsCache(store)
         self.index = MetricIndex()
+        threading.Thread(target=self._warm, name="traintape-ui-warm", daemon=True).start()
 
     def _warm(self) -> None:
-        """Starts computing every run's last/best at once, newest first, so the first page
-        of a big store does not wait for them."""
+        """Reads the runs table as the first page asks for it (a request meanwhile waits for
+        this read rather than doing it again) and starts computing every run's last/best,
+        newest first, so the first page of a big store waits for neither."""
         con = api.cursor(self.base, self.store)
         try:
-            ids = [
-                r[0]
-                for r in con.execute("SELECT run_id FROM runs ORDER BY started DESC").fetchall()
-            ]
-            self.summaries.schedule(ids)
+            api.runs_table(con, self.summaries, runs_cache=self.runs_cache)
         except duckdb.Error as exc:
             log.warning("traintape ui: could not list the runs: %s", exc)
         finally:
             con.close()
 
     def _answer(self, fn: Callable[[duckdb.DuckDBPyConnection], Any]) -> Response:
+        return self._respond(lambda con: JSON(fn(con)))
+
+    def _respond(self, fn: Callable[[duckdb.DuckDBPyConnection], Response]) -> Response:
+        """fn's response over a cursor of the store, or the JSON error its exception means."""
         con = api.cursor(self.base, self.store)
         try:
-            return JSON(fn(con))
-        except RunNotFoundError as exc:
+            return fn(con)
+        except (RunNotFoundError, ArtifactNotFoundError) as exc:
             return _error(404, str(exc))
+        except ArtifactVerifyError as exc:
+            return _error(409, str(exc))
         except (QueryError, RunLookupError) as exc:
             return _error(400, str(exc))
         except duckdb.Error as exc:
@@ -144,6 +167,7 @@ class Handlers:
             run_id, key = _required(p, "run"), _required(p, "key")
             kw: dict[str, Any] = {
                 "x_kind": p.get("x", "step"),
+                "x_key": p.get("xkey") or None,
                 "ranks": p.get("ranks", "mean"),
                 "width": _width(p),
                 "x0": _number(p, "x0"),
@@ -163,15 +187,58 @@ class Handlers:
             return _error(400, str(exc))
         return self._answer(lambda con: series.system_series(con, run_id, key, width=width))
 
+    def media(self, request: Request) -> Response:
+        try:
+            run_id = _required(request.query_params, "run")
+        except QueryError as exc:
+            return _error(400, str(exc))
+        return self._answer(lambda con: media.media_list(con, run_id))
+
+    def table(self, request: Request) -> Response:
+        p = request.query_params
+        try:
+            run_id, sha256 = _required(p, "run"), _required(p, "sha256")
+        except QueryError as exc:
+            return _error(400, str(exc))
+        return self._answer(lambda con: media.table_rows(con, self.store, run_id, sha256))
+
+    def object(self, request: Request) -> Response:
+        """An object's bytes, only when an artifact event of `run` records its sha256."""
+        sha256 = request.path_params["sha256"]
+        try:
+            run_id = _required(request.query_params, "run")
+        except QueryError as exc:
+            return _error(400, str(exc))
+        return self._respond(
+            lambda con: _object(*media.object_bytes(con, self.store, run_id, sha256))
+        )
+
     def close(self) -> None:
         self.summaries.stop()
         deadline = time.monotonic() + 5
         while not self.summaries.idle() and time.monotonic() < deadline:
-            time.sleep(0.01)  # its thread closes its cursor of `base` once interrupted
+            time.sleep(0.01)  # its thread closes its own database once interrupted
         try:
             self.base.close()
         except duckdb.Error:
             pass  # still busy: the process is exiting, and the store was only read
+
+
+def _object(row: dict[str, Any], path: Path, data: bytes | None) -> Response:
+    """An object's response: a PNG image as itself, anything else as a download (a browser
+    never renders it as a page of this origin)."""
+    headers = {"Cache-Control": "private, max-age=86400", "X-Content-Type-Options": "nosniff"}
+    meta = media.metadata_of(row["metadata"])
+    if row["kind"] == "image" and meta.get("media") == "image" and meta.get("format") == "png":
+        kind = "image/png"
+    else:
+        kind = "application/octet-stream"
+        name = str(row["name"] or "object").rsplit("/", 1)[-1]
+        safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in name)
+        headers["Content-Disposition"] = f'attachment; filename="{safe}"'
+    if data is None:  # too big to check whole: its size was
+        return StreamingResponse(media.stream(path), media_type=kind, headers=headers)
+    return Response(data, media_type=kind, headers=headers)
 
 
 def _required(params: Any, name: str) -> str:
@@ -289,6 +356,9 @@ def create_app(store: Path, token: str | None = None, bind: str | None = None) -
         Route("/api/metrics", handlers.metrics),
         Route("/api/series", handlers.series),
         Route("/api/system", handlers.system),
+        Route("/api/media", handlers.media),
+        Route("/api/table", handlers.table),
+        Route("/api/object/{sha256}", handlers.object),
         Route("/api/{rest:path}", _no_route),
         Route("/static/plotly.min.js", _plotly),
         Mount("/static", StaticFiles(directory=STATIC, check_dir=False), name="static"),

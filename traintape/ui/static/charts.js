@@ -4,6 +4,9 @@ import { Panel, prefixOf } from "./panel.js";
 import { api, el, showError } from "./util.js";
 
 const POLL_MS = 1000;
+// Panels loading at once: the first charts are drawn while the others wait, rather than all of
+// them at the end (the server shares a few cores among the queries it is asked at once).
+const LOAD_SLOTS = 2;
 
 /** The chart options toolbar and the panels of `runs`; `onChange(opts)` saves them in the URL. */
 export class ChartBoard {
@@ -12,6 +15,7 @@ export class ChartBoard {
     this.runs = runs; // [{run_id, name, status}]
     this.opts = {
       x: opts.x || "step",
+      xkey: opts.xkey || "", // the metric on the x axis when x is "metric"
       ranks: opts.ranks || "mean",
       smooth: Number(opts.smooth) || 0,
       log: Boolean(opts.log),
@@ -23,6 +27,8 @@ export class ChartBoard {
     this.stopped = false;
     this.timer = null;
     this.ticks = 0;
+    this.loading = 0; // loads under way, at most LOAD_SLOTS
+    this.waiting = []; // loads waiting for a slot: their resolve functions
     this.grid = el("div", { class: "panel-groups" });
     this.observer = new IntersectionObserver((entries) => {
       for (const e of entries) {
@@ -44,6 +50,13 @@ export class ChartBoard {
 
   toolbar() {
     const o = this.opts;
+    const xSelect = el("select", { name: "x" });
+    xSelect.addEventListener("change", () => {
+      const [x, ...key] = xSelect.value.split(":");
+      this.set({ x, xkey: x === "metric" ? key.join(":") : "" });
+    });
+    this.xSelect = xSelect;
+    this.fillX([]);
     const select = (name, options) => {
       const node = el("select", { name }, Object.entries(options).map(([v, text]) =>
         el("option", { value: v, selected: v === o[name] }, text)));
@@ -63,12 +76,37 @@ export class ChartBoard {
       name: "filter" });
     filter.addEventListener("change", () => this.set({ filter: filter.value.trim() }));
     return el("div", { class: "toolbar" },
-      el("label", {}, "x", select("x", { step: "step", time: "wall time",
-        relative: "relative time" })),
+      el("label", {}, "x", xSelect),
       el("label", {}, "ranks", select("ranks", { mean: "mean, min-max band", all: "each rank" })),
       el("label", {}, "smoothing", slider, shown),
       el("label", {}, log, "log y"),
       el("label", {}, "keys", filter));
+  }
+
+  /** The x axis choices: step, wall time, relative time, then each metric key (`metric:KEY`):
+   * every value is then drawn against that metric's value at the same run, rank and step. */
+  fillX(keys) {
+    const o = this.opts;
+    const chosen = o.x === "metric" ? `metric:${o.xkey}` : o.x;
+    const metricKeys = [...new Set([...keys, ...(o.x === "metric" ? [o.xkey] : [])])].sort();
+    const option = (value, text) => el("option", { value, selected: value === chosen }, text);
+    this.xSelect.replaceChildren(
+      option("step", "step"), option("time", "wall time"), option("relative", "relative time"),
+      el("optgroup", { label: "another metric" },
+        metricKeys.map((k) => option(`metric:${k}`, k))));
+  }
+
+  /** `fn()` once one of LOAD_SLOTS is free (a panel's full load; polls never wait). */
+  async slot(fn) {
+    if (this.loading >= LOAD_SLOTS) await new Promise((resolve) => this.waiting.push(resolve));
+    this.loading += 1;
+    try {
+      return await fn();
+    } finally {
+      this.loading -= 1;
+      const next = this.waiting.shift();
+      if (next) next();
+    }
   }
 
   /** Applies changed options: each shown panel fetches again (the answers are small: at most
@@ -82,7 +120,7 @@ export class ChartBoard {
     }
     for (const panel of this.panels.values()) {
       if (!panel.loaded) continue;
-      if ("x" in changes) panel.range = null;
+      if ("x" in changes || "xkey" in changes) panel.range = null;
       panel.load();
     }
   }
@@ -99,6 +137,7 @@ export class ChartBoard {
     if (this.stopped) return;
     const filter = this.opts.filter.toLowerCase();
     const keys = answer.keys.filter((k) => !filter || k.key.toLowerCase().includes(filter));
+    this.fillX(answer.keys.map((k) => k.key));
     for (const [key, panel] of this.panels) {
       if (!keys.some((k) => k.key === key)) {
         this.observer.unobserve(panel.node);

@@ -1,18 +1,21 @@
 // The run page (config, params, environment, summary, checkpoints, system metrics, text events,
 // charts) and the compare page (params that differ, curves overlaid).
 import { ChartBoard } from "./charts.js";
+import { MediaBoard } from "./media.js";
 import { api, el, fmtNum, fmtTime, fmtValue, kvGrid, plotlyReady, replaceQuery, rowsTable,
   runColour, showError } from "./util.js";
 
 const REFRESH_MS = 2000;
 
 function chartOpts(query) {
-  return { x: query.get("x"), ranks: query.get("ranks"), smooth: query.get("smooth"),
+  return { x: query.get("x"), xkey: query.get("xkey"), ranks: query.get("ranks"),
+    smooth: query.get("smooth"),
     log: query.get("log") === "1", filter: query.get("keys") };
 }
 
 function chartQuery(o) {
-  return { x: o.x === "step" ? "" : o.x, ranks: o.ranks === "mean" ? "" : o.ranks,
+  return { x: o.x === "step" ? "" : o.x, xkey: o.x === "metric" ? o.xkey : "",
+    ranks: o.ranks === "mean" ? "" : o.ranks,
     smooth: o.smooth || "", log: o.log ? "1" : "", keys: o.filter };
 }
 
@@ -57,7 +60,7 @@ async function systemChart(chart, runId, key) {
   const [ans] = await Promise.all([
     api("/api/system", { run: runId, key, width: chart.clientWidth || 600 }), plotlyReady()]);
   const traces = (ans.series || []).map((s) => ({
-    type: "scattergl", mode: s.x.length < 40 ? "lines+markers" : "lines", marker: { size: 4 },
+    type: "scatter", mode: s.x.length < 40 ? "lines+markers" : "lines", marker: { size: 4 },
     x: s.x.map((x) => new Date(x * 1000).toISOString()
       .replace("Z", "")), y: s.y, line: { width: 1 },
     name: [s.host, s.device, s.rank].filter((v) => v !== null && v !== undefined).join(" ")
@@ -96,8 +99,8 @@ function systemCharts(node, runId, keys) {
 }
 
 export async function renderRun(root, runId, query) {
-  const detail = await api(`/api/run/${encodeURIComponent(runId)}`);
-  const run = detail.run;
+  plotlyReady().catch(() => {}); // fetched and parsed while the run's answers come; charts wait
+  const asked = api(`/api/run/${encodeURIComponent(runId)}`);
   const head = el("div");
   const checkpoints = el("div");
   const textNode = el("div");
@@ -111,11 +114,27 @@ export async function renderRun(root, runId, query) {
     textNode.replaceChildren(textEvents(d.text));
     summary.replaceChildren(kvGrid(d.summary));
   };
-  drawLive(detail);
   const chartsRoot = el("div");
-  // Curves first: they are what a look at a run is for; the details follow.
-  root.append(head,
-    el("h2", {}, "Metrics"), chartsRoot,
+  const mediaNode = el("div", { class: "media-section" });
+  const mediaBoard = new MediaBoard(mediaNode, runId);
+  mediaBoard.refresh().catch(showError);
+  // Curves first: they are what a look at a run is for; its images and tables, the details. The
+  // charts ask for their points while the run's details are on their way.
+  root.append(head, el("h2", {}, "Metrics"), chartsRoot, mediaNode);
+  const board = new ChartBoard(chartsRoot, [{ run_id: runId }], chartOpts(query), (o) =>
+    replaceQuery(`/run/${encodeURIComponent(runId)}`, chartQuery(o)));
+  let detail;
+  try {
+    [detail] = await Promise.all([asked, board.start()]);
+  } catch (err) {
+    board.stop();
+    throw err;
+  }
+  const run = detail.run;
+  Object.assign(board.runs[0], run); // its name in the legends from now on
+  board.setStatus(runId, run.status); // a running run is polled
+  drawLive(detail);
+  root.append(
     el("h2", {}, "Run"),
     el("div", { class: "cards" },
       card("config", kvGrid(detail.config)),
@@ -126,9 +145,6 @@ export async function renderRun(root, runId, query) {
       card("text", textNode),
       card("environment", kvGrid(detail.environment))),
     el("h2", {}, "System"), system);
-  const board = new ChartBoard(chartsRoot, [run], chartOpts(query), (o) =>
-    replaceQuery(`/run/${encodeURIComponent(runId)}`, chartQuery(o)));
-  await board.start();
   const systemObserver = systemCharts(system, runId, detail.system_series);
   document.getElementById("live-badge").hidden = run.status !== "running";
 
@@ -141,6 +157,7 @@ export async function renderRun(root, runId, query) {
       if (stopped) return;
       drawLive(d);
       board.setStatus(runId, d.run.status);
+      await mediaBoard.refresh();
       document.getElementById("live-badge").hidden = d.run.status !== "running";
       if (d.run.status !== "running") return;
     } catch (err) {
@@ -175,6 +192,7 @@ export async function renderCompare(root, query) {
     root.append(el("div", { class: "muted" }, "no runs chosen: select runs in the table"));
     return { stop() {} };
   }
+  plotlyReady().catch(() => {}); // fetched and parsed while the runs' answers come
   const details = await Promise.all(ids.map((id) => api(`/api/run/${encodeURIComponent(id)}`)));
   const runs = details.map((d) => d.run);
   const { flat, keys } = differing(details);

@@ -10,6 +10,10 @@ const NONFINITE = [
   ["inf", "triangle-up", 0.97],
   ["-inf", "triangle-down", 0.03],
 ];
+// SVG lines, not WebGL: a panel holds at most 2 points per pixel per series (the server's M4),
+// which SVG draws at once, while every WebGL panel costs a context (a page may hold 16 in all)
+// and, on a machine without a GPU, a software renderer's start-up before its first frame.
+const TRACE = "scatter";
 const X_TITLES = { step: "step", time: "wall time (UTC)", relative: "seconds since start" };
 
 /** TensorBoard's debiased EMA; `state` carries on across appended points. */
@@ -62,6 +66,8 @@ export class Panel {
     this.busy = false;
     this.seq = 0; // the number of the latest load
     this.chart = el("div", { class: "chart", dataset: { key } });
+    this.unmatched = new Map(); // run_id -> its values with no x (no x metric at their step)
+    this.note = el("span", { class: "note", hidden: true });
     this.node = el(
       "div",
       { class: "panel" },
@@ -69,6 +75,7 @@ export class Panel {
         "div",
         { class: "panel-head" },
         el("span", { class: "key", title: key }, key),
+        this.note,
         el("button", { title: "download as PNG", onclick: () => this.png() }, "PNG"),
         el("button", { title: "download as CSV", onclick: () => this.csv() }, "CSV"),
       ),
@@ -83,7 +90,8 @@ export class Panel {
   async fetchRun(run, extra) {
     const o = this.board.opts;
     return api("/api/series", {
-      run, key: this.key, x: o.x, ranks: o.ranks, width: this.width(), ...extra,
+      run, key: this.key, x: o.x, xkey: o.x === "metric" ? o.xkey : "", ranks: o.ranks,
+      width: this.width(), ...extra,
     });
   }
 
@@ -95,7 +103,8 @@ export class Panel {
     try {
       const extra = this.range ? { x0: this.range[0], x1: this.range[1] } : {};
       const [answers] = await Promise.all([
-        Promise.all(this.runIds.map((r) => this.fetchRun(r, extra))), plotlyReady()]);
+        this.board.slot(() => Promise.all(this.runIds.map((r) => this.fetchRun(r, extra)))),
+        plotlyReady()]);
       if (this.board.stopped || seq !== this.seq) return;
       this.draw(answers);
       this.loaded = true;
@@ -112,9 +121,11 @@ export class Panel {
     this.tracks = [];
     this.markers = new Map();
     const several = this.runIds.length > 1;
+    this.unmatched = new Map();
     for (const ans of answers) {
       const run = ans.run_id;
       this.cursors.set(run, ans.cursor);
+      this.unmatched.set(run, ans.unmatched || 0);
       const label = this.board.label(run);
       const series = ans.series || [];
       series.forEach((s, i) => {
@@ -125,7 +136,7 @@ export class Panel {
         const track = { run, rank: s.rank ?? null, ema: { last: 0, n: 0 } };
         if (s.ymin && s.ymax) {
           // min-max across ranks: the lower edge, then the upper one filled down to it
-          const edge = { type: "scattergl", mode: "lines", x: xs, line: { width: 0, color: colour },
+          const edge = { type: TRACE, mode: "lines", x: xs, line: { width: 0, color: colour },
             hoverinfo: "skip", showlegend: false, meta: { role: "band", run } };
           track.lo = traces.push({ ...edge, y: s.ymin }) - 1;
           track.hi = traces.push({ ...edge, y: s.ymax, fill: "tonexty",
@@ -135,13 +146,13 @@ export class Panel {
         // a few points (a validation metric, a short run) get dots: a lone point has no line
         const mode = s.x.length < 40 ? "lines+markers" : "lines";
         track.raw = traces.push({
-          type: "scattergl", mode, marker: { size: 4, color: colour }, x: xs, y: s.y, name,
+          type: TRACE, mode, marker: { size: 4, color: colour }, x: xs, y: s.y, name,
           line: { width: 1, color: colour }, opacity: smoothing ? 0.25 : 1,
           showlegend: !smoothing && (several || o.ranks === "all"), legendgroup: name,
           meta: { role: "raw", run, rank: track.rank },
         }) - 1;
         track.smooth = traces.push({
-          type: "scattergl", mode, marker: { size: 4, color: colour }, x: xs,
+          type: TRACE, mode, marker: { size: 4, color: colour }, x: xs,
           y: ema(s.y, o.smooth, track.ema), name,
           line: { width: 1.6, color: colour }, visible: smoothing,
           showlegend: smoothing && (several || o.ranks === "all"), legendgroup: name,
@@ -162,8 +173,9 @@ export class Panel {
     }
     const layout = {
       margin: { l: 56, r: 12, t: 8, b: 36 },
-      uirevision: o.x, // keeps a zoom across redraws of the same x axis
-      xaxis: { title: { text: X_TITLES[o.x] || o.x, font: { size: 11 } },
+      uirevision: `${o.x}:${o.xkey}`, // keeps a zoom across redraws of the same x axis
+      xaxis: { title: { text: o.x === "metric" ? o.xkey : X_TITLES[o.x] || o.x,
+        font: { size: 11 } },
         type: o.x === "time" ? "date" : "linear" },
       yaxis: { type: o.log ? "log" : "linear", exponentformat: "e" },
       yaxis2: { overlaying: "y", range: [0, 1], visible: false, fixedrange: true },
@@ -173,10 +185,24 @@ export class Panel {
     };
     const config = { displaylogo: false, responsive: true,
       modeBarButtonsToRemove: ["toImage", "lasso2d", "select2d"] };
+    this.showUnmatched();
     const first = !this.chart.classList.contains("js-plotly-plot");
     Plotly.react(this.chart, traces, layout, config);
     markOnce("traintape:first-chart");
     if (first) this.chart.on("plotly_relayout", (ev) => this.onRelayout(ev));
+  }
+
+  /** Says how many values have no x: against a metric, those whose step it was not logged at
+   * (the two metrics are logged at different steps), which the chart cannot place. */
+  showUnmatched() {
+    const o = this.board.opts;
+    const n = [...this.unmatched.values()].reduce((a, b) => a + b, 0);
+    this.note.hidden = !(o.x === "metric" && n > 0);
+    this.note.textContent = this.note.hidden ? ""
+      : `${n.toLocaleString()} value${n === 1 ? "" : "s"} not drawn: no finite ${o.xkey} at ${
+        n === 1 ? "its step" : "their steps"}`;
+    this.note.title = "x is another metric: each value is drawn against that metric's value at"
+      + " the same run, rank and step, and these steps have none (or NaN/Inf)";
   }
 
   onRelayout(ev) {
@@ -233,6 +259,10 @@ export class Panel {
       add(track.smooth, xs, ema(s.y, weight, track.ema));
     }
     if (ans.cursor !== undefined && ans.cursor !== null) this.cursors.set(run, ans.cursor);
+    if (ans.unmatched) {
+      this.unmatched.set(run, (this.unmatched.get(run) || 0) + ans.unmatched);
+      this.showUnmatched();
+    }
     if (indices.length) Plotly.extendTraces(this.chart, update, indices);
     return true;
   }

@@ -1,7 +1,7 @@
 // The runs table: filters (project, tag, status, text, SQL WHERE), sort, group by a config key,
 // chosen config and metric columns, and a selection that opens charts or the compare page.
-import { api, el, fmtDuration, fmtNum, fmtTime, fmtValue, markOnce, replaceQuery, runColour,
-  showError } from "./util.js";
+import { api, el, fmtDuration, fmtNum, fmtTime, fmtValue, markOnce, preloadPlotly, replaceQuery,
+  runColour, showError } from "./util.js";
 
 const FIXED = [
   ["status", (r) => r.status],
@@ -14,6 +14,8 @@ const FIXED = [
   ["commit", (r) => r.git_commit],
   ["ranks", (r) => r.ranks],
 ];
+const FIRST_ROWS = 60; // drawn before the first paint; the rest follow in chunks of MORE_ROWS
+const MORE_ROWS = 250;
 const STATUSES = ["", "running", "completed", "failed", "killed", "crashed"];
 
 function list(text) {
@@ -104,6 +106,7 @@ export async function renderRuns(root, query) {
   let timer = null;
   let stopped = false;
   let controlsSig = null; // redraw the controls only when their options change (keeps focus)
+  let drawn = 0; // the latest draw: an earlier one still adding rows stops
 
   const saveState = () =>
     replaceQuery("/runs", {
@@ -227,6 +230,7 @@ export async function renderRuns(root, query) {
     const runs = [...data.runs].sort((a, b) =>
       sign * compare(cellValue(a, state.sort), cellValue(b, state.sort)));
     const body = el("tbody");
+    const rows = []; // a function per <tr>, made when it is added
     if (state.group) {
       const groups = new Map();
       for (const r of runs) {
@@ -235,13 +239,23 @@ export async function renderRuns(root, query) {
         groups.get(g).push(r);
       }
       for (const [g, members] of [...groups].sort((a, b) => compare(a[0], b[0]))) {
-        body.append(el("tr", { class: "group" },
+        rows.push(() => el("tr", { class: "group" },
           el("td", { colspan: cols.length + 1 }, `${state.group} = ${g} (${members.length})`)));
-        for (const r of members) body.append(row(r, cols));
+        for (const r of members) rows.push(() => row(r, cols));
       }
     } else {
-      for (const r of runs) body.append(row(r, cols));
+      for (const r of runs) rows.push(() => row(r, cols));
     }
+    // The first screenful is drawn at once, the rest in later tasks: a thousand runs' rows
+    // built in one go would hold the first paint back by a few hundred ms.
+    const mine = ++drawn;
+    const add = (from) => {
+      if (mine !== drawn || stopped) return;
+      const upto = from === 0 ? FIRST_ROWS : from + MORE_ROWS;
+      for (const make of rows.slice(from, upto)) body.append(make());
+      if (upto < rows.length) setTimeout(() => add(upto), 0);
+    };
+    add(0);
     tableWrap.replaceChildren(el("table", { id: "runs-table" }, el("thead", {}, header(cols)),
       body));
     markOnce("traintape:runs-table");
@@ -276,6 +290,7 @@ export async function renderRuns(root, query) {
   }
 
   await load();
+  preloadPlotly(); // after the table is drawn: the charts a click opens find Plotly ready
   return {
     stop() {
       stopped = true;

@@ -7,7 +7,10 @@ export async function api(path, query = {}) {
   for (const [k, v] of Object.entries(query)) {
     if (v !== undefined && v !== null && v !== "") url.searchParams.set(k, String(v));
   }
-  const response = await fetch(url, { credentials: "same-origin" });
+  const early = window.traintapeEarly || {};
+  const started = early[url.href]; // asked for by index.html before the modules loaded: once
+  delete early[url.href];
+  const response = await (started || fetch(url, { credentials: "same-origin" }));
   let body;
   try {
     body = await response.json();
@@ -175,15 +178,36 @@ export function markOnce(name) {
 
 let plotly = null;
 
-/** Resolves to Plotly once its script (loaded async by index.html) has run. */
+/** Resolves to Plotly once its script has run; the first call adds the script to the page (a
+ * page that draws no chart, such as the runs table, never pays for parsing its 4.8 MB). */
 export function plotlyReady() {
   if (!plotly) {
     plotly = window.Plotly ? Promise.resolve(window.Plotly) : new Promise((resolve, reject) => {
-      const script = document.getElementById("plotly");
+      // index.html adds it at once on a page of charts; elsewhere it is added here
+      const added = document.getElementById("plotly");
+      const script = added || el("script", { id: "plotly", src: "static/plotly.min.js",
+        async: true });
+      const failed = () => {
+        plotly = null; // a later chart tries again
+        script.remove();
+        reject(new Error(
+          "static/plotly.min.js did not load: is the plotly package installed (traintape[ui])?"));
+      };
+      if (added && added.dataset.failed) {
+        failed();
+        return;
+      }
       script.addEventListener("load", () => resolve(window.Plotly));
-      script.addEventListener("error", () => reject(new Error(
-        "static/plotly.min.js did not load: is the plotly package installed (traintape[ui])?")));
+      script.addEventListener("error", failed);
+      if (!added) document.head.append(script);
     });
   }
   return plotly;
+}
+
+/** Loads Plotly once the page is idle, so that the chart a click opens next finds it ready. */
+export function preloadPlotly() {
+  const start = () => plotlyReady().catch(() => {}); // a chart that needs it reports the error
+  if (window.requestIdleCallback) requestIdleCallback(start, { timeout: 3000 });
+  else setTimeout(start, 500);
 }
