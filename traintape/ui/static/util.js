@@ -10,6 +10,7 @@ export async function api(path, query = {}) {
   const early = window.traintapeEarly || {};
   const started = early[url.href]; // asked for by index.html before the modules loaded: once
   delete early[url.href];
+  if (started) (window.traintapeEarlyTaken ||= []).push(url.pathname); // what the tests check
   const response = await (started || fetch(url, { credentials: "same-origin" }));
   let body;
   try {
