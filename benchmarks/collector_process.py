@@ -70,3 +70,26 @@ class Collector:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)
+
+
+def start_together(children: list[subprocess.Popen]) -> list[dict[str, Any]]:
+    """Runs worker processes that print "ready", wait for "go" on stdin, then print one JSON
+    report: every child is ready before any starts, so they log at once. Kills what is left."""
+    try:
+        for child in children:
+            line = child.stdout.readline().strip()
+            if line != "ready":
+                msg = f"a worker failed to start: {line!r}"
+                raise RuntimeError(msg)
+        for child in children:  # "go" to all at once
+            child.stdin.write("go\n")
+            child.stdin.flush()
+        reports = [json.loads(child.stdout.readline()) for child in children]
+        for child in children:
+            child.wait(120)
+        return reports
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.kill()
+                child.wait(10)

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from collector_process import Collector
+from collector_process import Collector, start_together
 from result_table import print_table
 
 REPO = Path(__file__).resolve().parents[1]
@@ -131,24 +131,7 @@ def run_workers(mode: str, folder: Path, procs: int, steps: int, metrics: int) -
         )
         for i in range(procs)
     ]
-    try:
-        for child in children:
-            line = child.stdout.readline().strip()
-            if line != "ready":
-                msg = f"a {mode} worker failed to start: {line!r}"
-                raise RuntimeError(msg)
-        for child in children:  # "go" to all at once
-            child.stdin.write("go\n")
-            child.stdin.flush()
-        reports = [json.loads(child.stdout.readline()) for child in children]
-        for child in children:
-            child.wait(120)
-        return reports
-    finally:
-        for child in children:
-            if child.poll() is None:
-                child.kill()
-                child.wait(10)
+    return start_together(children)
 
 
 @dataclass
