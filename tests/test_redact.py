@@ -265,3 +265,20 @@ def test_a_bad_redact_argument_fails_init(tmp_path: Path) -> None:
     """init(redact="api_key") is refused before the run starts."""
     with pytest.raises(TypeError, match="redact"):
         Emitter("p", store=tmp_path / "store", redact="api_key")
+
+
+def test_artifact_metadata_is_redacted_before_it_is_recorded(tmp_path: Path) -> None:
+    """`log_artifact(metadata=...)`: a secret-looking key's value never reaches the event (or
+    the store); other keys and the metadata's shape stay."""
+    em = Emitter("p", store=tmp_path / "store", address=f"ipc://{tmp_path}/nobody.sock")
+    try:
+        meta = {"opset": 17, "hub": {"api_key": "s3cret-value"}, "url": "https://u:pw@h/x"}
+        body = em.log_artifact(b"weights", name="model.bin", metadata=meta).result(30)
+        assert body["metadata"] == {
+            "opset": 17,
+            "hub": {"api_key": REDACTED},
+            "url": f"https://u:{REDACTED}@h/x",
+        }
+        assert meta["hub"] == {"api_key": "s3cret-value"}  # the caller's dict is left alone
+    finally:
+        em.finish(timeout=0.1)

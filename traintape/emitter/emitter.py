@@ -144,7 +144,7 @@ class Emitter:
             deferred=self._deferred,
         )
         self._end = RunEnd(self._port, self.finish)
-        self._helpers = RunHelpers(self._port)
+        self._helpers = RunHelpers(self._port, self._redaction)
 
     def _go_live(self) -> None:
         """Opens the link (and its keeper), and ends the run with the process if nobody does."""
@@ -366,7 +366,7 @@ class Emitter:
 
     def log_artifact(self, data: Any, name: str | None = None, *more: Any, **kw: Any) -> Any:
         """Stores a file (path) or bytes in the store by content, copied off this thread, then
-        records an `artifact` event; then `kind`, `metadata`, `step` (emitter/artifacts.py)."""
+        records an `artifact` event; then `kind`, `metadata` (redacted as the config), `step`."""
         return self._helpers.log_artifact(data, name, *more, **kw)
 
 

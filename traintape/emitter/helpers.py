@@ -10,6 +10,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from traintape.emitter.port import EmitterPort
+from traintape.emitter.values import plain
 from traintape.errors import RunFinishedError
 
 if TYPE_CHECKING:
@@ -20,13 +21,15 @@ if TYPE_CHECKING:
     from traintape.emitter.checkpointing.handle import CheckpointHandle
     from traintape.emitter.checkpointing.writer import CheckpointWriter
     from traintape.emitter.gradients import GradientWatcher
+    from traintape.emitter.redact import Redaction
 
 
 class RunHelpers:
     """The helpers of one run (torch and the writer threads are loaded only when used)."""
 
-    def __init__(self, port: EmitterPort) -> None:
+    def __init__(self, port: EmitterPort, redaction: Redaction) -> None:
         self.port = port
+        self.redaction = redaction
         self.writer: CheckpointWriter | None = None
         self.recorder: ExternalCheckpoints | None = None
         self.watchers: list[GradientWatcher] = []
@@ -59,8 +62,17 @@ class RunHelpers:
             self.recorder = ExternalCheckpoints(self.port)
         return self.recorder.record(path, step, metrics, **options)
 
-    def log_artifact(self, data: Any, *args: Any, **kwargs: Any) -> Future[dict[str, Any]]:
-        return self.artifact_writer().log(data, *args, **kwargs)
+    def log_artifact(
+        self,
+        data: Any,
+        name: str | None = None,
+        kind: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        step: int | None = None,
+    ) -> Future[dict[str, Any]]:
+        if isinstance(metadata, dict):  # its secret-looking keys hidden, as the config's
+            metadata = self.redaction.mapping(plain(metadata))
+        return self.artifact_writer().log(data, name, kind, metadata, step)
 
     def artifact_writer(self) -> ArtifactWriter:
         """The run's artifact writer (files, and the media values of `log()`), made on first use."""
