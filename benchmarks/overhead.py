@@ -12,6 +12,8 @@ calls   the cost of one logging call of 10 floats on the calling thread (time.pe
 loop    steps/s of a small CPU MLP (2 torch threads) that logs 10 floats every step with each
         tool. Variants are interleaved and repeated (one block per variant per repeat, the order
         rotated each repeat), because single runs on a shared 2-core machine vary by ±20 %.
+media   the cost of one call carrying a 256x256x3 image and a float: traintape.Image,
+        traintape.wandb.Image, wandb.Image (offline), trackio.Image (benchmarks/media_calls.py).
 ingest  N emitter processes log as fast as they can into a fresh store served by a running
         collector; metric values/s until `finish()` returned and until DuckDB sees every row.
 
@@ -45,6 +47,7 @@ from typing import Any
 
 from collector_process import Collector
 from framework_loggers import csv_logger_session, traintape_logger_session, wandb_logger_session
+from media_calls import MEDIA_TOOLS, measure_media, report_media
 from result_table import print_table
 
 N_FLOATS = 10
@@ -154,6 +157,20 @@ def traintape_wandb_session(ctx: Context, name: str) -> Iterator[LogFn]:
             os.environ["TRAINTAPE_STORE"] = old
 
 
+@contextmanager
+def traintape_wandb_pair_session(ctx: Context, name: str) -> Iterator[LogFn]:
+    """W&B's documented pattern: the metrics with commit=False, then a call that commits the
+    row (one value more); the pair is timed, as one row built in two calls."""
+    with traintape_wandb_session(ctx, name) as tt_log:
+        last = {"lr": 1e-3}
+
+        def log(metrics: dict[str, float]) -> None:
+            tt_log(metrics, commit=False)
+            tt_log(last)
+
+        yield log
+
+
 def _mlflow_session(ctx: Context, name: str, synchronous: bool) -> Iterator[LogFn]:
     import mlflow
 
@@ -219,9 +236,26 @@ TOOLS = {
     for t in (
         Tool("append", "list.append (floor)", append_session, "fast", takes_step=False),
         Tool("traintape", "traintape emitter.log", traintape_session, "fast"),
+        Tool(
+            "traintape-nostep", "emitter.log (no step)", traintape_session, "fast", takes_step=False
+        ),
         Tool("trackio", "trackio.log", trackio_session, "tool"),
         Tool("wandb", "wandb.log (offline)", wandb_session, "tool"),
         Tool("traintape-wandb", "traintape.wandb.log", traintape_wandb_session, "fast"),
+        Tool(
+            "tt-wandb-nostep",
+            "traintape.wandb.log (no step)",
+            traintape_wandb_session,
+            "fast",
+            takes_step=False,
+        ),
+        Tool(
+            "tt-wandb-pair",
+            "traintape.wandb.log commit=False + log (pair)",
+            traintape_wandb_pair_session,
+            "fast",
+            takes_step=False,
+        ),
         Tool("mlflow-async", "mlflow.log_metrics async", mlflow_async_session, "tool"),
         Tool("mlflow-sync", "mlflow.log_metrics sync", mlflow_sync_session, "slow"),
         Tool("tensorboard", "SummaryWriter.add_scalar ×10", tensorboard_session, "tool"),
@@ -297,7 +331,11 @@ class CallResult:
     finish_s: float  # leaving it: finish / end_run, which waits for what is still queued
 
 
-def _time_calls(log: LogFn, ring: list[dict[str, float]], n: int, takes_step: bool) -> list[int]:
+def _time_calls(
+    log: LogFn, ring: list[dict[str, float]], n: int, takes_step: bool, first: int = 0
+) -> list[int]:
+    """Steps from `first`: the timed calls go on after the warm-up's steps (W&B-style logs drop
+    a step below the last one, with a warning: not the call to time)."""
     now = time.perf_counter_ns
     size = len(ring)
     out = [0] * n
@@ -305,7 +343,7 @@ def _time_calls(log: LogFn, ring: list[dict[str, float]], n: int, takes_step: bo
         for i in range(n):
             metrics = ring[i % size]
             t0 = now()
-            log(metrics, i)
+            log(metrics, first + i)
             out[i] = now() - t0
     else:
         for i in range(n):
@@ -329,7 +367,7 @@ def measure_calls(ctx: Context, tools: list[Tool], counts: dict[str, int]) -> li
             t1 = time.perf_counter()
             _time_calls(log, ring, warmup, tool.takes_step)
             gc.collect()
-            ns = sorted(_time_calls(log, ring, n, tool.takes_step))
+            ns = sorted(_time_calls(log, ring, n, tool.takes_step, first=warmup))
             t2 = time.perf_counter()
         results.append(
             CallResult(
@@ -748,8 +786,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--sections",
-        default="calls,loop,ingest",
-        help="comma-separated subset of calls,loop,ingest (default: all)",
+        default="calls,loop,media,ingest",
+        help="comma-separated subset of calls,loop,media,ingest (default: all)",
     )
     p.add_argument(
         "--tools",
@@ -764,6 +802,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="timed calls for wandb, trackio, tensorboard, mlflow async (2000)",
     )
     g.add_argument("--slow-calls", type=int, help="timed calls for MLflow sync, ≈25 ms each (200)")
+    g.add_argument("--media-calls", type=int, help="timed calls with an image, per tool (300)")
     g = p.add_argument_group("loop")
     g.add_argument("--repeats", type=int, help="interleaved repeats of every variant (7)")
     g.add_argument("--block-seconds", type=float, help="timed seconds per block, about (2)")
@@ -779,15 +818,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ingest-child", metavar="STORE", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     full = {"calls": 100_000, "tool_calls": 2000, "slow_calls": 200, "repeats": 7}
+    full |= {"media_calls": 300}
     full |= {"block_seconds": 2.0, "warmup_steps": 100, "events": 200_000}
     quick = {"calls": 20_000, "tool_calls": 300, "slow_calls": 40, "repeats": 2}
+    quick |= {"media_calls": 100}
     quick |= {"block_seconds": 1.0, "warmup_steps": 50, "events": 50_000}
     for name, value in (quick if args.quick else full).items():
         if getattr(args, name) is None:
             setattr(args, name, value)
     args.sections = [s for s in args.sections.split(",") if s]
     args.tools = [t for t in args.tools.split(",") if t]
-    for name, allowed in (("sections", ("calls", "loop", "ingest")), ("tools", tuple(TOOLS))):
+    sections = ("calls", "loop", "media", "ingest")
+    for name, allowed in (("sections", sections), ("tools", tuple(TOOLS))):
         unknown = set(getattr(args, name)) - set(allowed)
         if unknown:
             p.error(f"unknown {name}: {', '.join(sorted(unknown))}; choose from {allowed}")
@@ -832,8 +874,8 @@ def main(argv: list[str] | None = None) -> int:
         # Tools print banners and log lines on stdout; stdout is kept for the tables.
         quiet = redirect_stdout(sys.stderr)
         with ExitStack() as stack:
-            if {"calls", "loop"} & set(args.sections):
-                progress("starting a collector for the calls and loop sections")
+            if {"calls", "loop", "media"} & set(args.sections):
+                progress("starting a collector for the calls, loop and media sections")
                 stack.enter_context(Collector(ctx.store))
             if "calls" in args.sections:
                 counts = {"fast": args.calls, "tool": args.tool_calls, "slow": args.slow_calls}
@@ -844,6 +886,11 @@ def main(argv: list[str] | None = None) -> int:
                 with quiet:
                     loop = measure_loop(ctx, tools, args)
                 report_loop(loop, args)
+            if "media" in args.sections:
+                chosen = {t.key: t.session for t in tools if t.key in MEDIA_TOOLS}
+                with quiet:
+                    media = measure_media(ctx, chosen, args.media_calls, progress)
+                report_media(media)
         if "wandb" in sys.modules:
             import wandb
 

@@ -127,15 +127,18 @@ def test_steps_and_commits_make_the_rows_wandb_makes(rec: Recorder, caplog: Any)
 
 
 def test_a_bad_value_refuses_the_whole_call(rec: Recorder) -> None:
-    """A value traintape cannot store raises and nothing of that call joins the row; media
-    raise UnsupportedMediaError (never silently dropped), as do W&B's own media objects."""
+    """A value traintape cannot store raises and nothing of that call joins the row; media it
+    does not store raise UnsupportedMediaError (never silently dropped), as do W&B's own media
+    objects; an Image of a missing file raises when made."""
     wandb.log({"ok": 1.0}, commit=False)
     with pytest.raises(TypeError, match="'bad'"):
         wandb.log({"good": 2.0, "bad": [1, 2]})
+    with pytest.raises(FileNotFoundError, match="x.png"):
+        wandb.Image("x.png")  # stored since issue 18: see tests/test_media.py
     with pytest.raises(UnsupportedMediaError, match="does not store media"):
-        wandb.Image("x.png")
+        wandb.Audio("x.wav")
     with pytest.raises(UnsupportedMediaError):
-        wandb.Table(columns=["a"])
+        wandb.Video("x.mp4")
     with pytest.raises(UnsupportedMediaError, match="artifacts"):
         wandb.run.log_artifact("model.pt")  # type: ignore[union-attr]
     real = pytest.importorskip("wandb")
@@ -240,6 +243,112 @@ def test_define_metric_syncs_the_x_axis_and_is_stored_as_params(rec: Recorder) -
         "wandb.metric.val/*.summary": None,
         "wandb.metric.val/*.goal": None,
     }
+
+
+class CheckingRecorder(Recorder):
+    """A Recorder that refuses what the Emitter's `log` refuses (same checks, same errors)."""
+
+    def log(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        from traintape.emitter.values import coerce_metrics
+
+        coerce_metrics(metrics)
+        super().log(metrics, step)
+
+
+class DictSubclass(dict):  # type: ignore[type-arg]
+    """The same data, which `Run.log`'s fast path leaves to its general path."""
+
+
+def _random_call(
+    rnd: Any, np: Any, step: int, numbers_only: bool
+) -> tuple[dict[str, Any], Any, Any]:
+    """One `log(data, step, commit)` of the kinds W&B scripts make, bad ones included."""
+    keys = ["a", "b", "c", "d"]
+    values = [
+        lambda: rnd.random(),
+        lambda: rnd.randint(-3, 3),
+        lambda: rnd.random() < 0.5,
+        lambda: np.float32(rnd.random()),
+        lambda: {"x": rnd.random(), "y": {"z": 1}},
+        lambda: "text",
+        lambda: [1, 2],
+    ]
+    weights = [30, 5, 3, 0, 0, 0, 0] if numbers_only else [30, 5, 3, 3, 3, 2, 1]
+    data: dict[Any, Any] = {}
+    for key in rnd.sample(keys, rnd.randint(0, 4)):
+        data[key] = rnd.choices(values, weights)[0]()
+    if rnd.random() < 0.03:
+        data[rnd.choice([5, ""])] = 1.0  # a name the emitter refuses
+    steps = [None, None, None, step, step + 1, step + rnd.randint(2, 5), max(step - 1, 0), True]
+    return data, rnd.choice(steps), rnd.choice([None, None, None, True, False])
+
+
+def test_the_fast_path_of_log_stores_what_the_general_path_stores() -> None:
+    """Random calls of every kind (numbers, numpy scalars, bools, nested dicts, text, bad
+    values and names, steps equal, above, below the current one, commit=False merges, summary
+    values set or deleted by hand, a define_metric with an x-axis midway, with an emitter or
+    disabled) leave the same rows, texts, summary, step and errors whether `Run.log` takes its
+    fast path or its general path."""
+    import random
+
+    np = pytest.importorskip("numpy")
+    for seed in range(60):
+        rnd = random.Random(seed)
+        fast, slow = CheckingRecorder(), CheckingRecorder()
+        emitters = (fast, slow) if seed % 5 else (None, None)  # mode="disabled": no emitter
+        runs = [Run(e, "p", "n", f"run{seed}", Config({})) for e in emitters]
+        define_at = rnd.randint(0, 80) if seed % 4 < 2 else -1
+        for i in range(60):
+            data, step, commit = _random_call(rnd, np, runs[0].step, seed % 2 == 1)
+            if i == define_at:
+                for run in runs:
+                    run.define_metric("b", step_metric="a", summary="max")
+            by_hand = rnd.choice(["a", "b"]) if rnd.random() < 0.2 else None
+            for run in runs:  # a summary value set by hand, or deleted
+                if by_hand == "a":
+                    run.summary["a"] = -1.0
+                elif by_hand == "b" and "b" in run.summary:
+                    del run.summary["b"]
+            outcomes = []
+            for run, as_given in zip(runs, (data, DictSubclass(data))):
+                try:
+                    run.log(as_given, step, commit)
+                    outcomes.append(None)
+                except (TypeError, ValueError) as exc:
+                    outcomes.append((type(exc), str(exc)))
+            assert outcomes[0] == outcomes[1], (seed, i, data, step, commit)
+            assert runs[0].step == runs[1].step
+            assert runs[0].summary.as_dict() == runs[1].summary.as_dict()
+        ends = []
+        for run in runs:  # the row still open is written: it may hold a name refused
+            try:
+                run.finish()
+                ends.append(None)
+            except ValueError as exc:
+                ends.append(str(exc))
+        assert ends[0] == ends[1], seed
+        assert fast.metrics == slow.metrics and fast.texts == slow.texts, seed
+        assert fast.summary == slow.summary and fast.status == slow.status, seed
+
+
+def test_an_x_axis_syncs_its_last_value_logged_not_one_set_by_hand(rec: Recorder) -> None:
+    """A row missing its x-axis gets the x-axis's last value logged, also when the summary
+    holds another value set by hand since (the fast path's summary is its last values until
+    then)."""
+    wandb.log({"epoch": 1, "loss": 0.5})
+    wandb.log({"loss": 0.4})
+    wandb.summary["epoch"] = 99
+    wandb.define_metric("val/*", step_metric="epoch")
+    wandb.log({"val/acc": 0.7})
+    del wandb.summary["loss"]
+    wandb.log({"loss": 0.3})
+    assert rec.metrics == {
+        0: {"epoch": 1, "loss": 0.5},
+        1: {"loss": 0.4},
+        2: {"val/acc": 0.7, "epoch": 1},
+        3: {"loss": 0.3},
+    }
+    assert wandb.summary["epoch"] == 1 and wandb.summary["loss"] == 0.3
 
 
 def test_histograms_become_histogram_events(rec: Recorder) -> None:

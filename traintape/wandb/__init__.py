@@ -12,8 +12,9 @@ traintape instead (every rank logs, nothing lost on a crash, SQL over the store)
 
 Steps, commits, the config and the summary behave as in W&B 0.31 (traintape.wandb.history,
 .config, .summary). What traintape has no use for (entity, group, job_type, notes) is stored as
-params `wandb.<name>`; arguments with no effect are named in one warning. Media (`Image`,
-`Table`, ...) raise `UnsupportedMediaError`. Inside traintape, `import wandb` is still W&B itself.
+params `wandb.<name>`; arguments with no effect are named in one warning. `Image` and `Table` are
+stored as traintape's media (traintape.emitter.media); other media (`Audio`, `Video`, ...) raise
+`UnsupportedMediaError`. Inside traintape, `import wandb` is still W&B itself.
 """
 
 from __future__ import annotations
@@ -206,15 +207,16 @@ def _warn_no_effect(mode: str | None, options: dict[str, Any]) -> None:
 
 
 def _make_current(new: Run) -> None:
-    global run, config, summary
-    run, config, summary = new, new.config, new.summary
+    global run, config, summary, log
+    run, config, summary, log = new, new.config, new.summary, new.log
 
 
 def _forget(finished: Run) -> None:
     """Called by Run.finish: `wandb.run` is None again, as in W&B."""
-    global run, config, summary
+    global run, config, summary, log
     if run is finished:
         run, config, summary = None, PreInit("wandb.config"), PreInit("wandb.summary")
+        log = _log_current
 
 
 def _current(what: str) -> Run:
@@ -224,7 +226,7 @@ def _current(what: str) -> Run:
     return run
 
 
-def log(
+def _log_current(
     data: dict[str, Any],
     step: int | None = None,
     commit: bool | None = None,
@@ -232,6 +234,12 @@ def log(
 ) -> None:
     """Logs `data` on the current run (see `Run.log`)."""
     _current("log").log(data, step, commit)
+
+
+log = _log_current
+"""`wandb.log`: the current run's `log` while there is one, as W&B's `init` sets it (no Python
+call in between on the hot path), else a function that says to call init() first (which is also
+what `from traintape.wandb import log` gets before init: it logs on the current run)."""
 
 
 def define_metric(

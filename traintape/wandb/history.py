@@ -16,14 +16,16 @@ import numbers
 from collections.abc import Mapping
 from typing import Any
 
+from traintape.emitter.media import MEDIA_TYPES
 from traintape.errors import UnsupportedMediaError
 from traintape.schemas.limits import MAX_INT64
-from traintape.wandb.data_types import Histogram, as_histogram
+from traintape.wandb.data_types import Histogram, Table, as_histogram
 
 logger = logging.getLogger("traintape.wandb")
 
-NUMBER, TEXT, HISTOGRAM = "number", "text", "histogram"
-"""What a logged value becomes: a metric value, a text event, a histogram event."""
+NUMBER, TEXT, HISTOGRAM, MEDIA = "number", "text", "histogram", "media"
+"""What a logged value becomes: a metric value, a text event, a histogram event, or a media
+value of `emitter.log` (an Image or a Table: traintape.emitter.media)."""
 
 
 class StepHistory:
@@ -112,13 +114,16 @@ def flatten_row(data: Any, prefix: str = "", out: dict[str, Any] | None = None) 
 
 
 def kind_of(key: str, value: Any) -> str:
-    """NUMBER, TEXT or HISTOGRAM; UnsupportedMediaError for W&B media, TypeError otherwise."""
+    """NUMBER, TEXT, HISTOGRAM or MEDIA; UnsupportedMediaError for other W&B media, TypeError
+    otherwise."""
     if type(value) in (float, int, bool):
         return NUMBER
     if isinstance(value, str):
         return TEXT
     if isinstance(value, Histogram):
         return HISTOGRAM
+    if type(value) in MEDIA_TYPES or isinstance(value, Table):
+        return MEDIA
     if isinstance(value, numbers.Number) and not isinstance(value, complex):
         return NUMBER  # numpy scalars
     numel = getattr(value, "numel", None)
@@ -130,8 +135,8 @@ def kind_of(key: str, value: Any) -> str:
     cls = type(value)
     if cls.__module__.split(".")[0] == "wandb":
         msg = (
-            f"{key!r}: traintape does not store media yet (a W&B {cls.__name__}); log numbers, "
-            "text (str) or wandb.Histogram, or keep W&B itself for media"
+            f"{key!r}: a {cls.__name__} of W&B itself (`import wandb`); make it with "
+            "`import traintape.wandb as wandb` (Image, Table, Histogram), or keep W&B itself"
         )
         raise UnsupportedMediaError(msg)
     msg = (

@@ -1,7 +1,8 @@
 """`wandb.run`: one run, written through a traintape Emitter.
 
-Committed history rows become one `emitter.log(values, step=...)` each (numbers), `log_text` for
-str values, and histogram events for `Histogram`s, at the row's step; the summary and the
+Committed history rows become one `emitter.log(values, step=...)` each (numbers, and `Image`s and
+`Table`s as traintape's media), `log_text` for str values, and histogram events for `Histogram`s,
+at the row's step; the summary and the
 define_metric rules follow W&B 0.31 (traintape.wandb.summary). A run made with
 `mode="disabled"` has no Emitter and records nothing.
 """
@@ -15,18 +16,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from traintape.errors import RunFinishedError, UnsupportedMediaError
-from traintape.schemas.limits import MAX_INT64
+from traintape.errors import UnsupportedMediaError
 from traintape.wandb.config import Config
-from traintape.wandb.history import NUMBER, TEXT, StepHistory, check_step, flatten_row, kind_of
+from traintape.wandb.data_types import Table
+from traintape.wandb.history import MEDIA, NUMBER, TEXT, StepHistory, kind_of
+from traintape.wandb.rows import SCALARS, RunRows
 from traintape.wandb.summary import Metric, MetricRules, Summary
 
 logger = logging.getLogger("traintape.wandb")
-_SCALARS = frozenset((float, int, bool))
-_STR = frozenset((str,))
 
 
-class Run:
+class Run(RunRows):
     """What `traintape.wandb.init()` returns; `wandb.run` while it is the current run."""
 
     def __init__(
@@ -52,13 +52,18 @@ class Run:
         self.job_type: str | None = extras.get("job_type")
         self.notes: str | None = extras.get("notes")
         self.config = config
-        self.summary = Summary(emitter.summary if emitter is not None else {})
+        self.summary = Summary(
+            emitter.summary if emitter is not None else {}, before_change=self._split_last
+        )
         self._dir = dir
         self._history = StepHistory()
         self._rules = MetricRules()
         self._watchers: list[tuple[Any, Any]] = []
         self._warned: set[str] = set()
         self._finished = False
+        self._plain = self._open_plain = True  # the fast path of log(): traintape.wandb.rows
+        self._values = self.summary._values
+        self._last = self._rules.last = self._values  # one dict until _split_last
         if emitter is not None:
             atexit.register(self._at_exit)  # after the Emitter's: runs before its finish
 
@@ -99,62 +104,10 @@ class Run:
 
     # -- logging -----------------------------------------------------------------------------
 
-    def log(
-        self,
-        data: dict[str, Any],
-        step: int | None = None,
-        commit: bool | None = None,
-        sync: bool | None = None,
-    ) -> None:
-        """W&B's `log`: see traintape.wandb.history for how rows and steps are made."""
-        rules, history = self._rules, self._history
-        if (  # the common calls: Python numbers under names, no definitions, no commit flag
-            commit is None
-            and not (rules.exact or rules.globs or self._finished)
-            and type(data) is dict
-            and _STR.issuperset(map(type, data))
-            and _SCALARS.issuperset(map(type, data.values()))
-        ):
-            if step is None and not history.row:  # one whole row at the next step
-                row_step = history.step
-                history.step = row_step + 1
-                self._write_numbers(row_step, data)
-                return
-            if (  # a new step: the open row (of numbers) is done, this one opens
-                type(step) is int
-                and history.step < step <= MAX_INT64
-                and _SCALARS.issuperset(map(type, history.row.values()))
-            ):
-                if history.row:
-                    self._write_numbers(history.step, history.row)
-                history.row, history.step = data.copy(), step
-                return
-        if self._finished:
-            msg = f"run {self.id} is finished; call traintape.wandb.init() to start another"
-            raise RunFinishedError(msg)
-        # The common call, a flat dict of Python numbers, skips the per-value checks.
-        flat = (
-            type(data) is dict
-            and _STR.issuperset(map(type, data))
-            and _SCALARS.issuperset(map(type, data.values()))
-        )
-        row = data.copy() if flat else flatten_row(data)
-        if step is not None:
-            step = check_step(step)
-        for done_step, done in self._history.add(row, step, commit):
-            self._write(done_step, done)
-
-    def _write_numbers(self, step: int, row: dict[str, Any]) -> None:
-        """`_write` of a row of Python numbers when no metric is defined: the same effect."""
-        self._rules.last.update(row)  # as sync_steps remembers the x-axes
-        self.summary._values.update(row)  # the last values: the default summary
-        if self._emitter is not None and row:
-            self._emitter.log(row, step=step)  # it copies the values it keeps
-
     def _write(self, step: int, row: dict[str, Any]) -> None:
         rules = self._rules
         row = rules.sync_steps(row)
-        scalars = _SCALARS.issuperset(map(type, row.values()))
+        scalars = SCALARS.issuperset(map(type, row.values()))
         if scalars and not (rules.exact or rules.globs):
             self.summary._values.update(row)  # the last values: what record() would store
         else:
@@ -170,6 +123,8 @@ class Run:
             kind = kind_of(key, value)
             if kind == NUMBER:
                 numbers[key] = value
+            elif kind == MEDIA:  # an Image or a Table: emitter.log stores it off this thread
+                numbers[key] = value.media() if isinstance(value, Table) else value
             elif kind == TEXT:
                 em.log_text(key, value, step)
             else:
@@ -191,6 +146,7 @@ class Run:
         """W&B's `define_metric`; stored as params `wandb.metric.<name>.<field>`."""
         if step_metric is not None and not isinstance(step_metric, str):
             step_metric = step_metric.name  # a Metric, as W&B takes it
+        self._split_last()
         metric = self._rules.define(
             name,
             overwrite,
@@ -200,6 +156,7 @@ class Run:
             summary=summary,
             goal=goal,
         )
+        self._plain = False  # every later row goes through sync_steps and the summary's rules
         if self._emitter is not None:
             self._emitter.log_params(metric.params())
         return metric
@@ -271,6 +228,7 @@ class Run:
             return
         self._flush_open_row()
         self._finished = True
+        self._plain = False
         if self._emitter is not None:
             atexit.unregister(self._at_exit)
             from traintape import emitter as emitter_api
@@ -284,6 +242,7 @@ class Run:
         module._forget(self)
 
     def _flush_open_row(self) -> None:
+        self._split_last()
         for step, row in self._history.take_open():
             self._write(step, row)
 

@@ -15,7 +15,7 @@ The summary lives in the Emitter's `summary` dict, which the run's `run_end` eve
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -127,10 +127,15 @@ def _ops(summary: str, goal: str | None) -> list[str]:
 class Summary:
     """`wandb.summary`: dict-like, with attribute access; values set by hand win until logged."""
 
-    def __init__(self, values: dict[str, Any]) -> None:
+    def __init__(
+        self, values: dict[str, Any], before_change: Callable[[], None] | None = None
+    ) -> None:
         object.__setattr__(self, "_values", values)  # the Emitter's summary: stored at run_end
         object.__setattr__(self, "_explicit", set())
         object.__setattr__(self, "_stats", {})
+        # Called before a value is set or deleted by hand (the Run's summary dict is also its
+        # last values logged until then: traintape.wandb.rows).
+        object.__setattr__(self, "_before_change", before_change or _nothing)
 
     def record(self, row: dict[str, Any], rules: MetricRules) -> None:
         """Takes one committed history row into the summary."""
@@ -169,6 +174,7 @@ class Summary:
         if not isinstance(key, str):
             msg = f"summary keys are str, got {key!r}"
             raise TypeError(msg)
+        self._before_change()
         self._values[key] = _stored(value)
         self._explicit.add(key)
         self._stats.pop(key, None)
@@ -188,6 +194,7 @@ class Summary:
             raise AttributeError(msg) from None
 
     def __delitem__(self, key: str) -> None:
+        self._before_change()
         del self._values[key]
         self._explicit.discard(key)
         self._stats.pop(key, None)
@@ -224,6 +231,10 @@ class Summary:
 
     def __repr__(self) -> str:
         return repr(self.as_dict())
+
+
+def _nothing() -> None:
+    pass
 
 
 def _is_number(value: Any) -> bool:
