@@ -591,3 +591,18 @@ def test_remote_bind_needs_allow_remote_and_then_a_token(dashboard: Dashboard) -
         assert get(base + "/api/runs", {"Authorization": f"Bearer {token}"})[0] == 200
     finally:
         assert "stopped" in stop_ui(proc)
+
+
+def test_the_page_gets_the_basic_plotly_bundle_when_installed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`plotly_js()` serves the vendored scatter-only bundle `make install` puts in place, and
+    the plotly package's full bundle when it is absent (pip users without npm)."""
+    from traintape.ui import server
+
+    basic = tmp_path / "plotly-basic.min.js"
+    monkeypatch.setattr(server, "PLOTLY_BASIC", basic)
+    full = server.plotly_js()
+    assert full.name == "plotly.min.js" and full.parent.name == "package_data" and full.is_file()
+    basic.write_text("/* basic */")
+    assert server.plotly_js() == basic

@@ -99,7 +99,7 @@ function systemCharts(node, runId, keys) {
 }
 
 export async function renderRun(root, runId, query) {
-  plotlyReady().catch(() => {}); // fetched and parsed while the run's answers come; charts wait
+  // Plotly (fetched already: index.html) runs when the first panel has asked for its series.
   const asked = api(`/api/run/${encodeURIComponent(runId)}`);
   const head = el("div");
   const checkpoints = el("div");
@@ -192,8 +192,9 @@ export async function renderCompare(root, query) {
     root.append(el("div", { class: "muted" }, "no runs chosen: select runs in the table"));
     return { stop() {} };
   }
-  plotlyReady().catch(() => {}); // fetched and parsed while the runs' answers come
-  const details = await Promise.all(ids.map((id) => api(`/api/run/${encodeURIComponent(id)}`)));
+  const asked = ids.map((id) => api(`/api/run/${encodeURIComponent(id)}`));
+  plotlyReady().catch(() => {}); // run while the runs' answers come; charts wait for it
+  const details = await Promise.all(asked);
   const runs = details.map((d) => d.run);
   const { flat, keys } = differing(details);
   const table = keys.length ? el("table", { class: "diff" },

@@ -180,27 +180,21 @@ export function markOnce(name) {
 let plotly = null;
 
 /** Resolves to Plotly once its script has run; the first call adds the script to the page (a
- * page that draws no chart, such as the runs table, never pays for parsing its 4.8 MB). */
+ * page that draws no chart, such as the runs table, never pays for parsing it). */
 export function plotlyReady() {
   if (!plotly) {
     plotly = window.Plotly ? Promise.resolve(window.Plotly) : new Promise((resolve, reject) => {
-      // index.html adds it at once on a page of charts; elsewhere it is added here
-      const added = document.getElementById("plotly");
-      const script = added || el("script", { id: "plotly", src: "static/plotly.min.js",
-        async: true });
+      // on a page of charts index.html has fetched it already (preload): this runs it
+      const script = el("script", { id: "plotly", src: "static/plotly.min.js", async: true });
       const failed = () => {
         plotly = null; // a later chart tries again
         script.remove();
         reject(new Error(
           "static/plotly.min.js did not load: is the plotly package installed (traintape[ui])?"));
       };
-      if (added && added.dataset.failed) {
-        failed();
-        return;
-      }
       script.addEventListener("load", () => resolve(window.Plotly));
       script.addEventListener("error", failed);
-      if (!added) document.head.append(script);
+      document.head.append(script);
     });
   }
   return plotly;
