@@ -151,6 +151,32 @@ def test_finish_without_collector_does_not_wait_its_timeout_and_says_how_to_deli
     assert f"`traintape replay --store {store}`" in line
 
 
+def test_the_commands_said_name_the_collector_a_run_aims_at(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With $TRAINTAPE_COLLECTOR_ID set (a collector per node), the serve and replay commands
+    the emitter and doctor suggest name that collector: its spool is where the batches wait."""
+    from types import SimpleNamespace
+
+    from traintape.cli.doctor import _spool_check
+    from traintape.emitter.absence import Where
+    from traintape.emitter.report import _spooled
+
+    store = tmp_path / "store"
+    monkeypatch.setenv("TRAINTAPE_COLLECTOR_ID", "node-b")
+    where = Where.resolve(None, store, ("ipc:///nowhere.sock", store))
+    assert where.serve() == f"traintape serve --store {store} --collector-id node-b"
+    report = SimpleNamespace(spooled=3, run_id="r1", spool_path=spool_dir(store))
+    line = _spooled(report, where, 5.0, "no socket file")  # type: ignore[arg-type]
+    assert f"`traintape replay --store {store} --collector-id node-b`" in line
+    assert spool_dir(store) == store / "collectors" / "node-b" / "spool"
+    run = emitter.init(project="p", store=store, address=f"ipc://{tmp_path}/nobody.sock")
+    emitter.log({"loss": 1.0}, step=0)
+    assert emitter.finish(timeout=0.1).spooled > 0  # type: ignore[union-attr]
+    assert [f.name.split(".")[0] for f in spool_dir(store).iterdir()] == [run.run_id]
+    assert _spool_check(store).fix == f"traintape replay --store {store} --collector-id node-b"
+
+
 @pytest.mark.slow
 def test_finish_waits_for_a_collector_that_is_restarting(tmp_path: Path) -> None:
     """A collector that answered this run moments ago and is down when finish() is called is

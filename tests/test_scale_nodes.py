@@ -372,3 +372,66 @@ def test_a_rank_killed_on_one_node_makes_the_run_crashed_with_its_checkpoint(
         f"{run}@{node}" for node in NODES
     }
     assert set(os.listdir(store / "collectors")) == set(NODES)
+
+
+@pytest.mark.slow
+def test_a_spool_is_replayed_only_to_the_collector_it_was_meant_for(
+    nodes: dict[str, CollectorProcess],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """An emitter of node-b that could not reach it spools into node-b's own spool: `traintape
+    gc` waits for it, `replay --collector-id node-a` leaves it alone, and `replay --collector-id
+    node-b` delivers it to node-b alone (its run folders only)."""
+    from traintape.cli.main import main
+    from traintape.emitter.emitter import Emitter
+
+    store = nodes["node-a"].store
+    monkeypatch.delenv("TRAINTAPE_SPOOL_DIR", raising=False)
+    monkeypatch.setenv("TRAINTAPE_COLLECTOR_ID", "node-b")
+    nobody = f"ipc://{store.parent}/nobody.sock"
+    em = Emitter("spooled", store=store, address=nobody, run_id="spooled-b", spool_after=0.1)
+    for step in range(50):
+        em.log({"loss": float(step)}, step=step)
+    assert em.finish(timeout=1).spooled > 0
+    spool = StoreLayout(store, "node-b").spool
+    spooled = list(spool.glob("*.spool"))
+    assert spooled and not list((store / "spool").glob("*.spool"))
+    assert main(["gc", "--store", str(store), "--dry-run"]) == 1
+    assert str(spool) in capsys.readouterr().err
+    assert main(["replay", "--store", str(store), "--collector-id", "node-a"]) == 0
+    assert [p.exists() for p in spooled] == [True] * len(spooled)
+    assert main(["replay", "--store", str(store), "--collector-id", "node-b"]) == 0
+    assert not list(spool.glob("*.spool"))
+    wait_for(store, "SELECT count(*) FROM metrics WHERE run_id = 'spooled-b'", 50, 60)
+    folders = {p.name for p in (store / "tables" / "metrics").iterdir()}
+    assert {f for f in folders if f.startswith("spooled-b")} == {"spooled-b@node-b"}
+
+
+@pytest.mark.slow
+def test_sync_replays_a_run_from_every_collectors_journal(
+    nodes: dict[str, CollectorProcess], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`traintape sync` of a run whose rank 0 logged to node-a and rank 1 to node-b reads both
+    journals: TensorBoard gets the mean of both ranks at every step, each step once."""
+    from tests.test_sink_tensorboard import read_scalars
+    from traintape.cli.main import main
+    from traintape.emitter.emitter import Emitter
+
+    store, run, steps = nodes["node-a"].store, "synced-ab", 40
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    ems = []
+    for rank, node in enumerate(NODES):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("TRAINTAPE_COLLECTOR_ID", node)
+        ems.append(Emitter("nodes", name="ab", run_id=run, store=store))
+    for step in range(steps):
+        for rank, em in enumerate(ems):
+            em.log({"x": float(step + 100 * rank)}, step=step)
+    for em in ems:
+        assert em.finish(timeout=30).lost == 0
+    wait_for(store, f"SELECT count(*) FROM metrics WHERE run_id = '{run}'", 2 * steps, 60)
+    argv = ["sync", run, "--to", f"tensorboard={tmp_path}", "--ranks", "mean"]
+    assert main([*argv, "--store", str(store)]) == 0
+    scalars = read_scalars(tmp_path / "nodes" / "ab")
+    assert [(s, v) for s, v, _ in scalars["x"]] == [(s, s + 50.0) for s in range(steps)]

@@ -425,3 +425,122 @@ def test_two_stores_publishing_as_one_collector_are_refused(tmp_path: Path) -> N
     assert not other.round()
     assert "published by another store folder" in (other.status()["last_error"] or "")
     assert fake.objects == before
+
+
+READ_COMMANDS = (
+    ["runs"],
+    ["show", "{run}"],
+    ["compare", "{run}"],
+    ["best", "--metric", "loss"],
+    ["importance", "--metric", "loss"],
+    ["plot", "{run}", "--metric", "loss", "-o", "{out}/curves.png"],
+    ["export", "{run}", "-o", "{out}/export"],
+    ["checkpoints", "{run}"],
+    ["tail", "{run}", "--once"],
+    ["artifacts", "{run}"],
+)
+LOCAL_COMMANDS = (
+    ["status"],
+    ["doctor"],
+    ["replay"],
+    ["serve"],
+    ["gc"],
+    ["sync", "{run}", "--to", "tensorboard={out}/tb"],
+    ["artifacts", "get", "{run}", "notes.txt", "-o", "{out}"],
+)
+
+
+@pytest.mark.slow
+def test_every_command_reads_an_s3_store_or_says_at_once_why_not(
+    s3: S3Server, publishing: CollectorProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each command that reads tables answers from `--store s3://...` as from the folder; each
+    that needs the store's folder (a journal, a collector's state, a spool, artifacts' content)
+    exits 1 at once saying that the bucket holds only the published tables."""
+    from traintape.cli.main import main
+
+    em = log_run(publishing.store, 100, chunks=1)
+    em.log_artifact(b"hello", "notes.txt")
+    em.finish(timeout=30)
+    wait_until("the run in the bucket", lambda: counts(em.run_id)[0] == 200)
+    wait_until(
+        "its artifact in the bucket",
+        lambda: traintape.connect(URL).execute("SELECT count(*) FROM artifacts").fetchone()[0],
+    )
+    for argv in READ_COMMANDS:
+        args = [a.format(run=em.run_id, out=tmp_path) for a in argv]
+        capsys.readouterr()
+        assert main([*args, "--store", URL]) == 0, (args, capsys.readouterr())
+        if argv[0] == "artifacts":
+            assert "notes.txt" in capsys.readouterr().out
+    assert (tmp_path / "curves.png").stat().st_size > 0
+    assert len(list((tmp_path / "export").iterdir())) >= 4
+    for argv in LOCAL_COMMANDS:
+        args = [a.format(run=em.run_id, out=tmp_path) for a in argv]
+        capsys.readouterr()
+        assert main([*args, "--store", URL]) == 1, args
+        err = capsys.readouterr().err
+        assert f"{URL} holds only the published tables: " in err and "--store DIR" in err, err
+
+
+@pytest.mark.slow
+def test_the_dashboard_follows_an_s3_store_through_compaction_and_deletion(
+    s3: S3Server, publishing: CollectorProcess
+) -> None:
+    """`traintape ui --store s3://...` answers from the bucket, and once the run ends, is merged
+    and its part objects deleted (5 s after the manifest that dropped them), the same server
+    shows the run completed with every value, read from the merged object; an artifact's
+    content, not published, is a 404 that says so."""
+    em = log_run(publishing.store, 400, chunks=4)
+    wait_until("the parts in the bucket", lambda: counts(em.run_id)[0] == 800)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "traintape", "ui", "--store", URL, "--port", "0"],
+        env=s3.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert URL in line, line + proc.stdout.read()
+        base = line.split(" at ", 1)[1].strip().rstrip("/")
+
+        def api(path: str) -> tuple[int, Any]:
+            import urllib.error
+            import urllib.request
+
+            try:
+                with urllib.request.urlopen(base + path, timeout=30) as r:
+                    return r.status, json.loads(r.read())
+            except urllib.error.HTTPError as e:
+                return e.code, json.loads(e.read())
+
+        series = f"/api/series?run={em.run_id}&key=loss&ranks=all"
+        assert api(series)[1]["total_points"] == 400
+
+        def status() -> str:
+            (run,) = [r for r in api("/api/runs")[1]["runs"] if r["run_id"] == em.run_id]
+            return str(run["status"])
+
+        assert status() == "running"
+        em.finish(timeout=30)
+        prefix = f"runs/team-a/tables/metrics/{em.run_id}/"
+
+        def merged_and_deleted() -> bool:
+            found = s3.client().list_objects_v2(Bucket=BUCKET, Prefix=prefix).get("Contents", [])
+            return [o["Key"].rsplit("/", 1)[1][:8] for o in found] == ["compact-"]
+
+        wait_until("the run merged and its parts deleted", merged_and_deleted)
+        wait_until("the dashboard to show the run completed", lambda: status() == "completed")
+        code, body = api(series)
+        assert code == 200 and body["total_points"] == 400, body
+        code, body = api(f"/api/object/{'0' * 64}?run={em.run_id}")
+        assert code == 404 and "published tables only" in body["error"]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

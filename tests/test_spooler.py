@@ -85,3 +85,31 @@ def test_what_finish_cannot_spool_is_counted_lost_loudly(
         spooler.append_all(batches, "run")
     assert transport.unacked_events == sum(SIZES)
     assert any(f"LOST {sum(SIZES)} events of run run" in r.message for r in caplog.records)
+
+
+def test_each_collector_has_its_own_spool_and_gc_sees_them_all(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An emitter's spool is the one of the collector $TRAINTAPE_COLLECTOR_ID names (the one
+    its default address reaches), in the collector's home or under $TRAINTAPE_SPOOL_DIR, and
+    `StoreLayout.spools()` lists every collector's (what `traintape gc` checks)."""
+    from traintape.layout import StoreLayout
+    from traintape.paths import spool_dir
+
+    store = tmp_path / "store"
+    monkeypatch.delenv("TRAINTAPE_SPOOL_DIR", raising=False)
+    monkeypatch.delenv("TRAINTAPE_COLLECTOR_ID", raising=False)
+    assert spool_dir(store) == store / "spool"  # the store's own collector: as before
+    monkeypatch.setenv("TRAINTAPE_COLLECTOR_ID", "node-b")
+    assert spool_dir(store) == store / "collectors" / "node-b" / "spool"
+    assert spool_dir(store, "node-a") == store / "collectors" / "node-a" / "spool"
+    for folder in (spool_dir(store), store / "spool"):
+        folder.mkdir(parents=True)
+    (store / "collectors" / "node-a").mkdir()  # a collector that never spooled
+    assert StoreLayout(store).spools() == [store / "spool", spool_dir(store)]
+    apart = tmp_path / "local-spool"
+    monkeypatch.setenv("TRAINTAPE_SPOOL_DIR", str(apart))
+    assert spool_dir(store) == apart / "collectors" / "node-b"
+    spool_dir(store).mkdir(parents=True)
+    # The store's own collector's spool is the folder itself, theirs are below it.
+    assert StoreLayout(store).spools() == [apart, spool_dir(store)]

@@ -14,7 +14,7 @@
       state/sinks/<sink>.json                         each sink's cursor and state
       state/liveness.json                             what the collector knows of live runs
       deadletter/                                     what the collector and materializer refused
-      spool/<run>.<rank>.<source>.spool               batches waiting for a collector
+      spool/<run>.<rank>.<source>.spool               batches waiting for this collector
       checkpoints/<run_id>/                           checkpoint files
       artifacts/objects/<sha256[:2]>/<sha256[2:]>      logged artifacts, by content (private)
       artifacts/tmp/  artifacts/gc.lock               copies under way; gc against writers
@@ -23,9 +23,10 @@
 
 Several collectors (one per node, `traintape serve --collector-id ID`) can share one store root.
 Each owns its own folder, `collectors/<ID>/`, holding what the root holds for the default
-collector (collector.lock, .pid, .sock, journal/, state/, deadletter/, tensorboard/), and its own
-run folders, `tables/<table>/<run folder>@<ID>/` (a run folder name never holds `@`), so nothing
-is locked across collectors and every reader's `tables/<table>/*/*.parquet` glob sees them all.
+collector (collector.lock, .pid, .sock, journal/, state/, deadletter/, tensorboard/, spool/),
+and its own run folders, `tables/<table>/<run folder>@<ID>/` (a run folder name never holds
+`@`), so nothing is locked across collectors and every reader's `tables/<table>/*/*.parquet` glob
+sees them all.
 No id is the store's own collector: the layout above, unchanged.
 
 Importing this module imports nothing but the standard library.
@@ -93,8 +94,8 @@ def data_file_range(name: str) -> tuple[int, int] | None:
 
 def check_collector_id(collector: str | None, where: str = "--collector-id") -> str | None:
     """`collector` if it names a collector safely (COLLECTOR_ID_PATTERN), None for none."""
-    if collector is None or COLLECTOR_ID_PATTERN.fullmatch(collector):
-        return collector
+    if collector is None or (type(collector) is str and COLLECTOR_ID_PATTERN.fullmatch(collector)):
+        return collector  # (a YAML `collector_id: 42` is an int: refused as any other bad id)
     msg = (
         f"{where}: {collector!r} is not a collector id: 1-64 characters, letters, digits, "
         "`.`, `_`, `-`, starting with a letter or digit (the node's host name, say)"
@@ -237,9 +238,26 @@ class StoreLayout:
 
     @property
     def spool(self) -> Path:
-        """Where emitters spool; $TRAINTAPE_SPOOL_DIR moves it off the store's disk."""
+        """Where emitters of this collector spool; $TRAINTAPE_SPOOL_DIR moves it off the store's
+        disk. Each collector has its own (`<home>/spool`, `$TRAINTAPE_SPOOL_DIR/collectors/<ID>`),
+        so `traintape replay` of one collector never delivers batches meant for another."""
         override = os.environ.get("TRAINTAPE_SPOOL_DIR")
-        return Path(override).expanduser().resolve() if override else self.root / "spool"
+        base = Path(override).expanduser().resolve() if override else None
+        if self.collector is None:
+            return base if base is not None else self.root / "spool"
+        return base / COLLECTORS / self.collector if base is not None else self.home / "spool"
+
+    def spools(self) -> list[Path]:
+        """Every collector's spool folder that exists (the store's own first, then by id)."""
+        ids = {p.name for p in (self.root / COLLECTORS).glob("*") if p.is_dir()}
+        ids |= {p.name for p in (StoreLayout(self.root).spool / COLLECTORS).glob("*")}
+        found = [StoreLayout(self.root).spool]
+        found += [
+            StoreLayout(self.root, i).spool
+            for i in sorted(ids)
+            if COLLECTOR_ID_PATTERN.fullmatch(i)
+        ]
+        return [f for f in found if f.is_dir()]
 
     def checkpoints(self, run_id: str) -> Path:
         return self.root / "checkpoints" / run_id

@@ -18,7 +18,7 @@ import stat
 import tempfile
 from pathlib import Path
 
-from traintape.errors import SecurityError
+from traintape.errors import SecurityError, StoreError
 from traintape.layout import COLLECTOR_ID_ENV, StoreLayout, check_collector_id
 
 DEFAULT_STORE_NAME = "traintape-store"
@@ -41,6 +41,17 @@ def remote_store(store: str | os.PathLike[str] | None = None) -> str | None:
     tables are on object storage: traintape.read.remote), or None for a store folder."""
     chosen = store if store is not None else os.environ.get("TRAINTAPE_STORE")
     return chosen if isinstance(chosen, str) and chosen.startswith("s3://") else None
+
+
+def local_store(store: str | os.PathLike[str] | None, why: str) -> Path:
+    """`resolve_store(store)` for a command that needs the store's folder itself (a journal, a
+    collector's state, a spool, artifact objects): an s3:// store, which holds the published
+    tables only, is refused at once with `why` (what the command needs, and where to run it)."""
+    url = remote_store(store)
+    if url is not None:
+        msg = f"{url} holds only the published tables: {why}"
+        raise StoreError(msg)
+    return resolve_store(store)
 
 
 def store_origin(given: object, argument: str) -> str | None:
@@ -87,13 +98,20 @@ def default_address(store: Path, collector: str | None = None) -> str:
 def resolve_address(address: str | None, store: Path) -> str:
     """The argument, else $TRAINTAPE_ADDRESS, else the default ipc:// socket of the store's
     collector ($TRAINTAPE_COLLECTOR_ID names one of several: traintape.layout)."""
-    collector = check_collector_id(os.environ.get(COLLECTOR_ID_ENV) or None, COLLECTOR_ID_ENV)
-    return address or os.environ.get("TRAINTAPE_ADDRESS") or default_address(store, collector)
+    return address or os.environ.get("TRAINTAPE_ADDRESS") or default_address(store, env_collector())
 
 
-def spool_dir(store: Path) -> Path:
-    """Where an emitter spools batches the collector has not acknowledged in time."""
-    return StoreLayout(store).spool
+def spool_dir(store: Path, collector: str | None = None) -> Path:
+    """Where an emitter spools batches the collector has not acknowledged in time: the spool of
+    `collector`, else of $TRAINTAPE_COLLECTOR_ID's (the one whose socket `resolve_address`
+    picks), so a batch waits only in the spool of the collector it was meant for."""
+    return StoreLayout(store, collector or env_collector()).spool
+
+
+def env_collector() -> str | None:
+    """$TRAINTAPE_COLLECTOR_ID, checked: the collector an emitter (and `replay`) aims at when
+    no address says otherwise."""
+    return check_collector_id(os.environ.get(COLLECTOR_ID_ENV) or None, COLLECTOR_ID_ENV)
 
 
 def owner_name(uid: int) -> str:

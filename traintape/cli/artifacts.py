@@ -20,7 +20,12 @@ def add_parsers(sub: Any) -> None:
         help="a run's artifacts; `artifacts get RUN NAME -o DIR` fetches one, hash verified",
     )
     p.add_argument("words", nargs="+", metavar="RUN | get RUN NAME", help="what to list or get")
-    p.add_argument("--store", default=None, help="store folder (default: $TRAINTAPE_STORE)")
+    p.add_argument(
+        "--store",
+        default=None,
+        help="store folder, or s3://BUCKET/PREFIX to list (`get` needs the folder) "
+        "(default: $TRAINTAPE_STORE)",
+    )
     p.add_argument("-o", "--out", default=".", help="folder `get` writes the file into")
     p.add_argument("--rank", type=int, help="only this rank's artifacts")
     p.add_argument("--format", choices=("table", "csv", "json"), default="table", help=_FORMAT)
@@ -40,6 +45,7 @@ def add_parsers(sub: Any) -> None:
 
 
 def _cmd_artifacts(args: argparse.Namespace) -> int:
+    from traintape.paths import local_store
     from traintape.read.artifacts import artifact_rows, fetch
     from traintape.read.history import resolve_run
     from traintape.read.query import store_of
@@ -50,6 +56,13 @@ def _cmd_artifacts(args: argparse.Namespace) -> int:
     if not getting and len(words) != 1:
         print("usage: traintape artifacts RUN | traintape artifacts get RUN NAME", file=sys.stderr)
         return 2
+    if getting:  # the content is in the store's folder, never published with the tables
+        local_store(
+            args.store,
+            "artifacts' content is not published to object storage (only the tables, which "
+            "list them: `traintape artifacts RUN --store s3://...`); get it from the store "
+            "folder: --store DIR",
+        )
     con = connect(args.store)
     try:
         run_id = resolve_run(con, words[1] if getting else words[0])
@@ -81,10 +94,16 @@ def _cell(value: Any, column: str, fmt: str) -> Any:
 
 
 def _cmd_gc(args: argparse.Namespace) -> int:
+    from traintape.paths import local_store
     from traintape.read.artifacts import gc
     from traintape.read.query import store_of
     from traintape.read.store import connect
 
+    local_store(
+        args.store,
+        "gc removes artifact objects from the store folder (they are not published to object "
+        "storage): run it with --store DIR",
+    )
     con = connect(args.store)
     try:
         store = store_of(con)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from traintape.layout import StoreLayout
-from traintape.paths import resolve_address, resolve_store, spool_dir
+from traintape.paths import default_address, local_store, resolve_address, spool_dir
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -25,7 +25,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     except (ConfigError, SinkError) as exc:
         print(f"traintape serve: {exc}", file=sys.stderr)
         return 2
-    store = resolve_store(args.store if args.store is not None else config.store)
+    store = local_store(
+        args.store if args.store is not None else config.store,
+        "a collector journals into a local store folder (--store DIR); it publishes its tables "
+        "with --tables s3://BUCKET/PREFIX",
+    )
     binds = args.bind or config.bind
     try:
         collector_id = _collector_id(config.option("collector_id", args.collector_id, None))
@@ -102,7 +106,11 @@ def _cmd_sync(args: argparse.Namespace) -> int:
     from traintape.errors import ConfigError, SinkError, SyncError
     from traintape.sinks.sync import sync_run
 
-    store = resolve_store(args.store)
+    store = local_store(
+        args.store,
+        "sync replays a run from the collectors' journals, which stay on local disk: run it "
+        "with --store DIR, the store folder the collectors write",
+    )
     try:
         config = single(args.to, args.config)
         if args.ranks:
@@ -145,16 +153,30 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     from traintape.emitter.replay import replay
     from traintape.errors import ReplayError
 
-    store = resolve_store(args.store)
-    folder = Path(args.spool) if args.spool else spool_dir(store)
-    address = resolve_address(args.address, store)
+    store = local_store(
+        args.store,
+        "replay delivers the spool emitters left on a node to that node's collector: run it "
+        "there with --store DIR (and --collector-id ID)",
+    )
+    collector = _collector_id(args.collector_id)
+    # The collector's own spool and its own socket: batches spooled for one collector are never
+    # delivered to another (whose dedup could not tell them from new ones).
+    folder = Path(args.spool) if args.spool else spool_dir(store, collector)
+    if args.address:
+        address = args.address
+    elif args.collector_id:  # named here: its socket, whatever $TRAINTAPE_ADDRESS says
+        address = default_address(store, collector)
+    else:
+        address = resolve_address(None, store)
     try:
         result = replay(folder, address, args.timeout, progress=lambda s: print(s, file=sys.stderr))
     except ReplayError as exc:
         print(f"traintape replay: {exc}", file=sys.stderr)
         print(
-            f"traintape replay: the store is {store}: start `traintape serve --store {store}` "
-            "(or pass --store / --address for the collector you mean), then replay again",
+            f"traintape replay: the store is {store}: start `traintape serve --store {store}"
+            + (f" --collector-id {collector}" if collector else "")
+            + "` (or pass --store / --collector-id / --address for the collector you mean), "
+            "then replay again",
             file=sys.stderr,
         )
         return 1
@@ -175,7 +197,11 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 def _cmd_status(args: argparse.Namespace) -> int:
     from traintape.errors import ConfigError
 
-    store = resolve_store(args.store)
+    store = local_store(
+        args.store,
+        "status reads a collector's state in its store folder: run it with --store DIR (and "
+        "--collector-id ID) where that folder is",
+    )
     try:
         layout = StoreLayout(store, _collector_id(args.collector_id))
     except ConfigError as exc:

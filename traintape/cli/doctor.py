@@ -26,8 +26,9 @@ from traintape.layout import COLLECTOR_ID_ENV, StoreLayout, check_collector_id
 from traintape.paths import (
     DEFAULT_STORE_NAME,
     address_origin,
+    env_collector,
+    local_store,
     resolve_address,
-    resolve_store,
     spool_dir,
     store_origin,
 )
@@ -46,7 +47,11 @@ class Check:
 
 
 def _cmd_doctor(args: argparse.Namespace) -> int:
-    store = resolve_store(args.store)
+    store = local_store(
+        args.store,
+        "doctor checks a collector and the emitters of this machine: run it with --store DIR, "
+        "the store folder (`traintape query --store s3://...` reads the tables)",
+    )
     # The collector this process's emitters reach: $TRAINTAPE_COLLECTOR_ID's, as resolve_address.
     collector = os.environ.get(COLLECTOR_ID_ENV) or None
     layout = StoreLayout(store, check_collector_id(collector, COLLECTOR_ID_ENV))
@@ -203,7 +208,9 @@ def _spool_check(store: Path) -> Check:
     )
     if not waiting:
         return Check("spool", "ok", found)
-    return Check("spool", "warn", found, f"traintape replay --store {store}")
+    collector = env_collector()
+    fix = f"traintape replay --store {store}" + (f" --collector-id {collector}" if collector else "")
+    return Check("spool", "warn", found, fix)
 
 
 def _alive(pid: int) -> bool:

@@ -200,7 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("replay", help="deliver spooled batches to the collector, exactly once")
     _store_arg(p)
-    p.add_argument("--spool", help="spool folder (default: <store>/spool or $TRAINTAPE_SPOOL_DIR)")
+    _collector_id_arg(p)
+    p.add_argument("--spool", help="spool folder (default: the collector's, docs/scale.md)")
     p.add_argument(
         "--address", help="collector address (default: $TRAINTAPE_ADDRESS or the store's)"
     )

@@ -309,7 +309,8 @@ def _cmd_tail(args: argparse.Namespace) -> int:
 
     from traintape.read import history
 
-    con = _connect(args)
+    tables = _followed(args.store)
+    con = tables.database() if tables is not None else _connect(args)
     deadline = None if args.seconds is None else time.monotonic() + args.seconds
     clear = sys.stdout.isatty()
     run_id = history.resolve_run(con, args.run) if args.run else None
@@ -330,6 +331,21 @@ def _cmd_tail(args: argparse.Namespace) -> int:
         if args.once or (deadline is not None and time.monotonic() >= deadline):
             return 0
         time.sleep(args.interval)
+        if tables is not None:  # a folder's views see new files; an s3:// store's, new manifests
+            tables.update()
+
+
+def _followed(store: str | None) -> Any:
+    """The tables of an s3:// store as a long-lived reader follows them (RemoteTables), else
+    None (a store folder's views read its files as they are at each query)."""
+    from traintape.paths import remote_store
+
+    url = remote_store(store)
+    if url is None:
+        return None
+    from traintape.read.remote import RemoteTables
+
+    return RemoteTables(url, refresh_s=0.0)  # tail asks once per refresh anyway
 
 
 def _cmd_checkpoints(args: argparse.Namespace) -> int:

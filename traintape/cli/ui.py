@@ -7,8 +7,9 @@ import secrets
 import signal
 import socket
 import sys
+from typing import Any
 
-from traintape.paths import resolve_store
+from traintape.paths import remote_store, resolve_store
 
 UI_EXTRA = "the dashboard needs its extra: pip install 'traintape[ui]'"
 
@@ -19,7 +20,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument(
         "--store",
         default=None,
-        help="store folder (default: $TRAINTAPE_STORE, else ./traintape-store)",
+        help="store folder, or s3://BUCKET/PREFIX for the tables published there (read-only; "
+        "no artifacts' content) (default: $TRAINTAPE_STORE, else ./traintape-store)",
     )
     p.add_argument("--port", type=int, default=8421, help="TCP port; 0 picks a free one")
     p.add_argument("--bind", default="127.0.0.1", metavar="HOST", help="address to listen on")
@@ -58,9 +60,25 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def _cmd_ui(args: argparse.Namespace) -> int:
+def _store(given: str | None) -> Any:
+    """The store the dashboard reads: a store folder, or the tables published at an s3:// URL,
+    followed as the collectors' manifests change (traintape.ui.stores)."""
     from traintape.errors import StoreNotFoundError
     from traintape.layout import StoreLayout
+
+    remote = remote_store(given)
+    if remote is not None:
+        from traintape.read.remote import RemoteTables
+
+        return RemoteTables(remote)
+    store = resolve_store(given)
+    if not StoreLayout(store).tables.is_dir():
+        msg = f"no traintape store at {store}: pass --store DIR (the folder `serve` writes)"
+        raise StoreNotFoundError(msg)
+    return store
+
+
+def _cmd_ui(args: argparse.Namespace) -> int:
     from traintape.security import remote_reason
 
     try:
@@ -81,10 +99,7 @@ def _cmd_ui(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    store = resolve_store(args.store)
-    if not StoreLayout(store).tables.is_dir():
-        msg = f"no traintape store at {store}: pass --store DIR (the folder `serve` writes)"
-        raise StoreNotFoundError(msg)
+    store = _store(args.store)
     token = secrets.token_urlsafe(24) if reason is not None else None
     try:
         sock = _listen(args.bind, args.port)
@@ -93,7 +108,7 @@ def _cmd_ui(args: argparse.Namespace) -> int:
         return 2
     app = create_app(store, token, args.bind)
     url = _url(sock, token)
-    print(f"traintape ui: {store} at {url}", flush=True)
+    print(f"traintape ui: {getattr(store, 'url', store)} at {url}", flush=True)
     if token:
         print("traintape ui: the token in that URL is required by every request", flush=True)
     if args.open:

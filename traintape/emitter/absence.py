@@ -47,6 +47,7 @@ class Where:
     address_origin: str
     store: Path
     store_origin: str
+    collector: str | None = None  # $TRAINTAPE_COLLECTOR_ID: its spool, its collector
 
     @classmethod
     def resolve(cls, address: str | None, store: object, resolved: tuple[str, Path]) -> Where:
@@ -56,11 +57,15 @@ class Where:
             f"./{DEFAULT_STORE_NAME} of the current folder {os.getcwd()}"
         )
         address_from = paths.address_origin(address, "init(address=...)") or "the store's socket"
-        return cls(final_address, address_from, final_store, store_from)
+        return cls(final_address, address_from, final_store, store_from, paths.env_collector())
 
     def serve(self) -> str:
-        """The command that starts a collector for this store."""
-        return f"traintape serve --store {self.store}"
+        """The command that starts a collector for this store (this node's, with an id)."""
+        return f"traintape serve --store {self.store}{self.collector_arg()}"
+
+    def collector_arg(self) -> str:
+        """` --collector-id ID` when the run aims at a named collector (its spool is that one's)."""
+        return f" --collector-id {self.collector}" if self.collector else ""
 
     def no_collector(self, reason: str) -> str:
         """The one line said at init when nothing listens."""

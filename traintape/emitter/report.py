@@ -59,7 +59,7 @@ def say_what_is_missing(
 
 
 def _spooled(report: FinishReport, where: Where, timeout: float, absent: str | None) -> str:
-    replay = f"traintape replay --store {where.store}"
+    replay = f"traintape replay --store {where.store}{where.collector_arg()}"
     if where.address_origin != "the store's socket":  # replay must aim where the run did
         replay += f" --address {where.address}"
     if absent is None:

@@ -33,6 +33,8 @@ from traintape.read.query import records, rows, run_rows
 
 _CHUNK = 8 << 20
 _HEX = frozenset("0123456789abcdef")
+_NAME_MAX = 255
+"""Bytes of a file name (Linux, macOS)."""
 DEFAULT_GRACE_S = 24 * 3600.0
 """Objects younger than this are never removed by gc: their events may still be on their way."""
 
@@ -74,7 +76,9 @@ def media_summary(found: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if row["kind"] == "image":
             entry["last"] = f"{meta.get('width')}x{meta.get('height')}x{meta.get('channels')}"
         else:
-            entry["last"] = f"{meta.get('rows')} rows x {len(meta.get('columns') or [])} columns"
+            columns = meta.get("columns")  # a list, unless a client other than log() lied
+            width = len(columns) if isinstance(columns, list) else "?"
+            entry["last"] = f"{meta.get('rows')} rows x {width} columns"
     for entry in out.values():
         entry["ranks"] = len(entry["ranks"])
     return list(out.values())
@@ -139,14 +143,18 @@ def fetch(
 def _file_name(row: dict[str, Any]) -> str:
     """The fetched copy's name: the artifact's; a media key's ("samples/pred") with "/" as "_"
     and its format's suffix (samples_pred.png), never a name that leaves the folder."""
-    name = str(row["name"]).replace("/", "_")
-    if name in (".", ".."):
-        name = name.replace(".", "_")
+    # No control character (NUL is refused by open()), at most NAME_MAX bytes with the suffix.
+    name = "".join("_" if c == "/" or ord(c) < 32 else c for c in str(row["name"]))
+    if name in ("", ".", ".."):
+        name = name.replace(".", "_") or "artifact"
     meta = _media_metadata(row)
     suffix = f".{meta.get('format')}" if meta is not None else ""
-    if suffix in (".png", ".parquet") and not name.endswith(suffix):
-        name += suffix
-    return name
+    if suffix not in (".png", ".parquet") or name.endswith(suffix):
+        suffix = ""
+    room = _NAME_MAX - len(suffix) - len(".tmp.") - 33  # the temporary copy's name is longer
+    if len(name.encode()) > room:
+        name = name.encode()[:room].decode(errors="ignore")
+    return name + suffix
 
 
 def _copy(src: Any, dst: Any) -> tuple[int, str]:
@@ -183,11 +191,14 @@ def gc(
 ) -> GcReport:
     """Removes the objects no `artifact` event of the store refers to, older than `grace_s`."""
     layout = StoreLayout(store)
-    spooled = sorted(layout.spool.glob("*.spool")) if layout.spool.is_dir() else []
+    # Every collector's spool: an artifact event may wait in any of them.
+    spools = layout.spools()
+    spooled = sorted(p for folder in spools for p in folder.glob("*.spool"))
     if spooled and not ignore_spool:
+        where = ", ".join(str(f) for f in spools if any(f.glob("*.spool")))
         msg = (
-            f"{len(spooled)} spooled batch file(s) in {layout.spool} may refer to artifacts: "
-            "deliver them first (`traintape replay`), or pass --ignore-spool"
+            f"{len(spooled)} spooled batch file(s) in {where} may refer to artifacts: "
+            "deliver them first (`traintape replay [--collector-id ID]`), or pass --ignore-spool"
         )
         raise ArtifactError(msg)
     report = GcReport()

@@ -18,7 +18,6 @@ import math
 import threading
 from collections.abc import Callable, Sequence
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -35,8 +34,9 @@ from traintape.read.history import (
     run_rows,
     show,
 )
+from traintape.read.remote import RemoteTables
 from traintape.read.store import connect
-from traintape.ui.listing import FolderCache
+from traintape.ui.stores import Store, listing_of, root_of
 
 __all__ = ["RunsCache", "SummaryCache", "jsonable", "metric_keys", "run_page", "runs_table"]
 
@@ -68,9 +68,9 @@ class SummaryCache:
     CHUNK = 50
     """Runs the background thread computes per query."""
 
-    def __init__(self, store: Path, open_con: Callable[[], duckdb.DuckDBPyConnection]) -> None:
-        self.layout = StoreLayout(store)
-        self.listing = FolderCache()
+    def __init__(self, store: Store, open_con: Callable[[], duckdb.DuckDBPyConnection]) -> None:
+        self.layout = StoreLayout(root_of(store))
+        self.listing = listing_of(store)
         self._open = open_con
         self._lock = threading.Lock()
         self._kept: dict[str, tuple[frozenset[str], Summary]] = {}
@@ -190,9 +190,9 @@ class RunsCache:
     listing the folders takes a tenth of that. Durations of running runs are brought to now.
     """
 
-    def __init__(self, store: Path, size: int = 32) -> None:
-        self.folder = StoreLayout(store).table("events")
-        self.listing = FolderCache()
+    def __init__(self, store: Store, size: int = 32) -> None:
+        self.folder = StoreLayout(root_of(store)).table("events")
+        self.listing = listing_of(store)
         self.size = size
         self._lock = threading.Lock()
         self._kept: dict[tuple[Any, ...], tuple[Any, list[dict[str, Any]]]] = {}
@@ -357,10 +357,14 @@ def jsonable(value: Any) -> Any:
     return value
 
 
-def open_store(store: Path, threads: int | None = None) -> duckdb.DuckDBPyConnection:
+def open_store(store: Store, threads: int | None = None) -> duckdb.DuckDBPyConnection:
     """The server's one `traintape.connect()`: files outside the store can be neither read nor
     written from it (a `where` filter is SQL the page sends), and that cannot be undone.
-    `threads`: DuckDB's worker threads (default: one per core)."""
+    `threads`: DuckDB's worker threads (default: one per core). An s3:// store has one database
+    (its views follow the manifests, `cursor`): each call is a cursor of it, `threads` unused."""
+    if isinstance(store, RemoteTables):
+        store.lock_down()
+        return store.database().cursor()
     con = connect(store)
     con.execute("SET enable_progress_bar = false")
     if threads is not None:
@@ -371,9 +375,13 @@ def open_store(store: Path, threads: int | None = None) -> duckdb.DuckDBPyConnec
     return con
 
 
-def cursor(base: duckdb.DuckDBPyConnection, store: Path) -> duckdb.DuckDBPyConnection:
+def cursor(base: duckdb.DuckDBPyConnection, store: Store) -> duckdb.DuckDBPyConnection:
     """A connection for one request: a cursor of the server's, knowing its store (so per-run
-    questions read only that run's folders)."""
+    questions read only that run's folders). An s3:// store's views are first brought to its
+    manifests as they are (cheap: a LIST at most every few seconds; RemoteTables.update)."""
+    if isinstance(store, RemoteTables):
+        store.update()
+        return base.cursor()
     cur = base.cursor()
     cur.execute("SET VARIABLE traintape_store = " + _sql_text(str(store)))
     return cur

@@ -51,9 +51,10 @@ from traintape.errors import (
     RunNotFoundError,
 )
 from traintape.read.history import resolve_run
-from traintape.ui import api, media, series
+from traintape.ui import api, media, peer, series
 from traintape.ui.downsample import MAX_WIDTH, MIN_WIDTH
 from traintape.ui.index import MetricIndex
+from traintape.ui.stores import Store, objects_of
 
 __all__ = ["STATIC", "TOKEN_COOKIE", "create_app", "plotly_js"]
 
@@ -106,7 +107,7 @@ def _error(status: int, message: str) -> JSON:
 class Handlers:
     """The API's endpoints over one store (each runs in Starlette's thread pool)."""
 
-    def __init__(self, store: Path) -> None:
+    def __init__(self, store: Store) -> None:
         self.store = store
         self.base = api.open_store(store)
         # The background last/best work reads every metric row of a big store: on a database of
@@ -210,7 +211,9 @@ class Handlers:
             run_id, sha256 = _required(p, "run"), _required(p, "sha256")
         except QueryError as exc:
             return _error(400, str(exc))
-        return self._answer(lambda con: media.table_rows(con, self.store, run_id, sha256))
+        return self._answer(
+            lambda con: media.table_rows(con, objects_of(self.store), run_id, sha256)
+        )
 
     def object(self, request: Request) -> Response:
         """An object's bytes, only when an artifact event of `run` records its sha256."""
@@ -220,7 +223,7 @@ class Handlers:
         except QueryError as exc:
             return _error(400, str(exc))
         return self._respond(
-            lambda con: _object(*media.object_bytes(con, self.store, run_id, sha256))
+            lambda con: _object(*media.object_bytes(con, objects_of(self.store), run_id, sha256))
         )
 
     def close(self) -> None:
@@ -244,7 +247,8 @@ def _object(row: dict[str, Any], path: Path, data: bytes | None) -> Response:
     else:
         kind = "application/octet-stream"
         name = str(row["name"] or "object").rsplit("/", 1)[-1]
-        safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in name)
+        # ASCII only: a header is latin-1, and a key such as "表" would fail the response
+        safe = "".join(c if c.isascii() and (c.isalnum() or c in "._-") else "_" for c in name)
         headers["Content-Disposition"] = f'attachment; filename="{safe}"'
     if data is None:  # too big to check whole: its size was
         return StreamingResponse(media.stream(path), media_type=kind, headers=headers)
@@ -335,6 +339,9 @@ def _guard(
             host = _host_name(request.headers.get("host", ""))
             if not _loopback_host(host, names):
                 return _error(403, f"Host {host!r}: this dashboard answers on loopback only")
+            uid = peer.foreign_user(request.scope.get("client"), request.scope.get("server"))
+            if uid is not None:  # another local user: the store is private to its owner
+                return _error(403, f"uid {uid}: this dashboard answers its own user only")
             return await call_next(request)
         given = request.query_params.get("token")
         offered = [
@@ -352,9 +359,10 @@ def _guard(
     return check
 
 
-def create_app(store: Path, token: str | None = None, bind: str | None = None) -> Starlette:
-    """The dashboard app over `store` (a resolved store folder); with `token`, every request
-    must carry it; without, only requests naming a loopback host (or `bind`) are answered."""
+def create_app(store: Store, token: str | None = None, bind: str | None = None) -> Starlette:
+    """The dashboard app over `store` (a resolved store folder, or an s3:// store's tables:
+    RemoteTables); with `token`, every request must carry it; without, only requests naming a
+    loopback host (or `bind`) are answered."""
     from starlette.middleware import Middleware
     from starlette.middleware.base import BaseHTTPMiddleware
 
