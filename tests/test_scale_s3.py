@@ -22,7 +22,7 @@ import traintape
 from tests.conftest import CollectorProcess, free_port, query
 from traintape.collector.publish import Publisher, next_manifest
 from traintape.emitter.emitter import Emitter
-from traintape.errors import ConfigError
+from traintape.errors import ConfigError, StoreError
 from traintape.layout import StoreLayout
 from traintape.schemas.objectstore import Bucket, Manifest, ManifestFile
 
@@ -292,6 +292,25 @@ def test_the_next_manifest_never_lists_a_range_twice_nor_drops_one() -> None:
     assert next_manifest([a, b], [b], 30) == [a, b]  # `a` hidden by a merge under way
     assert next_manifest([], [a, b, merged], 30) == [merged]
     assert next_manifest([a, c], [a], 20) == [a]  # a range past the cursor: not committed
+
+
+def test_a_manifest_pointing_outside_the_tables_is_refused() -> None:
+    """A manifest (bucket content anyone with write access could change) whose entries are not
+    a table's part/compact files of a run folder is refused, so a reader never fetches an object
+    outside the prefix's tables; a collector's own manifest round-trips."""
+    good = Manifest("node-a", 30, [_file("r@node-a", 0, 10), _file("r", 0, 20, "compact")], "o")
+    assert Manifest.decode(good.encode(), "m") == good
+    bad_files = [
+        ManifestFile("metrics", "..", "part-" + "0" * 20 + "-" + "0" * 19 + "1.parquet", 0, 1, 1),
+        ManifestFile("metrics", "r", "../../../secret.parquet", 0, 1, 1),
+        ManifestFile("../x", "r", "part-" + "0" * 20 + "-" + "0" * 19 + "1.parquet", 0, 1, 1),
+        ManifestFile("metrics", "r/../..", "part-" + "0" * 20 + "-" + "0" * 19 + "1.parquet", 0, 1, 1),
+        _file(".hidden", 0, 1),
+    ]
+    for bad in bad_files:
+        data = Manifest("node-a", 30, [bad], "o").encode()
+        with pytest.raises(StoreError, match="not a table's file|not a traintape manifest"):
+            Manifest.decode(data, "m")
 
 
 def test_a_tables_url_with_credentials_or_a_bad_bucket_is_refused() -> None:

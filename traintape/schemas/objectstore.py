@@ -118,6 +118,23 @@ def endpoint_url(environ: Mapping[str, str] | None = None) -> str | None:
     return None
 
 
+_TABLE_NAME = re.compile(r"[a-z_]{1,32}")
+_FOLDER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._\-]{0,254}(@[A-Za-z0-9][A-Za-z0-9._\-]{0,63})?")
+_FILE = re.compile(r"(part|compact)-[0-9]{20}-[0-9]{20}\.parquet")
+
+
+def _a_data_object(f: ManifestFile) -> bool:
+    """Whether `f` names a file a collector publishes (traintape.layout's names): no `..`, no
+    `/`, nothing a reader would fetch from outside `tables/`."""
+    return bool(
+        _TABLE_NAME.fullmatch(f.table)
+        and _FOLDER.fullmatch(f.folder)
+        and ".." not in f.folder
+        and _FILE.fullmatch(f.name)
+        and 0 <= f.start <= f.end
+    )
+
+
 @dataclass(frozen=True)
 class ManifestFile:
     """One data object a manifest lists: the local file's table, run folder and name."""
@@ -168,6 +185,10 @@ class Manifest:
                 ManifestFile(str(t), str(d), str(n), int(s), int(e), int(z))
                 for t, d, n, s, e, z in body["files"]
             ]
+            bad = next((f for f in files if not _a_data_object(f)), None)
+            if bad is not None:  # a reader must never be pointed outside the prefix's tables
+                msg = f"{where}: lists {bad.table}/{bad.folder}/{bad.name}, not a table's file"
+                raise StoreError(msg)
             return cls(body["collector"], int(body["position"]), files, str(body["owner"]))
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             msg = f"{where}: not a traintape manifest ({type(exc).__name__}: {exc})"
