@@ -280,3 +280,24 @@ def test_replay_leaves_the_spool_of_a_live_emitter_alone(tmp_path: Path) -> None
         assert not list(spool_dir(store).glob("*.spool"))
     finally:
         coll.close()
+
+
+def test_log_checked_writes_rows_as_log_does(store: Path, collector: CollectorProcess) -> None:
+    """`_log_checked` (traintape.wandb's rows) takes the step as `log` does, refuses an empty
+    name as `log` does (nothing of that row logged), and raises once the run is finished."""
+    em = Emitter("p", store=store)
+    em._log_checked({"a": 1.0, "b": 2}, 5)
+    em.log({"a": 3.0})  # the step after the row's
+    with pytest.raises(ValueError, match="empty"):
+        em._log_checked({"": 1.0, "a": 9.0}, 9)
+    em._log_checked({"c": True}, 20)
+    assert em.finish(timeout=10).complete
+    with pytest.raises(RunFinishedError):
+        em._log_checked({"a": 1.0}, 30)
+    wait_for(store, f"SELECT count(*) FROM metrics WHERE run_id = '{em.run_id}'", 4)
+    rows = query(
+        store,
+        "SELECT key, step, value FROM metrics WHERE run_id = ? ORDER BY step, key",
+        em.run_id,
+    )
+    assert rows == [("a", 5, 1.0), ("b", 5, 2.0), ("a", 6, 3.0), ("c", 20, 1.0)]

@@ -238,6 +238,7 @@ class _Run:
     def __init__(self, store: Path) -> None:
         self.events: list[tuple[Any, ...]] = []
         self.writer = ArtifactWriter(_port(store, self.events))
+        self.artifacts = self.writer
         self._helpers = self
         self._deferred = DeferredValues(lambda *a: None)
         self.texts: list[tuple[str, str, int | None]] = []
@@ -395,3 +396,51 @@ def test_wandb_image_and_table_take_what_wandb_takes() -> None:
     assert stored[1] == {"Input": 4, "Output": 5, "Expected": 6, "More": 8}
     frame = wandb.Table(dataframe=pa.table({"a": [1]}).to_pandas())
     assert (frame.columns, frame.data) == (["a"], [[1]])
+
+
+# -- the snapshot buffers ------------------------------------------------------------------------
+
+
+def test_snapshot_buffers_are_reused_after_the_image_is_freed_and_bounded() -> None:
+    """A numpy image's snapshot goes into a buffer given back when the Image is freed (after
+    its encoding), so the next image of that size reuses it (memory already mapped: no page
+    faults); the free buffers stay under LIMIT bytes, and another size drops them."""
+    from traintape.emitter.media import SNAPSHOTS, SnapshotBuffers
+
+    first = _pixels(32, 32, 3)
+    image = traintape.Image(first)
+    buffer = image._source[0]
+    encoded, _ = image.encode()
+    del image
+    second = _pixels(32, 32, 3) ^ 0xFF
+    again = traintape.Image(second)
+    assert again._source[0] is buffer  # the freed buffer, reused
+    assert np.array_equal(_decoded(encoded), first)  # what was encoded before is unchanged
+    assert np.array_equal(_decoded(again.encode()[0]), second)
+    pool = SnapshotBuffers()
+    pool.LIMIT = 3 * 1000
+    taken = [pool.take(np, 1000) for _ in range(5)]
+    for b in taken:
+        pool.give(b)
+    assert len(pool.free) == 3  # bounded
+    assert pool.take(np, 1000) is taken[2] and pool.take(np, 10).nbytes == 10
+    assert pool.free == []  # another size: the free buffers of the old one are dropped
+    assert SNAPSHOTS.LIMIT <= 16 << 20
+
+
+@pytest.mark.parametrize("order", ["strided", "fortran", "float"])
+def test_non_contiguous_and_float_arrays_are_copied_in_order(order: str) -> None:
+    """A strided view, a Fortran-ordered array and a float image are copied into the snapshot
+    buffer pixel for pixel (numpy's copy, not the raw bytes), and later changes of the array
+    are not logged."""
+    base = _pixels(20, 24, 3)
+    if order == "strided":
+        array = base[:, ::-1]
+    elif order == "fortran":
+        array = np.asfortranarray(base)
+    else:
+        array = base.astype(np.float32) / 255.0
+    expected = base[:, ::-1].copy() if order == "strided" else base.copy()
+    image = traintape.Image(array)
+    array[...] = 0
+    assert np.array_equal(_decoded(image.encode()[0]), expected)

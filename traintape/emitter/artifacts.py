@@ -77,6 +77,7 @@ class ArtifactWriter:
         self.layout = StoreLayout(port.store)
         self._worker = Worker("traintape-artifacts", self._do)
         self._media = MediaBacklog()
+        self._failures: dict[str, int] = {}  # artifacts not stored, per cause (written by _do)
 
     # -- the caller's side -----------------------------------------------------------------
 
@@ -130,6 +131,9 @@ class ArtifactWriter:
         """Waits until every queued artifact is stored and its event queued (`finish()` calls it
         before the run's end: a copy of any size ends first)."""
         self._worker.close()
+        lost = sum(self._failures.values())
+        if lost > len(self._failures):  # some were counted without a warning of their own
+            logger.warning(f"traintape: {lost} artifacts of run {self.port.run_id} were not stored")
 
     # -- the copying thread ----------------------------------------------------------------
 
@@ -143,7 +147,7 @@ class ArtifactWriter:
                     self._media.done(job.snapshot_bytes)
             body = self._store(job)
         except Exception as exc:  # the job's failure, not the thread's: finish() waits for it
-            logger.warning(f"traintape: artifact {job.name!r} was not stored: {exc}")
+            self._failed(job, exc)
             if job.result is not None:
                 job.result.set_exception(exc)
         else:
@@ -152,6 +156,20 @@ class ArtifactWriter:
         finally:
             if job.fd >= 0:
                 os.close(job.fd)
+
+    def _failed(self, job: _Job, exc: Exception) -> None:
+        """Warns of the first artifact lost to each cause (a full disk fails every later one:
+        a warning per image logged would flood the training's output); close() says how many."""
+        cause = f"errno {exc.errno}" if isinstance(exc, OSError) and exc.errno else repr(exc)
+        seen = self._failures.get(cause, 0)
+        self._failures[cause] = seen + 1
+        if seen:
+            logger.debug(f"traintape: artifact {job.name!r} was not stored: {exc}")
+        else:
+            logger.warning(
+                f"traintape: artifact {job.name!r} was not stored: {exc} (later artifacts failing "
+                "so are counted, and the count said when the run finishes)"
+            )
 
     def _store(self, job: _Job) -> dict[str, Any]:
         tmp_dir = self.layout.artifacts / "tmp"

@@ -52,6 +52,27 @@ def check_artifact(body: dict[str, Any], what: str) -> None:
         raise ValueError(msg)
 
 
+def check_media_text(key: str, value: Any) -> None:
+    """ValueError at the call for a media value of `log()` whose event could not be stored: its
+    key, caption or column names not UTF-8 text (a lone surrogate) or, together, over the size of
+    one event (found only on the artifact thread otherwise, with the value lost)."""
+    caption = getattr(value, "caption", None)
+    texts = [key, *([caption] if caption else []), *getattr(value, "columns", ())]
+    size = 0
+    for text in texts:
+        try:
+            size += len(text.encode()) + 5  # msgpack's str header
+        except UnicodeEncodeError as exc:
+            msg = f"log(): {text[:40]!r} of media {key[:40]!r} is not UTF-8 text ({exc.reason})"
+            raise ValueError(msg) from None
+    if size > MAX_EVENT_BYTES - SLACK_BYTES:  # room for the rest of the event's metadata
+        msg = (
+            f"log(): media {key[:40]!r}: its key, caption and column names are {size} bytes, "
+            f"over the {MAX_EVENT_BYTES - SLACK_BYTES}-byte room of one event; nothing was logged"
+        )
+        raise ValueError(msg)
+
+
 def check_arguments(project: Any, batch_size: int) -> None:
     """ValueError for an `Emitter` that cannot start: no project name, or no room in a batch."""
     if not isinstance(project, str) or not project:

@@ -33,7 +33,7 @@ from traintape.emitter.absence import Lookout, Where, look_at_start
 from traintape.emitter.checks import check_arguments, check_body, check_step
 from traintape.emitter.deferred import DeferredValues, defer_tensors
 from traintape.emitter.helpers import RunHelpers
-from traintape.emitter.hot import hot_log
+from traintape.emitter.hot import hot_log, hot_log_checked
 from traintape.emitter.outbox import Outbox, OutboxOptions
 from traintape.emitter.port import DeferredQueue, Emit, EmitterPort, RunEnd
 from traintape.emitter.redact import Redaction
@@ -194,6 +194,7 @@ class Emitter:
 
     else:
         log = hot_log()
+    _log_checked = hot_log_checked()  # rows traintape.wandb has checked (hot.py)
 
     def defer_values(self, ts: int, step: int | None, tensors: dict[str, Any]) -> None:
         """Queues one-element tensors; emitted as one metrics event when readable without a sync."""

@@ -6,6 +6,8 @@ values are all int, float or bool under non-empty str names takes the fast path:
 pass over the types, a copy, an append. Anything else (numpy scalars, tensors, an empty name, an
 empty dict, a wrong type) goes through `take_tensors`, which checks and converts, or raises;
 media values (`traintape.Image`, `Table`, `Text`) are split off first (media.py).
+`hot_log_checked` makes `Emitter._log_checked`, `log`'s end alone, for rows that traintape.wandb
+has checked and copied already (a row held open until a later step is written then).
 """
 
 from __future__ import annotations
@@ -35,6 +37,9 @@ class Logging(Protocol):
     _batch_size: int
     _outbox: Outbox
     _helpers: RunHelpers
+    _ending: bool
+
+    def log(self, metrics: dict[str, Any], step: int | None = None) -> None: ...
 
     def log_text(self, key: str, text: str, step: int | None = None) -> None: ...
 
@@ -95,3 +100,34 @@ def hot_log() -> Callable[..., None]:
             self._outbox.flush(False)
 
     return log
+
+
+def hot_log_checked() -> Callable[..., None]:
+    """Makes `Emitter._log_checked`: `log(row, step)` of a row traintape's own code has checked.
+
+    traintape.wandb (rows.py) copies and type-checks a row of W&B's `log(row, step=s)` when it
+    comes, and writes it only when a later step arrives; `log` would check and copy it a second
+    time. The caller guarantees what `log`'s fast path tests: `row` is a dict of int, float or
+    bool values under str names (the type, not a subclass), handed over (nothing changes it
+    afterwards), and `step` an int in 0..MAX_INT64. What it need not check goes through `log`
+    itself: an empty row, an empty name (refused there), a run whose `finish()` began (`log` is
+    then the method that raises). Never for values from outside traintape: nothing here checks
+    them before they reach the journal.
+    """
+    now = time.time_ns
+
+    def log_checked(self: Logging, row: dict[str, Any], step: int) -> None:
+        if not row or "" in row or self._ending:
+            self.log(row, step)
+            return
+        # From here as `log`'s end (kept in step with it): the step, the order behind the
+        # deferred values, the batch.
+        self._step = step + 1
+        if self._deferred_queue and self._deferred.add_ready(now(), step, METRICS, row):
+            return
+        pending = self._pending
+        pending.append((METRICS, now(), step, row))
+        if len(pending) >= self._batch_size:
+            self._outbox.flush(False)
+
+    return log_checked

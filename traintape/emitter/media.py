@@ -3,13 +3,14 @@
     emitter.log({"loss": 0.1, "samples/pred": traintape.Image(batch[0], caption="epoch 3")})
     emitter.log({"worst": traintape.Table(columns=["id", "loss"], data=rows)}, step=100)
 
-Making a value checks it and takes a snapshot, on the caller's thread: an array is copied (numpy
-`tobytes()`, a tensor's `detach().to("cpu", copy=True)`), a file is opened (its descriptor keeps
-the bytes of the call), a table becomes an immutable Arrow table. Everything else happens on the
-run's artifact thread (artifacts.py): PNG or Parquet encoding (media_encode.py), then the store
-path `log_artifact` takes (content-addressed object, durable before its event). The event is an
-`artifact` event with kind "image" or "table" and the metadata of the media contract
-(docs/architecture.md, "Media"). `Text` is `log_text` under the key.
+Making a value checks it and takes a snapshot, on the caller's thread: an array is copied (numpy:
+into a reused buffer, `SnapshotBuffers`; a tensor: `detach().to("cpu", copy=True)`), a file is
+opened (its descriptor keeps the bytes of the call), a table becomes an immutable Arrow table.
+Everything else happens on the run's artifact thread (artifacts.py): PNG or Parquet encoding
+(media_encode.py), then the store path `log_artifact` takes (content-addressed object, durable
+before its event). The event is an `artifact` event with kind "image" or "table" and the
+metadata of the media contract (docs/architecture.md, "Media"). `Text` is `log_text` under the
+key.
 
 In `log()` the numbers of the same call keep their path (hot.py): only a call holding a media
 value comes here (`log_media`), and a bad value raises before anything of the call is queued.
@@ -24,6 +25,7 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from traintape.emitter.checks import check_media_text
 from traintape.emitter.deferred import take_tensors
 from traintape.emitter.values import check_metric_name
 
@@ -91,7 +93,7 @@ class Image(Media):
         else:
             self._source = _other_snapshot(data)
         pixels, shape, _, layout = self._source
-        self.nbytes = len(pixels) if type(pixels) is bytes else pixels.nbytes  # or a tensor's
+        self.nbytes = pixels.nbytes  # a numpy buffer's or a tensor's
         if layout == "chw":
             self.channels, self.height, self.width = shape
         else:
@@ -113,6 +115,13 @@ class Image(Media):
         source = getattr(self, "_source", None)
         if isinstance(source, int):  # the descriptor of a file, open since the Image was made
             os.close(source)
+        elif source is not None and source[2]:  # a numpy snapshot: encoded, or never logged
+            SNAPSHOTS.give(source[0])
+
+    def __reduce_ex__(self, protocol: Any) -> Any:  # copy, deepcopy, pickle: media_copy.py
+        from traintape.emitter.media_copy import reduced
+
+        return reduced(self)
 
     def __repr__(self) -> str:
         return f"Image({self.width}x{self.height}x{self.channels}, caption={self.caption!r})"
@@ -194,12 +203,13 @@ def log_media(
         if kind in MEDIA_TYPES:
             if type(key) is not str or not key:
                 check_metric_name(key)
+            check_media_text(key, value)  # a caption or names no event could hold: refused now
             media.append((key, value))
             files = files or kind is not Text
         else:
             rest[key] = value
             plain = plain and kind in _SCALARS and type(key) is str and key != ""
-    writer = helpers.artifact_writer() if files else None
+    writer = (helpers.artifacts or helpers.artifact_writer()) if files else None
     if writer is not None:
         writer.check_open("log() of a media value")
     if not plain:  # numpy scalars, tensors, or errors: log()'s own slow path
@@ -215,10 +225,48 @@ def log_media(
 # -- the caller's snapshot of an image ----------------------------------------------------------
 
 
-def _array_snapshot(np: Any, data: Any) -> tuple[bytes, tuple[int, ...], str, str]:
-    """(pixels as bytes, shape, dtype, layout) of a numpy image. `tobytes` is the copy: one
-    memcpy that keeps the GIL (ndarray.copy releases it, and the artifact thread, waiting for
-    it, would then hold the caller up)."""
+class SnapshotBuffers:
+    """Buffers for the pixels of numpy images, reused once their image is encoded.
+
+    A new buffer of an image's size is new memory from the kernel (glibc maps allocations this
+    large anew, and a backlog of copies grows the heap), and the copy's first write then
+    faults in each of its pages: 48 for a 256x256x3 image, a few µs each on a VM, most of
+    `log()`'s time. A buffer given back is mapped already. One size is kept (the last image's:
+    a training loop logs one shape), at most LIMIT bytes of free buffers. Callers take, the
+    thread that frees an Image (the artifact thread, after encoding it) gives back: each a
+    single list operation, atomic under the GIL, so no lock can make a caller wait."""
+
+    LIMIT = 16 << 20
+
+    def __init__(self) -> None:
+        self.size = 0
+        self.free: list[Any] = []
+
+    def take(self, np: Any, size: int) -> Any:
+        """A uint8 array of `size` bytes, not initialized: a free one, else a new one."""
+        if size == self.size:
+            try:
+                return self.free.pop()
+            except IndexError:
+                pass
+        else:
+            self.size, self.free = size, []  # another size: the others are dropped
+        return np.empty(size, np.uint8)
+
+    def give(self, buffer: Any) -> None:
+        """`buffer` (of `take`) is free: nothing reads it any more."""
+        free = self.free
+        if buffer.nbytes == self.size and (len(free) + 1) * self.size <= self.LIMIT:
+            free.append(buffer)
+
+
+SNAPSHOTS = SnapshotBuffers()
+
+
+def _array_snapshot(np: Any, data: Any) -> tuple[Any, tuple[int, ...], str, str]:
+    """(pixels: a uint8 buffer of SNAPSHOTS holding the bytes, shape, dtype, layout) of a numpy
+    image. The copy is one memcpy that keeps the GIL (a copy that releases it would make the
+    caller wait for the artifact thread to give it back)."""
     dtype = data.dtype
     kind = dtype.kind
     if kind != "f" and (kind != "u" or dtype.itemsize != 1):
@@ -227,7 +275,12 @@ def _array_snapshot(np: Any, data: Any) -> tuple[bytes, tuple[int, ...], str, st
     layout = _layout(shape, prefer_chw=False)
     if kind == "f":
         _check_float_range(float(data.min()), float(data.max()))
-    return data.tobytes(), shape, dtype.str, layout
+    pixels = SNAPSHOTS.take(np, data.nbytes)
+    try:
+        memoryview(pixels)[:] = memoryview(data).cast("B")
+    except TypeError:  # not C-contiguous (a view with strides): numpy copies it in order
+        np.copyto(pixels.view(dtype).reshape(shape), data)
+    return pixels, shape, dtype.str, layout
 
 
 def _other_snapshot(data: Any) -> tuple[Any, tuple[int, ...], str, str]:
@@ -245,7 +298,8 @@ def _other_snapshot(data: Any) -> tuple[Any, tuple[int, ...], str, str]:
     pil = sys.modules.get("PIL.Image")
     if pil is not None and isinstance(data, pil.Image):
         array = _pil_array(data)
-        return array.tobytes(), array.shape, "|u1", _layout(array.shape, prefer_chw=False)
+        layout = _layout(array.shape, prefer_chw=False)
+        return array.reshape(-1), array.shape, "|u1", layout  # a new array: no copy needed
     msg = (
         f"Image() takes a numpy array, a torch tensor, a PIL image or a file path, not "
         f"{type(data).__name__}"

@@ -26,8 +26,9 @@ def image_array(
     pixels: Any, shape: tuple[int, ...], dtype: str, layout: str, caption: str | None
 ) -> tuple[bytes, dict[str, Any]]:
     """PNG bytes and the event's metadata of a snapshot taken by `media.Image`: numpy pixels as
-    bytes of `dtype` and `shape`, or a CPU tensor (dtype "")."""
-    if isinstance(pixels, bytes):
+    a uint8 buffer holding the bytes of `dtype` and `shape`, or a CPU tensor (dtype ""). Keeps
+    no view of the buffer: it is reused once the Image is freed."""
+    if dtype:
         array = np.frombuffer(pixels, dtype=np.dtype(dtype)).reshape(shape)
     else:  # a torch tensor, copied to the CPU by the caller
         if pixels.dtype.is_floating_point and pixels.dtype.itemsize < 4:
@@ -149,7 +150,8 @@ def arrow_table(columns: Any, data: Any, dataframe: Any) -> Any:
         table = _frame_to_arrow(pa, dataframe)
         if columns is not None:
             table = table.select(_names(columns))
-        return table
+        _names(table.column_names)  # an Arrow table may repeat a name or have ""
+        return _writable(table)
     if data is None:
         data = []
     if isinstance(data, np.ndarray):
@@ -158,7 +160,7 @@ def arrow_table(columns: Any, data: Any, dataframe: Any) -> Any:
             raise ValueError(msg)
         data = data.tolist()
     names = _names(columns)
-    rows = [tuple(row) for row in data]
+    rows = _rows(data)
     for i, row in enumerate(rows):
         if len(row) != len(names):
             msg = f"Table(): row {i} has {len(row)} values for {len(names)} columns {names}"
@@ -167,10 +169,40 @@ def arrow_table(columns: Any, data: Any, dataframe: Any) -> Any:
     for j, name in enumerate(names):
         try:
             arrays.append(pa.array([row[j] for row in rows]))
-        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as exc:
             msg = f"Table(): column {name!r} cannot be stored as one type: {exc}"
             raise TypeError(msg) from None
-    return pa.Table.from_arrays(arrays, names=names)
+    return _writable(pa.Table.from_arrays(arrays, names=names))
+
+
+def _writable(table: Any) -> Any:
+    """`table`, after checking that Parquet can hold its types (not a union, an interval or a
+    struct without fields): refused here, on the caller's thread, rather than lost when encoded."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        pq.ParquetWriter(pa.BufferOutputStream(), table.schema).close()  # the schema only
+    except (pa.ArrowNotImplementedError, pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        msg = f"Table(): Parquet cannot store these columns: {exc}"
+        raise TypeError(msg) from None
+    return table
+
+
+def _rows(data: Any) -> list[tuple[Any, ...]]:
+    """The rows of `data` as tuples; TypeError for what is not rows (a dict or a str would be
+    iterated as keys or characters, and stored as a wrong table)."""
+    text = (str, bytes, dict)
+    if isinstance(data, text) or not hasattr(data, "__iter__"):
+        msg = f"Table(data=) takes rows (a list of lists or tuples), not a {type(data).__name__}"
+        raise TypeError(msg)
+    rows = []
+    for i, row in enumerate(data):
+        if isinstance(row, text) or not hasattr(row, "__iter__"):
+            msg = f"Table(data=): row {i} is a {type(row).__name__}, not a list or tuple"
+            raise TypeError(msg)
+        rows.append(tuple(row))
+    return rows
 
 
 def _names(columns: Any) -> list[str]:

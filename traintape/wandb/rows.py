@@ -4,10 +4,15 @@ summary and errors (tests/test_wandb_compat.py holds the two to that).
 
 The common calls log a dict of Python numbers while no metric is defined. `log` takes the two
 commonest itself, with one C-level pass over the values and no Python call in between (a pass
-costs a third of `emitter.log`, each call half a pass): a whole row at the next step, whose
-names the emitter checks as it takes them, and a new step, which writes the open row and keeps
-this one open. `_log_numbers` takes the others (commit=False and the call that ends that row,
-a repeated step); the general path (`_log_general`) flattens nested dicts and checks each value.
+costs a third of `emitter.log`, each call half a pass): a whole row at the next step, and a
+new step, which writes the open row and keeps this one open. `_log_numbers` takes the others
+(commit=False and the call that ends that row, a repeated step); the general path
+(`_log_general`) flattens nested dicts and checks each value.
+
+Rows are written with `Emitter._log_checked` (emitter/hot.py), not `log`: a row is checked (its
+values Python numbers, its names str) and copied here when it comes, and a row held open until a
+later step would otherwise be checked and copied again when written. Only rows checked here go
+there; the emitter still refuses an empty name, and nothing of the call changes then.
 
 Until anything but logging changes the summary (a value set by hand, define_metric, text,
 histograms: `_split_last`), the summary's dict is also the last values that define_metric's
@@ -16,6 +21,7 @@ x-axes read, so one dict is updated per row, not two.
 
 from __future__ import annotations
 
+from functools import cached_property
 from typing import Any
 
 from traintape.errors import RunFinishedError
@@ -40,6 +46,13 @@ class RunRows:
     _values: dict[str, Any]  # the summary's values (the Emitter's summary dict)
     _last: dict[str, Any]  # the last values logged (the same dict until _split_last)
 
+    @cached_property
+    def _log_row(self) -> Any:
+        """The emitter's `_log_checked` (emitter/hot.py) for rows checked here; the `log` of an
+        object standing in for an Emitter that has none (a test's recorder)."""
+        em = self._emitter
+        return getattr(em, "_log_checked", None) or em.log
+
     def _write(self, step: int, row: dict[str, Any]) -> None:
         raise NotImplementedError  # Run's: text, histograms, media, define_metric's rules
 
@@ -54,9 +67,16 @@ class RunRows:
         # The two commonest calls are taken here, with no Python call in between (module doc).
         if self._plain and type(data) is dict and {*map(type, data.values())} <= SCALARS:
             history, em = self._history, self._emitter
-            if step is None and commit is None and not history.row and em is not None and data:
-                try:  # the emitter checks the names (str, not empty), then copies the values
-                    em.log(data, history.step)
+            if (
+                step is None
+                and commit is None
+                and not history.row
+                and em is not None
+                and data
+                and {*map(type, data)} <= STRS
+            ):
+                try:  # the emitter refuses an empty name; the copy is handed over
+                    self._log_row(data.copy(), history.step)
                 except (TypeError, ValueError):
                     pass  # nothing logged: the general path says what W&B's checks say
                 else:
@@ -80,8 +100,8 @@ class RunRows:
                     values.update(row)
                     if self._last is not values:
                         self._last.update(row)
-                    if em is not None:
-                        em.log(row, row_step)  # it copies the values it keeps
+                    if em is not None:  # checked as it came (_open_plain), and handed over
+                        self._log_row(row, row_step)
                 return
             elif self._log_numbers(data, step, commit):
                 return
@@ -104,7 +124,11 @@ class RunRows:
         self._open_plain = False  # until known again: a write below may raise
         for done_step, done in history.add(row, step, commit):
             self._write(done_step, done)
-        self._open_plain = {*map(type, history.row.values())} <= SCALARS
+        # The open row goes to _log_checked later: Python numbers under str names only.
+        open_row = history.row
+        self._open_plain = {*map(type, open_row.values())} <= SCALARS and {
+            *map(type, open_row)
+        } <= STRS
 
     def _log_numbers(self, data: dict[str, Any], step: Any, commit: bool | None) -> bool:
         """The other calls of Python numbers while no metric is defined, with the rows and
@@ -116,11 +140,13 @@ class RunRows:
             return False
         em, row = self._emitter, history.row
         if step is None and commit is not False and em is not None and (row or data):
-            # This call completes the row (commit=False's usual end): the emitter checks the
-            # names of the whole row, and nothing changes when it refuses one.
+            # This call completes the row (commit=False's usual end): the emitter refuses an
+            # empty name, and nothing changes then; other names are checked here.
+            if not {*map(type, data)} <= STRS:
+                return False
             row = {**row, **data}
             try:
-                em.log(row, history.step)
+                self._log_row(row, history.step)
             except (TypeError, ValueError):
                 return False
             history.row = {}
@@ -158,7 +184,7 @@ class RunRows:
         if self._last is not values:  # as sync_steps remembers the x-axes
             self._last.update(row)
         if self._emitter is not None and row:
-            self._emitter.log(row, step=step)  # it copies the values it keeps
+            self._log_row(row, step)  # checked as it came, and handed over
 
     def _split_last(self) -> None:
         """The summary may differ from the last values logged from now on: a dict for each."""
