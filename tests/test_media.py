@@ -254,6 +254,33 @@ def _log_media(run: _Run, metrics: dict[str, Any], step: int, ts: int) -> dict[s
     return log_media(metrics, step, ts, run._deferred, run, run.log_text)  # type: ignore[arg-type]
 
 
+def test_a_caption_passes_through_the_runs_redaction(tmp_path: Path) -> None:
+    """An image's caption is redacted as log_text's text is: hidden under a secret-looking key,
+    a URL's password hidden under any key; the rest of the caption is kept."""
+    from traintape.emitter.redact import REDACTED, Redaction
+
+    run = _Run(tmp_path / "store")
+    run.writer = run.artifacts = ArtifactWriter(run.writer.port, Redaction.resolve(None).text)
+    pixels = _pixels(4, 4, 3)
+    _log_media(
+        run,
+        {
+            "samples": traintape.Image(pixels, caption="from https://u:pw@host/x"),
+            "hf_token": traintape.Image(pixels, caption="hf_abc"),
+            "plain": traintape.Image(pixels, caption="epoch 3"),
+        },
+        1,
+        0,
+    )
+    run.writer.close()
+    captions = {body["name"]: body["metadata"]["caption"] for _, _, body in run.events}
+    assert captions == {
+        "samples": f"from https://u:{REDACTED}@host/x",
+        "hf_token": REDACTED,
+        "plain": "epoch 3",
+    }
+
+
 def test_log_queues_media_and_returns_the_numbers(tmp_path: Path) -> None:
     """A call holding an image, a table and text returns its numbers, records the text as
     log_text does and stores the image and table as artifact events at the call's step, under

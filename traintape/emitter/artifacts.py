@@ -72,8 +72,12 @@ class _Job:
 class ArtifactWriter:
     """Stores one run's artifacts from one process (one thread copies, in call order)."""
 
-    def __init__(self, port: EmitterPort) -> None:
+    def __init__(
+        self, port: EmitterPort, redact_text: Callable[[str, str], str] | None = None
+    ) -> None:
         self.port = port
+        # An image's caption passes through the run's redaction, as log_text's text does.
+        self._redact_text = redact_text
         self.layout = StoreLayout(port.store)
         self._worker = Worker("traintape-artifacts", self._do)
         self._media = MediaBacklog()
@@ -142,6 +146,9 @@ class ArtifactWriter:
             if job.encode is not None:  # PNG or Parquet, made here: off the training thread
                 try:
                     job.data, job.metadata = job.encode()
+                    caption = job.metadata.get("caption")
+                    if caption and self._redact_text is not None:
+                        job.metadata["caption"] = self._redact_text(job.name, caption)
                 finally:
                     job.encode = None  # what it holds (a copy of an image) is freed now
                     self._media.done(job.snapshot_bytes)

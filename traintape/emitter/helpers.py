@@ -79,7 +79,7 @@ class RunHelpers:
         from traintape.emitter.artifacts import ArtifactWriter
 
         if self.artifacts is None:  # made on the first artifact
-            self.artifacts = ArtifactWriter(self.port)
+            self.artifacts = ArtifactWriter(self.port, self.redaction.text)
         return self.artifacts
 
     def watch(self, model: Any, every: int, per_layer: bool, histograms: bool) -> GradientWatcher:

@@ -6,8 +6,9 @@ show` and every sink only ever hold the marker `***redacted***`):
 - the config (`init(config=...)`, stored nested in `run_start` and flattened as params), every
   `log_params` body, the run's `summary` and `log_text`: the value of each key whose name matches
   a rule. Dicts and lists under such a key keep their shape; each value in them is replaced. Key
-  names stay, so a reader sees that a key was set. The `metadata` of `log_artifact` likewise
-  (a file's own bytes, an image's caption and a table's cells are the caller's to keep clean).
+  names stay, so a reader sees that a key was set. The `metadata` of `log_artifact` likewise,
+  and an image's caption as `log_text`'s text (a file's own bytes and a table's cells are the
+  caller's to keep clean).
 - `argv` (in the run's environment): `--hf-token=VALUE`, `--password VALUE` (the next item,
   unless it is another flag; after a secret-named switch that takes no value, the positional
   argument that follows is hidden too: a command line does not say which flags take values) and
