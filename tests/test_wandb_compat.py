@@ -283,50 +283,57 @@ def _random_call(
     return data, rnd.choice(steps), rnd.choice([None, None, None, True, False])
 
 
+def run_differential(seed: int, emitters: tuple[Any, Any], by_hand: bool = True) -> None:
+    """Seed `seed`'s 60 random calls (every kind: _random_call), a define_metric with an x-axis
+    midway on some seeds, summary values set or deleted by hand when `by_hand`, through two Runs
+    on `emitters`, the second given each row as a dict subclass (so the general path): the same
+    errors, step and summary after each call, and the same error when each finishes."""
+    import random
+
+    np = pytest.importorskip("numpy")
+    rnd = random.Random(seed)
+    runs = [Run(e, "p", "n", f"run{seed}", Config({})) for e in emitters]
+    define_at = rnd.randint(0, 80) if seed % 4 < 2 else -1
+    for i in range(60):
+        data, step, commit = _random_call(rnd, np, runs[0].step, seed % 2 == 1)
+        if i == define_at:
+            for run in runs:
+                run.define_metric("b", step_metric="a", summary="max")
+        hand = rnd.choice(["a", "b"]) if by_hand and rnd.random() < 0.2 else None
+        for run in runs:  # a summary value set by hand, or deleted
+            if hand == "a":
+                run.summary["a"] = -1.0
+            elif hand == "b" and "b" in run.summary:
+                del run.summary["b"]
+        outcomes = []
+        for run, as_given in zip(runs, (data, DictSubclass(data))):
+            try:
+                run.log(as_given, step, commit)
+                outcomes.append(None)
+            except (TypeError, ValueError) as exc:
+                outcomes.append((type(exc), str(exc)))
+        assert outcomes[0] == outcomes[1], (seed, i, data, step, commit)
+        assert runs[0].step == runs[1].step
+        assert runs[0].summary.as_dict() == runs[1].summary.as_dict()
+    ends = []
+    for run in runs:  # the row still open is written: it may hold a name refused
+        try:
+            run.finish()
+            ends.append(None)
+        except ValueError as exc:
+            ends.append(str(exc))
+    assert ends[0] == ends[1], seed
+
+
 def test_the_fast_path_of_log_stores_what_the_general_path_stores() -> None:
     """Random calls of every kind (numbers, numpy scalars, bools, nested dicts, text, bad
     values and names, steps equal, above, below the current one, commit=False merges, summary
     values set or deleted by hand, a define_metric with an x-axis midway, with an emitter or
     disabled) leave the same rows, texts, summary, step and errors whether `Run.log` takes its
     fast path or its general path."""
-    import random
-
-    np = pytest.importorskip("numpy")
     for seed in range(60):
-        rnd = random.Random(seed)
         fast, slow = CheckingRecorder(), CheckingRecorder()
-        emitters = (fast, slow) if seed % 5 else (None, None)  # mode="disabled": no emitter
-        runs = [Run(e, "p", "n", f"run{seed}", Config({})) for e in emitters]
-        define_at = rnd.randint(0, 80) if seed % 4 < 2 else -1
-        for i in range(60):
-            data, step, commit = _random_call(rnd, np, runs[0].step, seed % 2 == 1)
-            if i == define_at:
-                for run in runs:
-                    run.define_metric("b", step_metric="a", summary="max")
-            by_hand = rnd.choice(["a", "b"]) if rnd.random() < 0.2 else None
-            for run in runs:  # a summary value set by hand, or deleted
-                if by_hand == "a":
-                    run.summary["a"] = -1.0
-                elif by_hand == "b" and "b" in run.summary:
-                    del run.summary["b"]
-            outcomes = []
-            for run, as_given in zip(runs, (data, DictSubclass(data))):
-                try:
-                    run.log(as_given, step, commit)
-                    outcomes.append(None)
-                except (TypeError, ValueError) as exc:
-                    outcomes.append((type(exc), str(exc)))
-            assert outcomes[0] == outcomes[1], (seed, i, data, step, commit)
-            assert runs[0].step == runs[1].step
-            assert runs[0].summary.as_dict() == runs[1].summary.as_dict()
-        ends = []
-        for run in runs:  # the row still open is written: it may hold a name refused
-            try:
-                run.finish()
-                ends.append(None)
-            except ValueError as exc:
-                ends.append(str(exc))
-        assert ends[0] == ends[1], seed
+        run_differential(seed, (fast, slow) if seed % 5 else (None, None))  # None: disabled
         assert fast.metrics == slow.metrics and fast.texts == slow.texts, seed
         assert fast.summary == slow.summary and fast.status == slow.status, seed
 

@@ -4,14 +4,9 @@ errors stay those of the general path."""
 
 from __future__ import annotations
 
-import random
 from typing import Any
 
-import pytest
-
-from tests.test_wandb_compat import CheckingRecorder, DictSubclass, _random_call
-from traintape.wandb.config import Config
-from traintape.wandb.run import Run
+from tests.test_wandb_compat import CheckingRecorder, run_differential
 
 
 class HandedOverRecorder(CheckingRecorder):
@@ -37,36 +32,10 @@ def test_rows_handed_to_log_checked_are_checked_kept_and_the_same_as_the_general
     bad values and names, a define_metric midway) give the same rows, summary, step and errors
     when rows go through `_log_checked` as on the general path; every row handed over holds
     Python numbers under str names and is never changed after it was handed over."""
-    np = pytest.importorskip("numpy")
     handed = 0
     for seed in range(60):
-        rnd = random.Random(seed)
         fast, slow = HandedOverRecorder(), CheckingRecorder()
-        runs = [Run(e, "p", "n", f"run{seed}", Config({})) for e in (fast, slow)]
-        define_at = rnd.randint(0, 80) if seed % 4 < 2 else -1
-        for i in range(60):
-            data, step, commit = _random_call(rnd, np, runs[0].step, seed % 2 == 1)
-            if i == define_at:
-                for run in runs:
-                    run.define_metric("b", step_metric="a", summary="max")
-            outcomes = []
-            for run, as_given in zip(runs, (data, DictSubclass(data))):
-                try:
-                    run.log(as_given, step, commit)
-                    outcomes.append(None)
-                except (TypeError, ValueError) as exc:
-                    outcomes.append((type(exc), str(exc)))
-            assert outcomes[0] == outcomes[1], (seed, i, data, step, commit)
-            assert runs[0].step == runs[1].step
-            assert runs[0].summary.as_dict() == runs[1].summary.as_dict()
-        ends = []
-        for run in runs:
-            try:
-                run.finish()
-                ends.append(None)
-            except ValueError as exc:
-                ends.append(str(exc))
-        assert ends[0] == ends[1], seed
+        run_differential(seed, (fast, slow), by_hand=False)
         assert fast.metrics == slow.metrics and fast.summary == slow.summary, seed
         assert all(row == kept for row, kept in fast.handed), seed
         handed += len(fast.handed)
