@@ -93,3 +93,23 @@ def start_together(children: list[subprocess.Popen]) -> list[dict[str, Any]]:
             if child.poll() is None:
                 child.kill()
                 child.wait(10)
+
+
+def wait_visible(traintape: Any, store: Path, expected: int, t0: int) -> tuple[int, float | None]:
+    """Polls `count(*)` of the metrics view until it reaches `expected` (at most 300 s): the
+    rows last counted, and the seconds from `t0` (a perf_counter_ns) until then, None if never."""
+    con = traintape.connect(store)
+    rows = -1
+    deadline = time.monotonic() + 300
+    try:
+        while time.monotonic() < deadline:
+            try:
+                rows = con.execute("SELECT count(*) FROM metrics").fetchone()[0]
+            except Exception:  # a file compacted away between listing and reading: ask again
+                rows = -1
+            if rows >= expected:
+                return rows, (time.perf_counter_ns() - t0) / 1e9
+            time.sleep(0.05)
+        return rows, None
+    finally:
+        con.close()

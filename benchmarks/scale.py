@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from collector_process import Collector, start_together
+from collector_process import Collector, start_together, wait_visible
 from result_table import print_table
 
 REPO = Path(__file__).resolve().parents[1]
@@ -151,7 +151,7 @@ def measure(root: Path, label: str, collectors: list[str | None], args: Any) -> 
     values = emitters * args.steps * args.metrics
     result = Result(label, len(ids), emitters, values, (t_done - t0) / 1e9)
     expected = emitters * (args.steps + WARM_UP_STEPS) * args.metrics
-    rows = _wait_visible(traintape, store, expected, result, t0)
+    rows, result.visible_s = wait_visible(traintape, store, expected, t0)
     result.extra_rows = rows - expected  # 0: nothing lost, nothing twice
     result.query_ms = _time_questions(traintape, store)
     data = _data_files(store)
@@ -170,25 +170,6 @@ def measure(root: Path, label: str, collectors: list[str | None], args: Any) -> 
 def _data_files(store: Path) -> list[Path]:
     files = (store / "tables").glob("*/*/*.parquet")
     return [f for f in files if f.parent.name != "_empty"]
-
-
-def _wait_visible(traintape: Any, store: Path, expected: int, result: Result, t0: int) -> int:
-    con = traintape.connect(store)
-    rows = -1
-    deadline = time.monotonic() + 300
-    try:
-        while time.monotonic() < deadline:
-            try:
-                rows = con.execute("SELECT count(*) FROM metrics").fetchone()[0]
-            except Exception:  # a file compacted away between listing and reading: ask again
-                rows = -1
-            if rows >= expected:
-                result.visible_s = (time.perf_counter_ns() - t0) / 1e9
-                break
-            time.sleep(0.05)
-    finally:
-        con.close()
-    return rows
 
 
 def _time_questions(traintape: Any, store: Path, repeat: int = 5) -> dict[str, float]:

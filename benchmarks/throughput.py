@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from collector_process import Collector, start_together
+from collector_process import Collector, start_together, wait_visible
 from result_table import print_table
 
 REPO = Path(__file__).resolve().parents[1]
@@ -173,18 +173,7 @@ def measure_traintape(
         if sinks:
             status = collector.status(newer_than=now_wall)
             result.lag_at_end = {s: status["sinks"][s]["lag_events"] for s in sinks}
-        con = traintape.connect(store)
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            try:
-                rows = con.execute("select count(*) from metrics").fetchone()[0]
-            except Exception:  # a file compacted away between listing and reading: ask again
-                rows = -1
-            if rows >= expected:
-                result.visible_s = (time.perf_counter_ns() - t0) / 1e9
-                break
-            time.sleep(0.05)
-        con.close()
+        rows, result.visible_s = wait_visible(traintape, store, expected, t0)
         result.rows = rows - expected  # 0: nothing lost, nothing twice
         if sinks:
             pending = set(sinks)
