@@ -122,6 +122,22 @@ def test_a_copied_or_pickled_image_has_its_own_pixels_and_later_images_keep_thei
         copy.copy(traintape.Image(str(path)))
 
 
+def test_a_copied_or_pickled_handed_over_float_image_keeps_its_values() -> None:
+    """A copy or pickle of an Image whose float array was handed over (copy=False) encodes the
+    same PNG (its bytes copied as bytes, not the floats cast to uint8), and none of them puts
+    the caller's array into the snapshot buffers when freed."""
+    from traintape.emitter.media_pixels import SNAPSHOTS
+
+    array = np.linspace(0.0, 1.0, 24 * 16 * 3, dtype=np.float32).reshape(24, 16, 3)
+    image = traintape.Image(array, copy=False)
+    png = image.encode()
+    clones = [copy.copy(image), copy.deepcopy(image), pickle.loads(pickle.dumps(image))]
+    assert [c.encode() for c in clones] == [png] * 3
+    del image, clones
+    gc.collect()
+    assert not any(np.shares_memory(b, array) for b in SNAPSHOTS.free)
+
+
 # -- events whose metadata lies ------------------------------------------------------------------
 
 

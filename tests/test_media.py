@@ -432,7 +432,7 @@ def test_snapshot_buffers_are_reused_after_the_image_is_freed_and_bounded() -> N
     """A numpy image's snapshot goes into a buffer given back when the Image is freed (after
     its encoding), so the next image of that size reuses it (memory already mapped: no page
     faults); the free buffers stay under LIMIT bytes, and another size drops them."""
-    from traintape.emitter.media import SNAPSHOTS, SnapshotBuffers
+    from traintape.emitter.media_pixels import SNAPSHOTS, SnapshotBuffers
 
     first = _pixels(32, 32, 3)
     image = traintape.Image(first)
@@ -471,3 +471,51 @@ def test_non_contiguous_and_float_arrays_are_copied_in_order(order: str) -> None
     image = traintape.Image(array)
     array[...] = 0
     assert np.array_equal(_decoded(image.encode()[0]), expected)
+
+
+# -- copy=False: an array handed over ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "float32"])
+def test_an_array_handed_over_is_read_without_a_copy_and_made_read_only(dtype: str) -> None:
+    """`Image(array, copy=False)` keeps the array itself (no copy), makes it read-only so a
+    later write raises instead of changing what is stored, stores its pixels, and never puts
+    its memory into the snapshot buffers (its owner still holds it)."""
+    from traintape.emitter.media_pixels import SNAPSHOTS
+
+    pixels = _pixels(6, 9, 3)
+    array = pixels if dtype == "uint8" else pixels.astype(np.float32) / 255.0
+    image = traintape.Image(array, copy=False)
+    assert np.shares_memory(image._source[0], array)
+    with pytest.raises(ValueError, match="read-only"):
+        array[0, 0, 0] = 0
+    assert np.array_equal(_decoded(image.encode()[0]), pixels)
+    assert (image.width, image.height, image.channels, image.nbytes) == (9, 6, 3, array.nbytes)
+    del image
+    assert not any(np.shares_memory(b, array) for b in SNAPSHOTS.free)
+    assert not array.flags.writeable  # handed over: it stays read-only
+
+
+@pytest.mark.parametrize("kind", ["view", "strided", "fortran"])
+def test_an_array_that_does_not_own_its_memory_is_copied_even_with_copy_false(kind: str) -> None:
+    """A view (its base could still be written), a strided view or a Fortran-ordered array is
+    copied as without copy=False: it stays writeable, and later writes change nothing stored."""
+    base = _pixels(10, 12, 3)
+    array = {"view": base[2:8], "strided": base[:, ::-1], "fortran": np.asfortranarray(base)}[kind]
+    expected = array.copy()
+    image = traintape.Image(array, copy=False)
+    assert not np.shares_memory(image._source[0], array)
+    array[...] = 0
+    base[...] = 0
+    assert np.array_equal(_decoded(image.encode()[0]), expected)
+
+
+def test_copy_takes_a_bool_and_bad_arrays_are_refused_before_being_made_read_only() -> None:
+    """copy= takes True or False; an array refused (a bad dtype or range) handed over stays
+    writeable, as nothing was taken."""
+    with pytest.raises(TypeError, match="copy="):
+        traintape.Image(_pixels(4, 4), copy="no")  # type: ignore[arg-type]
+    bad = np.full((4, 4), 2.0)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        traintape.Image(bad, copy=False)
+    assert bad.flags.writeable

@@ -27,6 +27,14 @@ from typing import TYPE_CHECKING, Any
 
 from traintape.emitter.checks import check_media_text
 from traintape.emitter.deferred import take_tensors
+from traintape.emitter.media_pixels import (
+    SNAPSHOTS,
+    bad_dtype,
+    check_float_range,
+    handover,
+    image_layout,
+    snapshot,
+)
 from traintape.emitter.values import check_metric_name
 
 if TYPE_CHECKING:
@@ -40,7 +48,6 @@ MEDIA_TYPES: set[type] = set()
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 JPEG_MAGIC = b"\xff\xd8\xff"
-_CHANNELS = (1, 3, 4)
 _SCALARS = frozenset((float, int, bool))
 _PLAIN_PNG = (b"\x08\x00", b"\x08\x02", b"\x08\x06")  # 8-bit gray, RGB, RGBA: stored as is
 _PIL_MODES = {"1": "L", "L": "L", "RGB": "RGB", "RGBA": "RGBA", "LA": "RGBA", "CMYK": "RGB"}
@@ -71,20 +78,29 @@ class Image(Media):
     as CHW (torch's layout); when both are, numpy arrays are HWC and tensors CHW. A batch (4-D)
     is refused: log each image under its own key. A PNG file of 8-bit gray, RGB or RGBA is stored
     as it is; other files are decoded (Pillow) and stored as PNG.
+
+    The pixels are taken now: a numpy array is copied, so it may change once the call returns.
+    `copy=False` hands a numpy array over instead (no copy: for a fresh array each step, as a
+    loop makes them): the run reads it later, so it is made read-only, and a write into it
+    raises; an array that does not own its memory in C order is copied all the same
+    (media_pixels.py). Tensors, PIL images and files are always taken as above.
     """
 
     kind = "image"
     __slots__ = ("_source", "caption", "channels", "height", "nbytes", "width")
 
-    def __init__(self, data: Any, caption: str | None = None) -> None:
+    def __init__(self, data: Any, caption: str | None = None, *, copy: bool = True) -> None:
         if caption is not None and type(caption) is not str:
             msg = f"Image(caption=) takes a str, got {type(caption).__name__}"
+            raise TypeError(msg)
+        if copy is not True and copy is not False:
+            msg = f"Image(copy=) takes True or False, got {copy!r}"
             raise TypeError(msg)
         self.caption = caption
         self._source: Any
         np = sys.modules.get("numpy")
         if np is not None and type(data) is np.ndarray:  # the usual case, checked first
-            self._source = _array_snapshot(np, data)
+            self._source = snapshot(np, data) if copy else handover(np, data)
         elif isinstance(data, (str, os.PathLike)):
             self._source = _open_image_file(os.fspath(data))
             self.width = self.height = self.channels = 0  # known once the file is read
@@ -115,8 +131,8 @@ class Image(Media):
         source = getattr(self, "_source", None)
         if isinstance(source, int):  # the descriptor of a file, open since the Image was made
             os.close(source)
-        elif source is not None and source[2]:  # a numpy snapshot: encoded, or never logged
-            SNAPSHOTS.give(source[0])
+        elif source is not None and source[2]:  # numpy pixels: encoded, or never logged
+            SNAPSHOTS.give(source[0])  # kept for the next image unless handed over
 
     def __reduce_ex__(self, protocol: Any) -> Any:  # copy, deepcopy, pickle: media_copy.py
         from traintape.emitter.media_copy import reduced
@@ -222,125 +238,28 @@ def log_media(
     return rest
 
 
-# -- the caller's snapshot of an image ----------------------------------------------------------
-
-
-class SnapshotBuffers:
-    """Buffers for the pixels of numpy images, reused once their image is encoded.
-
-    A new buffer of an image's size is new memory from the kernel (glibc maps allocations this
-    large anew, and a backlog of copies grows the heap), and the copy's first write then
-    faults in each of its pages: 48 for a 256x256x3 image, a few µs each on a VM, most of
-    `log()`'s time. A buffer given back is mapped already. One size is kept (the last image's:
-    a training loop logs one shape), at most LIMIT bytes of free buffers. Callers take, the
-    thread that frees an Image (the artifact thread, after encoding it) gives back: each a
-    single list operation, atomic under the GIL, so no lock can make a caller wait."""
-
-    LIMIT = 16 << 20
-
-    def __init__(self) -> None:
-        self.size = 0
-        self.free: list[Any] = []
-
-    def take(self, np: Any, size: int) -> Any:
-        """A uint8 array of `size` bytes, not initialized: a free one, else a new one."""
-        if size == self.size:
-            try:
-                return self.free.pop()
-            except IndexError:
-                pass
-        else:
-            self.size, self.free = size, []  # another size: the others are dropped
-        return np.empty(size, np.uint8)
-
-    def give(self, buffer: Any) -> None:
-        """`buffer` (of `take`) is free: nothing reads it any more."""
-        free = self.free
-        if buffer.nbytes == self.size and (len(free) + 1) * self.size <= self.LIMIT:
-            free.append(buffer)
-
-
-SNAPSHOTS = SnapshotBuffers()
-
-
-def _array_snapshot(np: Any, data: Any) -> tuple[Any, tuple[int, ...], str, str]:
-    """(pixels: a uint8 buffer of SNAPSHOTS holding the bytes, shape, dtype, layout) of a numpy
-    image. The copy is one memcpy that keeps the GIL (a copy that releases it would make the
-    caller wait for the artifact thread to give it back)."""
-    dtype = data.dtype
-    kind = dtype.kind
-    if kind != "f" and (kind != "u" or dtype.itemsize != 1):
-        _bad_dtype(str(dtype))
-    shape = data.shape
-    layout = _layout(shape, prefer_chw=False)
-    if kind == "f":
-        _check_float_range(float(data.min()), float(data.max()))
-    pixels = SNAPSHOTS.take(np, data.nbytes)
-    try:
-        memoryview(pixels)[:] = memoryview(data).cast("B")
-    except TypeError:  # not C-contiguous (a view with strides): numpy copies it in order
-        np.copyto(pixels.view(dtype).reshape(shape), data)
-    return pixels, shape, dtype.str, layout
-
-
 def _other_snapshot(data: Any) -> tuple[Any, tuple[int, ...], str, str]:
     """(pixels, shape, dtype, layout) of a tensor (a CPU copy) or a PIL image (a new array)."""
     torch = sys.modules.get("torch")
     if torch is not None and isinstance(data, torch.Tensor):
         if data.dtype != torch.uint8 and not data.is_floating_point():
-            _bad_dtype(str(data.dtype).removeprefix("torch."))
+            bad_dtype(str(data.dtype).removeprefix("torch."))
         pixels = data.detach().to("cpu", copy=True)
         shape = tuple(pixels.shape)
-        layout = _layout(shape, prefer_chw=True)
+        layout = image_layout(shape, prefer_chw=True)
         if pixels.is_floating_point():
-            _check_float_range(float(pixels.min()), float(pixels.max()))
+            check_float_range(float(pixels.min()), float(pixels.max()))
         return pixels, shape, "", layout
     pil = sys.modules.get("PIL.Image")
     if pil is not None and isinstance(data, pil.Image):
         array = _pil_array(data)
-        layout = _layout(array.shape, prefer_chw=False)
+        layout = image_layout(array.shape, prefer_chw=False)
         return array.reshape(-1), array.shape, "|u1", layout  # a new array: no copy needed
     msg = (
         f"Image() takes a numpy array, a torch tensor, a PIL image or a file path, not "
         f"{type(data).__name__}"
     )
     raise TypeError(msg)
-
-
-def _layout(shape: tuple[int, ...], prefer_chw: bool) -> str:
-    if 0 in shape:
-        msg = f"Image(): an empty image (shape {shape})"
-        raise ValueError(msg)
-    if len(shape) == 2:
-        return "hw"
-    if len(shape) == 3:
-        first, last = shape[0] in _CHANNELS, shape[2] in _CHANNELS
-        if first and (prefer_chw or not last):
-            return "chw"
-        if last:
-            return "hwc"
-    msg = (
-        f"Image(): shape {shape} is not an image: HW, HWC or CHW with 1, 3 or 4 channels (a "
-        "batch of images: log each under its own key)"
-    )
-    raise ValueError(msg)
-
-
-def _bad_dtype(dtype: str) -> None:
-    msg = f"Image(): dtype {dtype}; images are uint8 (0-255) or float (0-1)"
-    raise TypeError(msg)
-
-
-def _check_float_range(low: float, high: float) -> None:
-    if low != low or high != high:  # NaN
-        msg = "Image(): a float image holds NaN; images are uint8 (0-255) or float in [0, 1]"
-        raise ValueError(msg)
-    if low < 0.0 or high > 1.0:
-        msg = (
-            f"Image(): float values from {low:g} to {high:g}; a float image must lie in [0, 1] "
-            "(scale it, or pass uint8)"
-        )
-        raise ValueError(msg)
 
 
 def _pil_array(image: Any) -> Any:

@@ -27,10 +27,10 @@ def reduced(image: Any) -> tuple[Any, tuple[Any, ...]]:
 def rebuilt(cls: type, source: tuple[Any, ...], fields: tuple[Any, ...]) -> Any:
     image: Any = object.__new__(cls)
     pixels, shape, dtype, layout = source
-    if dtype:  # a numpy snapshot (a buffer the original gives back): this one's own
+    if dtype:  # numpy pixels (a buffer the original gives back, or an array handed over)
         import numpy as np
 
-        pixels = np.array(pixels, dtype=np.uint8, copy=True)
+        pixels = np.frombuffer(pixels, dtype=np.uint8).copy()  # this one's own flat bytes
     image._source = (pixels, shape, dtype, layout)  # a tensor's copy: never given back, shared
     for name, value in zip(_FIELDS, fields):
         setattr(image, name, value)

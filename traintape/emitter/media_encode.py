@@ -25,9 +25,9 @@ _CHANNELS_OF = {0: 1, 2: 3, 6: 4}
 def image_array(
     pixels: Any, shape: tuple[int, ...], dtype: str, layout: str, caption: str | None
 ) -> tuple[bytes, dict[str, Any]]:
-    """PNG bytes and the event's metadata of a snapshot taken by `media.Image`: numpy pixels as
-    a uint8 buffer holding the bytes of `dtype` and `shape`, or a CPU tensor (dtype ""). Keeps
-    no view of the buffer: it is reused once the Image is freed."""
+    """PNG bytes and the event's metadata of the pixels taken by `media.Image`: numpy pixels (a
+    uint8 buffer holding the bytes of `dtype` and `shape`, or the array handed over), or a CPU
+    tensor (dtype ""). Keeps no view of the buffer: it is reused once the Image is freed."""
     if dtype:
         array = np.frombuffer(pixels, dtype=np.dtype(dtype)).reshape(shape)
     else:  # a torch tensor, copied to the CPU by the caller
