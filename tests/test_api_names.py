@@ -28,7 +28,6 @@ def test_importing_every_submodule_changes_no_public_name() -> None:
             assert getattr(package, name) is value, f"{package.__name__}.{name} was replaced"
 
 
-
 @pytest.mark.slow
 def test_old_module_paths_still_import_the_moved_module() -> None:
     """Each path of the previous layout imports the module at its new place (the very same

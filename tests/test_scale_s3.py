@@ -304,7 +304,9 @@ def test_a_manifest_pointing_outside_the_tables_is_refused() -> None:
         ManifestFile("metrics", "..", "part-" + "0" * 20 + "-" + "0" * 19 + "1.parquet", 0, 1, 1),
         ManifestFile("metrics", "r", "../../../secret.parquet", 0, 1, 1),
         ManifestFile("../x", "r", "part-" + "0" * 20 + "-" + "0" * 19 + "1.parquet", 0, 1, 1),
-        ManifestFile("metrics", "r/../..", "part-" + "0" * 20 + "-" + "0" * 19 + "1.parquet", 0, 1, 1),
+        ManifestFile(
+            "metrics", "r/../..", "part-" + "0" * 20 + "-" + "0" * 19 + "1.parquet", 0, 1, 1
+        ),
         _file(".hidden", 0, 1),
     ]
     for bad in bad_files:

@@ -46,6 +46,6 @@ def test_declared_exceptions_still_exist() -> None:
     """The allowance for a declarative function goes when the function does."""
     for module, function in DECLARATIVE:
         tree = ast.parse((PACKAGE / module).read_text())
-        assert any(
-            isinstance(n, ast.FunctionDef) and n.name == function for n in ast.walk(tree)
-        ), f"{module}:{function}"
+        assert any(isinstance(n, ast.FunctionDef) and n.name == function for n in ast.walk(tree)), (
+            f"{module}:{function}"
+        )

@@ -209,7 +209,9 @@ def _spool_check(store: Path) -> Check:
     if not waiting:
         return Check("spool", "ok", found)
     collector = env_collector()
-    fix = f"traintape replay --store {store}" + (f" --collector-id {collector}" if collector else "")
+    fix = f"traintape replay --store {store}" + (
+        f" --collector-id {collector}" if collector else ""
+    )
     return Check("spool", "warn", found, fix)
 
 
