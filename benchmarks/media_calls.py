@@ -1,23 +1,28 @@
 """The `media` section of overhead.py: the cost, on the calling thread, of one logging call that
 carries a 256x256x3 uint8 image beside a number, for each tool in the same run:
 
-    traintape        emitter.log({"loss": x, "img": traintape.Image(a)}, step=i)
-    traintape-wandb  traintape.wandb.log({"loss": x, "img": wandb.Image(a)}, step=i)
-    wandb            wandb.log({"loss": x, "img": wandb.Image(a)}, step=i)   (offline)
-    trackio          trackio.log({"loss": x, "img": trackio.Image(a)}, step=i)
+    traintape          emitter.log({"loss": x, "img": traintape.Image(a)}, step=i)
+    traintape handover emitter.log({"loss": x, "img": traintape.Image(a, copy=False)}, step=i)
+    traintape-wandb    traintape.wandb.log({"loss": x, "img": wandb.Image(a)}, step=i)
+    wandb              wandb.log({"loss": x, "img": wandb.Image(a)}, step=i)   (offline)
+    trackio            trackio.log({"loss": x, "img": trackio.Image(a)}, step=i)
 
 Making the image object is part of the call, as a user writes it. Images come from a ring of 8
 distinct arrays. Three paces: back to back (far faster than any tool encodes: traintape's queue of
 copies grows, and each new copy lands in fresh memory, whose page faults are then much of the
 call); one call per 10 ms step; and bursts of 8 calls 0.5 s apart (sample images now and then:
-the background thread is idle when they come and memory is reused). `finish
-s` is the time the session's end took: for traintape the encoding and storing still queued. The
-floor row is a bare copy of the array (`ndarray.tobytes`), what any tool that lets the caller
-reuse its buffer must pay.
+the background thread is idle when they come and memory is reused). `finish s` is the time the
+session's end took: for traintape the encoding and storing still queued.
+
+Three floors are timed at each pace beside the tools: a pure-Python call of the shape of
+emitter.log's fast path (what any Python call costs at that pace: after a pause, caches are cold
+and even this call takes microseconds on a VM), `emitter.log` with the float alone, and a memcpy
+of the array into a reused buffer (the copy a snapshot of the pixels cannot avoid).
 """
 
 from __future__ import annotations
 
+import functools
 import gc
 import itertools
 import time
@@ -26,6 +31,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from call_rounds import python_floor_session
 from result_table import print_table
 
 SIDE = 256
@@ -39,6 +45,7 @@ MEDIA_TOOLS = {
     "trackio": "trackio.log + trackio.Image",
 }
 """Tool key (overhead.py's TOOLS) -> what the timed call is."""
+HANDOVER = "emitter.log + traintape.Image(copy=False)"
 
 
 @dataclass
@@ -83,8 +90,19 @@ def _ring() -> list[Any]:
     return ring
 
 
+Call = Callable[[Callable[..., Any], Any, int], Any]
+"""One timed call: (the session's log function, the image array, the step)."""
+
+
+@dataclass(frozen=True)
+class Variant:
+    label: str
+    session: Callable[..., Any]  # overhead.py's session factory: (ctx, name) -> log function
+    call: Call
+
+
 def _time(
-    log: Callable[..., Any], image_class: Any, ring: list[Any], steps: range, pace: tuple[Any, ...]
+    log: Callable[..., Any], call: Call, ring: list[Any], steps: range, pace: Any
 ) -> list[int]:
     now = time.perf_counter_ns
     _, burst, pause = pace
@@ -92,7 +110,7 @@ def _time(
     for i in steps:
         array = ring[i % len(ring)]
         t0 = now()
-        log({"loss": 1.0 / (i + 1), "img": image_class(array)}, i)
+        call(log, array, i)
         out.append(now() - t0)
         if pause and (i + 1) % burst == 0:
             time.sleep(pause)  # training steps, in which background work can run
@@ -100,8 +118,47 @@ def _time(
 
 
 @contextmanager
-def _floor_session(ctx: Any, name: str) -> Iterator[Callable[..., Any]]:
-    yield lambda metrics, step: None
+def _memcpy_session(ctx: Any, name: str) -> Iterator[Callable[..., Any]]:
+    import numpy as np
+
+    buffer: Any = np.empty(SIDE * SIDE * 3, np.uint8)  # reused, as traintape's buffers are
+    target = memoryview(buffer)
+
+    def copy(array: Any) -> None:
+        target[:] = memoryview(array).cast("B")
+
+    yield copy
+
+
+def _with_image(image_class: Callable[[Any], Any]) -> Call:
+    def call(log: Callable[..., Any], array: Any, i: int) -> Any:
+        return log({"loss": 1.0 / (i + 1), "img": image_class(array)}, i)
+
+    return call
+
+
+def _variants(sessions: dict[str, Any]) -> list[Variant]:
+    """The floors, then each chosen tool (traintape twice: copied and handed over)."""
+    chosen = [
+        Variant("floor: a Python call", python_floor_session, _with_image(lambda a: None)),
+        Variant("floor: memcpy, reused buffer", _memcpy_session, lambda copy, a, i: copy(a)),
+    ]
+    if "traintape" in sessions:
+        chosen.append(
+            Variant(
+                "floor: emitter.log, float alone",
+                sessions["traintape"],
+                lambda log, a, i: log({"loss": 1.0 / (i + 1)}, i),
+            )
+        )
+    for key, session in sessions.items():
+        chosen.append(Variant(MEDIA_TOOLS[key], session, _with_image(_image_class(key))))
+        if key == "traintape":
+            import traintape
+
+            handed = functools.partial(traintape.Image, copy=False)
+            chosen.append(Variant(HANDOVER, session, _with_image(handed)))
+    return chosen
 
 
 def measure_media(
@@ -109,21 +166,19 @@ def measure_media(
 ) -> list[MediaResult]:
     """`sessions`: tool key (of MEDIA_TOOLS) -> its session factory, from overhead.py's TOOLS."""
     ring = _ring()
-    chosen = [("tobytes (floor: the copy)", _floor_session, lambda a: a.tobytes())]
-    chosen += [(MEDIA_TOOLS[key], s, _image_class(key)) for key, s in sessions.items()]
-    results = []
-    for (label, session, image_class), pace in itertools.product(chosen, PACES):
+    results: list[MediaResult] = []
+    for variant, pace in itertools.product(_variants(sessions), PACES):
         warmup = max(10, calls // 10)
-        progress(f"media: {label}, {pace[0]}: {warmup} warm-up + {calls} timed calls")
+        progress(f"media: {variant.label}, {pace[0]}: {warmup} warm-up + {calls} timed calls")
         with ExitStack() as stack:
-            log = stack.enter_context(session(ctx, f"media-{len(results)}"))
-            _time(log, image_class, ring, range(warmup), pace)
+            log = stack.enter_context(variant.session(ctx, f"media-{len(results)}"))
+            _time(log, variant.call, ring, range(warmup), pace)
             gc.collect()
-            ns = sorted(_time(log, image_class, ring, range(warmup, warmup + calls), pace))
+            ns = sorted(_time(log, variant.call, ring, range(warmup, warmup + calls), pace))
             t_end = time.perf_counter()
         results.append(
             MediaResult(
-                label,
+                variant.label,
                 pace[0],
                 calls,
                 ns[len(ns) // 2] / 1e3,
@@ -161,17 +216,30 @@ def report_media(results: list[MediaResult]) -> None:
         ["tool", "calls", "timed", "median µs", "p99 µs", "mean µs", "÷ traintape", "finish s"],
         rows,
     )
-    for pace, ref in refs.items():
-        met = "met" if ref.median_us <= 5.0 else "MISSED"
-        print(
-            f"\ntarget ≤ 5 µs median for traintape's call, {pace}: {ref.median_us:.1f} µs ({met})."
-        )
+    _report_targets(results)
     print(
-        "The image object is made inside the timed call. traintape copies the pixels and queues "
-        "them; PNG encoding and the durable store happen on its artifact thread (`finish s`: "
-        "what was still queued when the loop ended). Back to back, traintape's queue of copies "
-        "grows (up to 64 MiB, then log() waits for the thread) and every copy faults in fresh "
-        "pages (48 for this image); at a pace the thread keeps up with, the copy goes into a "
-        "buffer an encoded image gave back (no faults). After a pause (10 ms, 0.5 s) a call "
-        "runs with cold caches, as the floor's copy shows."
+        "\nThe image object is made inside the timed call. traintape copies the pixels (or, "
+        "with copy=False, takes the array and makes it read-only) and queues them; PNG "
+        "encoding and the durable store happen on its artifact thread (`finish s`: what was "
+        "still queued when the loop ended). Back to back, traintape's queue of copies grows (up "
+        "to 64 MiB, then log() waits for the thread) and every copy faults in fresh pages (48 "
+        "for this image); at a pace the thread keeps up with, the copy goes into a buffer an "
+        "encoded image gave back (no faults). After a pause (10 ms, 0.5 s) every call runs with "
+        "cold caches: the floors show what that costs any Python call and any copy here."
     )
+
+
+def _report_targets(results: list[MediaResult]) -> None:
+    """The ≤ 5 µs target of each traintape call, and what the image adds to the float's call."""
+    by = {(r.label, r.pace): r for r in results}
+    for label in (MEDIA_TOOLS["traintape"], HANDOVER):
+        for pace, _, _ in PACES:
+            r = by.get((label, pace))
+            if r is None:
+                continue
+            met = "met" if r.median_us <= 5.0 else "MISSED"
+            alone = by.get(("floor: emitter.log, float alone", pace))
+            python = by.get(("floor: a Python call", pace))
+            extra = f"; the float's call alone {alone.median_us:.1f} µs" if alone else ""
+            extra += f", a pure-Python call {python.median_us:.1f} µs" if python else ""
+            print(f"target ≤ 5 µs median, {label}, {pace}: {r.median_us:.1f} µs ({met}){extra}.")

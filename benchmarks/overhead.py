@@ -8,7 +8,8 @@ Three sections, in one run, each tool measured beside the others on the same mac
 
 calls   the cost of one logging call of 10 floats on the calling thread (time.perf_counter_ns
         around each call, after a warm-up): median, p99 and mean (the mean includes the calls
-        that pay for a batched send).
+        that pay for a batched send). Timed in rounds, each tool's ratio to emitter.log taken
+        per round, beside a pure-Python probe of the machine's speed (benchmarks/call_rounds.py).
 loop    steps/s of a small CPU MLP (2 torch threads) that logs 10 floats every step with each
         tool. Variants are interleaved and repeated (one block per variant per repeat, the order
         rotated each repeat), because single runs on a shared 2-core machine vary by ±20 %.
@@ -45,6 +46,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from call_rounds import fmt_ratio, measure_calls, python_floor_session, report_calls
 from collector_process import Collector
 from framework_loggers import csv_logger_session, traintape_logger_session, wandb_logger_session
 from media_calls import MEDIA_TOOLS, measure_media, report_media
@@ -265,6 +267,13 @@ TOOLS = {
         Tool("lightning-wandb", "Lightning WandbLogger (offline)", wandb_logger_session, "tool"),
     )
 }
+# Always timed in the calls section, beside traintape: which of the machine's speeds each round had.
+PYTHON_FLOOR = Tool(
+    "python-floor",
+    "pure Python: dict copy + time_ns + deque append (machine speed)",
+    python_floor_session,
+    "fast",
+)
 # The distribution each tool needs; a missing one is skipped with a line on stderr.
 NEEDS = {
     "wandb": "wandb",
@@ -289,153 +298,12 @@ def _versions() -> str:
     return ", ".join(found)
 
 
-# -- statistics and formatting ----------------------------------------------------------------
-
-
-def percentile(sorted_values: list[int] | list[float], q: float) -> float:
-    """Nearest-rank percentile of an already sorted list."""
-    rank = max(1, math.ceil(q / 100 * len(sorted_values)))
-    return float(sorted_values[rank - 1])
-
-
-def fmt_us(us: float) -> str:
-    if us < 10:
-        return f"{us:.2f}"
-    if us < 1000:
-        return f"{us:.1f}"
-    return f"{us:,.0f}"
-
-
-def fmt_ratio(r: float) -> str:
-    if not math.isfinite(r):
-        return "–"
-    return f"{r:.2f}×" if r < 10 else f"{r:,.0f}×"
+# -- the metrics every call logs --------------------------------------------------------------
 
 
 def metrics_ring(n: int = 1024) -> list[dict[str, float]]:
     """Distinct dicts of 10 floats, so no tool profits from seeing the same object twice."""
     return [{f"metric_{j}": (i * N_FLOATS + j) * 1e-3 for j in range(N_FLOATS)} for i in range(n)]
-
-
-# -- section 1: per-call cost -----------------------------------------------------------------
-
-
-@dataclass
-class CallResult:
-    tool: Tool
-    calls: int
-    median_us: float
-    p99_us: float
-    mean_us: float
-    init_s: float  # entering the session: init / start_run / SummaryWriter()
-    finish_s: float  # leaving it: finish / end_run, which waits for what is still queued
-
-
-def _time_calls(
-    log: LogFn, ring: list[dict[str, float]], n: int, takes_step: bool, first: int = 0
-) -> list[int]:
-    """Steps from `first`: the timed calls go on after the warm-up's steps (W&B-style logs drop
-    a step below the last one, with a warning: not the call to time)."""
-    now = time.perf_counter_ns
-    size = len(ring)
-    out = [0] * n
-    if takes_step:
-        for i in range(n):
-            metrics = ring[i % size]
-            t0 = now()
-            log(metrics, first + i)
-            out[i] = now() - t0
-    else:
-        for i in range(n):
-            metrics = ring[i % size]
-            t0 = now()
-            log(metrics)
-            out[i] = now() - t0
-    return out
-
-
-def measure_calls(ctx: Context, tools: list[Tool], counts: dict[str, int]) -> list[CallResult]:
-    ring = metrics_ring()
-    results = []
-    for tool in tools:
-        n = counts[tool.calls]
-        warmup = max(20, n // 10)
-        progress(f"calls: {tool.label}: {warmup} warm-up + {n} timed calls")
-        with ExitStack() as stack:
-            t0 = time.perf_counter()
-            log = stack.enter_context(tool.session(ctx, f"calls-{tool.key}"))
-            t1 = time.perf_counter()
-            _time_calls(log, ring, warmup, tool.takes_step)
-            gc.collect()
-            ns = sorted(_time_calls(log, ring, n, tool.takes_step, first=warmup))
-            t2 = time.perf_counter()
-        results.append(
-            CallResult(
-                tool,
-                n,
-                median_us=ns[len(ns) // 2] / 1e3,
-                p99_us=percentile(ns, 99) / 1e3,
-                mean_us=sum(ns) / len(ns) / 1e3,
-                init_s=t1 - t0,
-                finish_s=time.perf_counter() - t2,
-            )
-        )
-    return results
-
-
-def report_calls(results: list[CallResult], counts: dict[str, int]) -> None:
-    print(f"\n### Per call, {N_FLOATS} floats, on the calling thread\n")
-    ref = next((r for r in results if r.tool.key == "traintape"), None)
-    rows = []
-    for r in results:
-        rows.append(
-            [
-                r.tool.label,
-                f"{r.calls:,}",
-                fmt_us(r.median_us),
-                fmt_us(r.p99_us),
-                fmt_us(r.mean_us),
-                fmt_ratio(r.median_us / ref.median_us) if ref else "–",
-                fmt_ratio(r.p99_us / ref.p99_us) if ref else "–",
-                f"{r.init_s:.2f}",
-                f"{r.finish_s:.2f}",
-            ]
-        )
-    print_table(
-        [
-            "tool",
-            "calls timed",
-            "median µs",
-            "p99 µs",
-            "mean µs",
-            "median ÷ traintape",
-            "p99 ÷ traintape",
-            "init s",
-            "finish s",
-        ],
-        rows,
-    )
-    kinds = {r.tool.calls for r in results}
-    described = {
-        "fast": f"{counts['fast']:,} for the sub-microsecond calls",
-        "tool": f"{counts['tool']:,} for the tools of about a millisecond",
-        "slow": f"{counts['slow']:,} for MLflow sync (tens of ms each, so fewer)",
-    }
-    print(
-        f"\nCalls timed: {'; '.join(v for k, v in described.items() if k in kinds)}; each after "
-        "a warm-up of 10 % (at least 20). The mean includes the calls that pack and send a "
-        "batch. `init s` and `finish s` are the run's start and end around those calls "
-        "(`finish` waits for what a tool still has queued; traintape's also until the run is "
-        "visible to readers), off the per-call clock."
-    )
-    if ref is not None:
-        ok_median = ref.median_us <= 1.0
-        ok_p99 = ref.p99_us <= 10.0
-        print(
-            f"traintape target: median ≤ 1 µs: {fmt_us(ref.median_us)} µs "
-            f"({'met' if ok_median else 'MISSED'}); p99 ≤ 10 µs: {fmt_us(ref.p99_us)} µs "
-            f"({'met' if ok_p99 else 'MISSED'})."
-        )
 
 
 # -- section 2: the training loop -------------------------------------------------------------
@@ -792,7 +660,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--tools",
         default=",".join(TOOLS),
-        help=f"comma-separated subset of {','.join(TOOLS)} (default: all)",
+        help=f"comma-separated subset of {','.join(TOOLS)} (default: all); the calls section "
+        "also times traintape and python-floor, the references of its ratios",
     )
     g = p.add_argument_group("calls")
     g.add_argument("--calls", type=int, help="timed calls for traintape and the floor (100000)")
@@ -802,6 +671,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="timed calls for wandb, trackio, tensorboard, mlflow async (2000)",
     )
     g.add_argument("--slow-calls", type=int, help="timed calls for MLflow sync, ≈25 ms each (200)")
+    g.add_argument(
+        "--rounds",
+        type=int,
+        help="rounds the calls are split over, each a fresh session of every tool; ratios to "
+        "traintape are taken per round (5; 3 with --quick)",
+    )
     g.add_argument("--media-calls", type=int, help="timed calls with an image, per tool (300)")
     g = p.add_argument_group("loop")
     g.add_argument("--repeats", type=int, help="interleaved repeats of every variant (7)")
@@ -817,10 +692,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--poll", type=float, default=0.05, help="DuckDB poll interval in s (0.05)")
     p.add_argument("--ingest-child", metavar="STORE", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    full = {"calls": 100_000, "tool_calls": 2000, "slow_calls": 200, "repeats": 7}
+    full = {"calls": 100_000, "tool_calls": 2000, "slow_calls": 200, "rounds": 5, "repeats": 7}
     full |= {"media_calls": 300}
     full |= {"block_seconds": 2.0, "warmup_steps": 100, "events": 200_000}
-    quick = {"calls": 20_000, "tool_calls": 300, "slow_calls": 40, "repeats": 2}
+    quick = {"calls": 20_000, "tool_calls": 300, "slow_calls": 40, "rounds": 3, "repeats": 2}
     quick |= {"media_calls": 100}
     quick |= {"block_seconds": 1.0, "warmup_steps": 50, "events": 50_000}
     for name, value in (quick if args.quick else full).items():
@@ -834,6 +709,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if unknown:
             p.error(f"unknown {name}: {', '.join(sorted(unknown))}; choose from {allowed}")
     args.procs = [int(n) for n in args.procs.split(",") if n]
+    if args.rounds < 1:
+        p.error(f"--rounds must be at least 1, not {args.rounds}")
     return args
 
 
@@ -849,6 +726,12 @@ def _available(tools: list[Tool]) -> list[Tool]:
             continue
         found.append(tool)
     return found
+
+
+def _calls_tools(tools: list[Tool]) -> list[Tool]:
+    """The chosen tools, with the machine-speed probe first and traintape, the reference of
+    every ratio, added when not chosen."""
+    return [PYTHON_FLOOR] + [t for t in TOOLS.values() if t in tools or t.key == "traintape"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -879,9 +762,10 @@ def main(argv: list[str] | None = None) -> int:
                 stack.enter_context(Collector(ctx.store))
             if "calls" in args.sections:
                 counts = {"fast": args.calls, "tool": args.tool_calls, "slow": args.slow_calls}
+                timed = _calls_tools(tools)
                 with quiet:
-                    calls = measure_calls(ctx, tools, counts)
-                report_calls(calls, counts)
+                    calls = measure_calls(ctx, timed, counts, args.rounds, metrics_ring(), progress)
+                report_calls(calls, counts, args.rounds, N_FLOATS)
             if "loop" in args.sections:
                 with quiet:
                     loop = measure_loop(ctx, tools, args)
