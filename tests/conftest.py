@@ -330,11 +330,13 @@ def _fresh_emitter_state(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Ite
 
 
 def query(store: Path, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+    """The rows of `sql`, asked again if a compaction moved a file the query listed."""
     import traintape
+    from traintape.read.query import rows
 
     con = traintape.connect(store)
     try:
-        return con.execute(sql, list(params)).fetchall()
+        return rows(con, sql, params)
     finally:
         con.close()
 

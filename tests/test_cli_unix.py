@@ -160,3 +160,35 @@ def test_replay_without_a_collector_fails_at_once_with_advice(tmp_path: Path) ->
         reason = "nothing listens on" if stale else "no collector socket at"
         assert reason in out.stderr and "no acknowledgement" not in out.stderr, out.stderr
         assert spool_files(spool_dir(store)), "the spool went"
+
+
+def test_query_is_asked_again_when_a_file_it_listed_vanished(
+    empty_store: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`traintape query` runs the statement again when DuckDB could not open a file it had
+    listed (a compaction replaced it meanwhile) and prints the answer, instead of failing."""
+    import duckdb
+
+    from traintape.cli import read as cli_read
+
+    real_connect = cli_read._connect
+    failures = []
+
+    class Vanishing:
+        """A connection whose first statement fails as a read of a vanished Parquet file does."""
+
+        def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
+            self.con = con
+
+        def execute(self, sql: str, params: list[object] | None = None) -> object:
+            if not failures:
+                failures.append(sql)
+                msg = 'IO Error: Cannot open file "tables/metrics/r/part-1-2.parquet"'
+                raise duckdb.IOException(msg)
+            return self.con.execute(sql, params or [])
+
+    monkeypatch.setattr(cli_read, "_connect", lambda args: Vanishing(real_connect(args)))
+    argv = ["query", "SELECT 2 AS n", "--store", str(empty_store), "--format", "csv"]
+    assert main(argv) == 0
+    assert capsys.readouterr().out == "n\n2\n"
+    assert failures == ["SELECT 2 AS n"]

@@ -29,15 +29,16 @@ def _connect(args: argparse.Namespace) -> Any:
 def _cmd_query(args: argparse.Namespace) -> int:
     import duckdb
 
+    from traintape.read.query import answer
+
     con = _connect(args)
     try:
-        cur = con.execute(args.sql)
+        columns, found = answer(con, args.sql)  # again if a compaction moved a file it listed
     except duckdb.Error as exc:
         print(f"traintape query: {exc}", file=sys.stderr)
         return 1
-    if cur.description is None:
-        return 0
-    print_rows([d[0] for d in cur.description], cur.fetchall(), args.format)
+    if columns is not None:
+        print_rows(columns, found, args.format)
     return 0
 
 

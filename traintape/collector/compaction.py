@@ -40,8 +40,8 @@ atomic for them. Hiding the inputs before the merged file appears means a query 
 steps 3-4 (a few renames, microseconds to milliseconds) can see *fewer* rows of that run, never
 twice the same row: a transiently short answer that the next query corrects, rather than
 silently doubled counts and means that nothing flags. With either method, a query that listed a
-file just before it went away can fail with "file not found"; `traintape.read.history` retries such
-a query.
+file just before it went away can fail with "file not found"; traintape's own readers
+(`traintape.read.query`, `traintape query`) ask such a query again.
 
 The materializer's own startup rule (files whose journal range starts at or past its cursor are
 uncommitted leftovers) applies to compacted files too, and compaction only ever touches files

@@ -18,6 +18,7 @@ from traintape.globs import sql_string
 from traintape.read.store import table_files
 
 __all__ = [
+    "answer",
     "by_step",
     "latest_params",
     "records",
@@ -47,6 +48,22 @@ def rows(
     con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] = ()
 ) -> list[tuple[Any, ...]]:
     return _retry(lambda: con.execute(sql, list(params)).fetchall())
+
+
+def answer(
+    con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] = ()
+) -> tuple[list[str] | None, list[tuple[Any, ...]]]:
+    """(column names, rows) of any statement, run again if a file it listed vanished; names
+    None for a statement that returns no rows. A failed statement changed nothing (DuckDB
+    rolls it back), so running it again is safe."""
+
+    def run() -> tuple[list[str] | None, list[tuple[Any, ...]]]:
+        cur = con.execute(sql, list(params))
+        if cur.description is None:
+            return None, []
+        return [d[0] for d in cur.description], cur.fetchall()
+
+    return _retry(run)
 
 
 def records(
