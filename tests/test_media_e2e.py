@@ -51,7 +51,8 @@ def test_every_image_of_two_ranks_is_stored_and_reads_back_identical(
 ) -> None:
     """Each of the 1,000 images logged from 2 ranks is one `media` row at its step with the
     contract's fields, its object's sha256 is its content's, and Pillow decodes it to exactly
-    the pixels logged; the numbers of the same calls are all in `metrics`."""
+    the pixels logged, copied or handed over (odd steps); the numbers of the same calls are all
+    in `metrics`."""
     store, run_id = two_ranks
     rows = query(
         store,

@@ -1,6 +1,7 @@
 """A training-process stand-in for tests/test_media_e2e.py: each rank logs `--images` distinct
-256x256 RGB images (`sample(rank, step)`) with a number in the same `log()` call; rank 0 also
-logs one image under two keys and a table."""
+256x256 RGB images (`sample(rank, step)`) with a number in the same `log()` call, those of odd
+steps handed over (`copy=False`: a fresh array each, as a loop makes them); rank 0 also logs one
+image under two keys and a table."""
 
 from __future__ import annotations
 
@@ -34,7 +35,8 @@ def main() -> int:
 
     run = emitter.init(project="media", store=args.store)
     for step in range(args.images):
-        image = traintape.Image(sample(run.rank, step), caption=f"{run.rank}/{step}")
+        pixels, handed = sample(run.rank, step), step % 2 == 1
+        image = traintape.Image(pixels, caption=f"{run.rank}/{step}", copy=not handed)
         emitter.log({"loss": 1.0 / (step + 1), "samples/pred": image}, step=step)
     if run.rank == 0:
         same = sample(0, 0)
