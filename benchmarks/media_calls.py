@@ -161,6 +161,16 @@ def _variants(sessions: dict[str, Any]) -> list[Variant]:
     return chosen
 
 
+def _empty_snapshot_pool() -> None:
+    """Every variant starts as a new process would: traintape's pool of snapshot buffers (one
+    per process) empty, not holding what an earlier variant's images gave back."""
+    import sys
+
+    pixels = sys.modules.get("traintape.emitter.media_pixels")
+    if pixels is not None:
+        pixels.SNAPSHOTS.free.clear()
+
+
 def measure_media(
     ctx: Any, sessions: dict[str, Any], calls: int, progress: Callable[[str], None]
 ) -> list[MediaResult]:
@@ -170,6 +180,7 @@ def measure_media(
     for variant, pace in itertools.product(_variants(sessions), PACES):
         warmup = max(10, calls // 10)
         progress(f"media: {variant.label}, {pace[0]}: {warmup} warm-up + {calls} timed calls")
+        _empty_snapshot_pool()
         with ExitStack() as stack:
             log = stack.enter_context(variant.session(ctx, f"media-{len(results)}"))
             _time(log, variant.call, ring, range(warmup), pace)
