@@ -608,3 +608,35 @@ def test_the_page_gets_the_basic_plotly_bundle_when_installed(
     assert full.name == "plotly.min.js" and full.parent.name == "package_data" and full.is_file()
     basic.write_text("/* basic */")
     assert server.plotly_js() == basic
+
+
+def test_an_object_too_big_to_hold_is_checked_a_chunk_at_a_time_before_it_is_streamed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An object over WHOLE_MAX is hashed a chunk at a time and then streamed (not held whole):
+    intact, it is sent chunk by chunk; changed behind the store's back, it is refused before a
+    byte is sent; removed meanwhile, it is not found."""
+    import hashlib
+
+    from traintape.errors import ArtifactNotFoundError, ArtifactVerifyError
+    from traintape.layout import StoreLayout
+    from traintape.ui import media
+
+    monkeypatch.setattr(media, "WHOLE_MAX", 1000)
+    monkeypatch.setattr("traintape.read.artifacts._CHUNK", 4096)  # several chunks
+    content = os.urandom(50_000)
+    sha = hashlib.sha256(content).hexdigest()
+    path = StoreLayout(tmp_path).artifact_object(sha)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(content)
+    row = {"sha256": sha, "bytes": len(content), "name": "big.bin", "kind": None}
+    monkeypatch.setattr(media, "_recorded", lambda con, run_id, sha256: row)
+    found, where, data = media.object_bytes(None, tmp_path, "r", sha)  # type: ignore[arg-type]
+    assert (found, where, data) == (row, path, None)
+    assert b"".join(media.stream(where, chunk=4096)) == content
+    path.write_bytes(content[:-1] + bytes([content[-1] ^ 1]))  # same size, another hash
+    with pytest.raises(ArtifactVerifyError, match="do not hash"):
+        media.object_bytes(None, tmp_path, "r", sha)  # type: ignore[arg-type]
+    path.unlink()
+    with pytest.raises(ArtifactNotFoundError, match="gone"):
+        media.object_bytes(None, tmp_path, "r", sha)  # type: ignore[arg-type]

@@ -121,7 +121,7 @@ def fetch(
     tmp = out / f".{target.name}.{uuid.uuid4().hex}.tmp"
     try:
         with open(source, "rb") as src, open(tmp, "wb") as dst:
-            size, digest = _copy(src, dst)
+            size, digest = copy_hashing(src, dst)
             dst.flush()
             os.fsync(dst.fileno())
     except FileNotFoundError:
@@ -157,12 +157,15 @@ def _file_name(row: dict[str, Any]) -> str:
     return name + suffix
 
 
-def _copy(src: Any, dst: Any) -> tuple[int, str]:
+def copy_hashing(src: Any, dst: Any = None) -> tuple[int, str]:
+    """(bytes, sha256) of the file `src` read to its end a chunk at a time (never whole in
+    memory), each chunk written to `dst` when given."""
     digest = hashlib.sha256()
     size = 0
     while chunk := src.read(_CHUNK):
         digest.update(chunk)
-        dst.write(chunk)
+        if dst is not None:
+            dst.write(chunk)
         size += len(chunk)
     return size, digest.hexdigest()
 

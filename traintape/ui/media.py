@@ -22,7 +22,7 @@ import duckdb
 from traintape.errors import ArtifactNotFoundError, ArtifactVerifyError, QueryError
 from traintape.globs import sql_string
 from traintape.layout import StoreLayout
-from traintape.read.artifacts import artifact_rows
+from traintape.read.artifacts import artifact_rows, copy_hashing
 from traintape.read.query import rows
 
 __all__ = [
@@ -38,8 +38,9 @@ __all__ = [
 MEDIA_KINDS = ("image", "table")
 TABLE_ROWS = 500
 """Rows of a table the page shows (its row count is said beside them)."""
-VERIFY_MAX = 256 << 20
-"""Objects up to this size are read whole and their sha256 checked before they are sent."""
+WHOLE_MAX = 16 << 20
+"""Objects up to this size are read whole, checked and sent from memory; a larger one is checked
+a chunk at a time, then streamed (every object is checked before a byte of it is sent)."""
 _HEX = frozenset("0123456789abcdef")
 
 
@@ -95,10 +96,18 @@ def object_bytes(
     if row["bytes"] is not None and size != row["bytes"]:
         msg = f"object {sha256}: {size} bytes in the store, its event recorded {row['bytes']}"
         raise ArtifactVerifyError(msg)
-    if size > VERIFY_MAX:
-        return row, path, None  # streamed: too big to hold, its size was checked
-    data = path.read_bytes()
-    if hashlib.sha256(data).hexdigest() != sha256:
+    try:
+        if size > WHOLE_MAX:
+            with open(path, "rb") as f:
+                digest = copy_hashing(f)[1]
+            data = None  # streamed once checked: too big to hold
+        else:
+            data = path.read_bytes()
+            digest = hashlib.sha256(data).hexdigest()
+    except FileNotFoundError:  # removed by `traintape gc` since
+        msg = f"the object {sha256} of run {run_id!r} is gone from the store"
+        raise ArtifactNotFoundError(msg) from None
+    if digest != sha256:
         msg = f"object {sha256}: the stored bytes do not hash to it"
         raise ArtifactVerifyError(msg)
     return row, path, data

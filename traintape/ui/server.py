@@ -250,7 +250,7 @@ def _object(row: dict[str, Any], path: Path, data: bytes | None) -> Response:
         # ASCII only: a header is latin-1, and a key such as "表" would fail the response
         safe = "".join(c if c.isascii() and (c.isalnum() or c in "._-") else "_" for c in name)
         headers["Content-Disposition"] = f'attachment; filename="{safe}"'
-    if data is None:  # too big to check whole: its size was
+    if data is None:  # too big to hold: checked a chunk at a time, sent the same way
         return StreamingResponse(media.stream(path), media_type=kind, headers=headers)
     return Response(data, media_type=kind, headers=headers)
 
