@@ -164,6 +164,52 @@ def test_files_a_plain_png_is_stored_as_it_is_other_images_are_converted(tmp_pat
         traintape.Image(tmp_path / "missing.png")
 
 
+def _png_chunks(data: bytes) -> list[tuple[int, bytes]]:
+    """(offset, type) of each chunk of a PNG file."""
+    out, offset = [], 8
+    while offset < len(data):
+        length = int.from_bytes(data[offset : offset + 4], "big")
+        out.append((offset, data[offset + 4 : offset + 8]))
+        offset += 12 + length
+    return out
+
+
+def test_a_damaged_png_file_is_refused_on_the_thread_never_stored(tmp_path: Path) -> None:
+    """A PNG file stored as it is must be whole: cut short anywhere (in a chunk, before IEND),
+    a flipped byte (its chunk's CRC fails), or pixel data that does not inflate to the header's
+    size (valid CRCs) is refused with ValueError when encoded; the whole file is stored as it is."""
+    import zlib
+
+    PILImage.fromarray(_pixels(40, 30, 3)).save(tmp_path / "good.png")
+    good = (tmp_path / "good.png").read_bytes()
+    chunks = dict((kind, offset) for offset, kind in _png_chunks(good))
+    idat, iend = chunks[b"IDAT"], chunks[b"IEND"]
+    flipped = bytearray(good)
+    flipped[idat + 20] ^= 0x01
+    short_idat = zlib.compress(zlib.decompress(good[idat + 8 : iend - 4])[:-50])
+    body = b"IDAT" + short_idat
+    inflates_short = (
+        good[:idat]
+        + len(short_idat).to_bytes(4, "big")
+        + body
+        + zlib.crc32(body).to_bytes(4, "big")
+        + good[iend:]
+    )
+    cases = {
+        "cut in IDAT": (good[: idat + 30], "cut short or fails"),
+        "no IEND": (good[:iend], "no IEND"),
+        "cut in a length": (good[: iend + 2], "cut short or fails"),
+        "flipped byte": (bytes(flipped), "cut short or fails"),
+        "inflates short": (inflates_short, "does not inflate to"),
+    }
+    for name, (data, match) in cases.items():
+        (tmp_path / f"{name}.png").write_bytes(data)
+        image = traintape.Image(tmp_path / f"{name}.png")  # its header is fine: taken
+        with pytest.raises(ValueError, match=match):
+            image.encode()
+    assert traintape.Image(tmp_path / "good.png").encode()[0] == good  # whole: as it is
+
+
 @pytest.mark.parametrize("shape", [(1, 1), (3, 1, 3), (17, 5, 4), (64, 33, 3), (9, 200)])
 def test_the_numpy_png_encoder_round_trips(shape: tuple[int, ...]) -> None:
     """The encoder used without Pillow (per-row filters, zlib) writes PNGs Pillow decodes to

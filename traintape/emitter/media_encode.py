@@ -47,10 +47,9 @@ def image_file(fd: int, caption: str | None) -> tuple[bytes, dict[str, Any]]:
     """A PNG file of 8-bit gray, RGB or RGBA as it is; any other image decoded by Pillow and
     encoded as such a PNG."""
     data = _read_all(fd)
-    if data.startswith(PNG_MAGIC) and data[12:16] == b"IHDR":
-        width, height, depth, color = struct.unpack(">IIBB", data[16:26])
-        if depth == 8 and color in _CHANNELS_OF:
-            return data, _image_metadata((height, width, _CHANNELS_OF[color]), caption)
+    shape = _plain_png(data) if data.startswith(PNG_MAGIC) else None
+    if shape is not None:
+        return data, _image_metadata(shape, caption)
     from PIL import Image as PILImage
 
     from traintape.emitter.media import _pil_array
@@ -72,6 +71,58 @@ def _image_metadata(shape: tuple[int, ...], caption: str | None) -> dict[str, An
         "channels": channels,
         "caption": caption,
     }
+
+
+def _plain_png(data: bytes) -> tuple[int, int, int] | None:
+    """(height, width, channels) of a whole PNG of 8-bit gray, RGB or RGBA, not interlaced: one
+    stored as it is. None for any other PNG (decoded by Pillow, then stored as such a PNG).
+    ValueError for a damaged one (a chunk cut short or failing its CRC, no IHDR first or no IEND
+    last, pixel data that does not inflate to the size its header gives): never stored."""
+    kinds: list[bytes] = []
+    offset, header, idat, inflated = len(PNG_MAGIC), b"", zlib.decompressobj(), 0
+    while offset < len(data) and kinds[-1:] != [b"IEND"]:
+        # A length cut short reads as huge (padded with 0xff): that chunk then fails below.
+        (length,) = struct.unpack(">I", data[offset : offset + 4].rjust(4, b"\xff"))
+        kind, body = data[offset + 4 : offset + 8], data[offset + 8 : offset + 8 + length]
+        end = offset + 12 + length
+        crc = data[end - 4 : end] if end <= len(data) else b""
+        if crc != struct.pack(">I", zlib.crc32(kind + body)):
+            msg = (
+                f"the PNG file is damaged: its chunk at byte {offset} is cut short or fails its CRC"
+            )
+            raise ValueError(msg)
+        if (kind == b"IHDR") != (not kinds) or (kind == b"IHDR" and length != 13):
+            msg = "the PNG file is damaged: it does not start with one IHDR header"
+            raise ValueError(msg)
+        kinds.append(kind)
+        header = body if kind == b"IHDR" else header
+        inflated += _inflated_size(idat, body) if kind == b"IDAT" else 0
+        offset = end
+    if kinds[-1:] != [b"IEND"]:
+        msg = "the PNG file is cut short: it has no IEND chunk"
+        raise ValueError(msg)
+    width, height, depth, color, _, _, interlace = struct.unpack(">IIBBBBB", header)
+    if depth != 8 or color not in _CHANNELS_OF or interlace:
+        return None
+    channels = _CHANNELS_OF[color]
+    if not idat.eof or inflated != height * (1 + width * channels):
+        msg = "the PNG file is damaged: its pixel data does not inflate to its header's size"
+        raise ValueError(msg)
+    return height, width, channels
+
+
+def _inflated_size(stream: Any, data: bytes) -> int:
+    """How many bytes `data` inflates to in the zlib `stream`, 8 MiB at a time (a header that
+    claims a huge image is never inflated into memory at once)."""
+    size = 0
+    try:
+        while data:
+            size += len(stream.decompress(data, 8 << 20))
+            data = stream.unconsumed_tail
+    except zlib.error as exc:
+        msg = f"the PNG file is damaged: its pixel data does not inflate ({exc})"
+        raise ValueError(msg) from None
+    return size
 
 
 def _read_all(fd: int) -> bytes:
