@@ -148,6 +148,32 @@ def test_a_bad_value_refuses_the_whole_call(rec: Recorder) -> None:
     assert rec.metrics == {0: {"ok": 1.0, "more": 3.0}}
 
 
+
+def test_an_image_or_table_of_wandb_itself_is_stored_as_ours(rec: Recorder) -> None:
+    """A script that makes media with `import wandb` and logs with traintape.wandb stores them:
+    W&B's Image as the PNG W&B wrote for it (its caption kept), W&B's Table as its columns and
+    rows, at the row's step; W&B's other types stay refused."""
+    real = pytest.importorskip("wandb")
+    import numpy as np
+
+    import traintape
+
+    pixels = np.arange(4 * 5 * 3, dtype=np.uint8).reshape(4, 5, 3)
+    image = real.Image(pixels, caption="theirs")
+    table = real.Table(columns=["id", "label"], data=[[1, "cat"], [2, "dog"]])
+    wandb.log({"img": image, "t": table, "loss": 0.5})
+    wandb.log({"next": 1.0})
+    row = rec.metrics[0]
+    assert isinstance(row["img"], traintape.Image) and isinstance(row["t"], traintape.Table)
+    png, meta = row["img"].encode()
+    assert png == Path(image._path).read_bytes() and meta["caption"] == "theirs"
+    assert (row["t"].columns, row["t"].arrow.to_pylist()) == (
+        ["id", "label"],
+        [{"id": 1, "label": "cat"}, {"id": 2, "label": "dog"}],
+    )
+    with pytest.raises(UnsupportedMediaError, match="Html"):
+        wandb.log({"page": real.Html("<p>hi</p>")})
+
 def test_config_behaves_as_wandb_and_records_changes_as_params(rec: Recorder) -> None:
     """Attribute and item access, update (an argparse Namespace too, "--" stripped), a changed
     value refused without allow_val_change, setdefaults, as_dict/keys/items/get/in; each change

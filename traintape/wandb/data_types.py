@@ -81,6 +81,23 @@ def as_histogram(value: Any) -> Histogram | None:
     return None
 
 
+def of_wandb_itself(value: Any) -> Any | None:
+    """Ours for an `Image` or `Table` of W&B itself (made with `import wandb`), so a script that
+    mixes both imports stores them: an Image of the PNG or JPEG file W&B wrote for it (with its
+    caption), a Table of its columns and rows. None for anything else (W&B's other types are
+    refused where the row is checked)."""
+    cls = type(value)
+    if cls.__module__.split(".")[0] != "wandb":
+        return None
+    path = getattr(value, "_path", None)
+    if cls.__name__ == "Image" and isinstance(path, str):
+        return Image(path, caption=getattr(value, "_caption", None))
+    columns, rows = getattr(value, "columns", None), getattr(value, "data", None)
+    if cls.__name__ == "Table" and isinstance(columns, list) and isinstance(rows, list):
+        return Table(columns=columns, data=rows)
+    return None
+
+
 class Image(media.Image):
     """W&B's `Image(data_or_path, mode=None, caption=None, ...)`, stored as traintape's Image.
 
