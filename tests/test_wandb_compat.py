@@ -148,11 +148,11 @@ def test_a_bad_value_refuses_the_whole_call(rec: Recorder) -> None:
     assert rec.metrics == {0: {"ok": 1.0, "more": 3.0}}
 
 
-
-def test_an_image_or_table_of_wandb_itself_is_stored_as_ours(rec: Recorder) -> None:
+def test_a_histogram_image_or_table_of_wandb_itself_is_stored_as_ours(rec: Recorder) -> None:
     """A script that makes media with `import wandb` and logs with traintape.wandb stores them:
     W&B's Image as the PNG W&B wrote for it (its caption kept), W&B's Table as its columns and
-    rows, at the row's step; W&B's other types stay refused."""
+    rows, W&B's Histogram as its counts over its bins, at the row's step; W&B's other types stay
+    refused."""
     real = pytest.importorskip("wandb")
     import numpy as np
 
@@ -161,8 +161,12 @@ def test_an_image_or_table_of_wandb_itself_is_stored_as_ours(rec: Recorder) -> N
     pixels = np.arange(4 * 5 * 3, dtype=np.uint8).reshape(4, 5, 3)
     image = real.Image(pixels, caption="theirs")
     table = real.Table(columns=["id", "label"], data=[[1, "cat"], [2, "dog"]])
-    wandb.log({"img": image, "t": table, "loss": 0.5})
+    hist = real.Histogram([0.0, 1.0, 1.0, 4.0], num_bins=4)
+    wandb.log({"img": image, "t": table, "h": hist, "loss": 0.5})
     wandb.log({"next": 1.0})
+    assert rec.histograms == [
+        (0, {"key": "h", "min": 0.0, "max": 4.0, "counts": list(hist.histogram)})
+    ]
     row = rec.metrics[0]
     assert isinstance(row["img"], traintape.Image) and isinstance(row["t"], traintape.Table)
     png, meta = row["img"].encode()
@@ -173,6 +177,7 @@ def test_an_image_or_table_of_wandb_itself_is_stored_as_ours(rec: Recorder) -> N
     )
     with pytest.raises(UnsupportedMediaError, match="Html"):
         wandb.log({"page": real.Html("<p>hi</p>")})
+
 
 def test_config_behaves_as_wandb_and_records_changes_as_params(rec: Recorder) -> None:
     """Attribute and item access, update (an argparse Namespace too, "--" stripped), a changed

@@ -69,12 +69,8 @@ def answer(
 def records(
     con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] = ()
 ) -> list[dict[str, Any]]:
-    def run() -> list[dict[str, Any]]:
-        cur = con.execute(sql, list(params))
-        names = [d[0] for d in cur.description]
-        return [dict(zip(names, r)) for r in cur.fetchall()]
-
-    return _retry(run)
+    names, found = answer(con, sql, params)
+    return [dict(zip(names or (), r)) for r in found]
 
 
 def run_rows(con: duckdb.DuckDBPyConnection, table: str, run_ids: Sequence[str]) -> str:

@@ -71,24 +71,16 @@ class Histogram:
         return f"Histogram({len(self.histogram)} bins, {self.bins[0]:g}..{self.bins[-1]:g})"
 
 
-def as_histogram(value: Any) -> Histogram | None:
-    """`value` as our Histogram when it is one, or W&B's own (from `import wandb`); else None."""
-    if isinstance(value, Histogram):
-        return value
-    cls = type(value)
-    if cls.__name__ == "Histogram" and cls.__module__.split(".")[0] == "wandb":
-        return Histogram(np_histogram=(value.histogram, value.bins))
-    return None
-
-
 def of_wandb_itself(value: Any) -> Any | None:
-    """Ours for an `Image` or `Table` of W&B itself (made with `import wandb`), so a script that
-    mixes both imports stores them: an Image of the PNG or JPEG file W&B wrote for it (with its
-    caption), a Table of its columns and rows. None for anything else (W&B's other types are
-    refused where the row is checked)."""
+    """Ours for a `Histogram`, `Image` or `Table` of W&B itself (made with `import wandb`), so a
+    script that mixes both imports stores them: a Histogram of its counts and bins, an Image of
+    the PNG or JPEG file W&B wrote for it (with its caption), a Table of its columns and rows.
+    None for anything else (W&B's other types are refused where the row is checked)."""
     cls = type(value)
     if cls.__module__.split(".")[0] != "wandb":
         return None
+    if cls.__name__ == "Histogram":
+        return Histogram(np_histogram=(value.histogram, value.bins))
     path = getattr(value, "_path", None)
     if cls.__name__ == "Image" and isinstance(path, str):
         return Image(path, caption=getattr(value, "_caption", None))

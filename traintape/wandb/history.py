@@ -19,7 +19,7 @@ from typing import Any
 from traintape.emitter.media import MEDIA_TYPES
 from traintape.errors import UnsupportedMediaError
 from traintape.schemas.limits import MAX_INT64
-from traintape.wandb.data_types import Histogram, Table, as_histogram, of_wandb_itself
+from traintape.wandb.data_types import Histogram, Table, of_wandb_itself
 
 logger = logging.getLogger("traintape.wandb")
 
@@ -104,9 +104,7 @@ def flatten_row(data: Any, prefix: str = "", out: dict[str, Any] | None = None) 
         if isinstance(value, Mapping):
             flatten_row(value, f"{name}/", out)
             continue
-        ours = as_histogram(value)
-        if ours is None:
-            ours = of_wandb_itself(value)  # an Image or Table made by `import wandb`
+        ours = of_wandb_itself(value)  # a Histogram, Image or Table made by `import wandb`
         if ours is not None:
             value = ours
         else:
