@@ -34,7 +34,8 @@ class Worker:
     `put` is a deque append (about 0.1 µs) while the thread is awake: an awake thread looks for
     jobs every `POLL_S` and sleeps only after `IDLE_S` without any, so a job queued on every
     training step (an image of `log()`) costs the caller no wake-up (a futex syscall and a
-    thread switch, 5-10 µs); the first job after a sleep wakes it."""
+    thread switch, 5-10 µs); the first job after a sleep wakes it, and the jobs queued before
+    it runs do not wake it again."""
 
     POLL_S = 0.01
     IDLE_S = 1.0
@@ -60,7 +61,12 @@ class Worker:
                     self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
                     self._thread.start()
         self._jobs.append(job)
-        if not self._awake:  # read after the append: see _run's order
+        if not self._awake:  # read after the append: see _next's order
+            # Said awake before the set, so the calls that follow this one (a burst of images,
+            # before the thread gets the GIL to run) skip the set: 1-2 µs each. Never a lost
+            # wake-up: the set always comes after this write, and the thread writes False
+            # before its last look at the queue.
+            self._awake = True
             self._wake.set()
 
     def close(self) -> None:
