@@ -127,6 +127,35 @@ def test_torch_tensors_are_chw_and_copied() -> None:
         traintape.Image(torch.zeros(3, 4, 4, dtype=torch.int64))
 
 
+def test_a_cpu_tensor_is_copied_into_a_reused_buffer_as_numpy_arrays_are() -> None:
+    """A CPU tensor's pixels go into a snapshot buffer (numpy's memcpy, not torch's allocator),
+    given back when the Image is freed; a permuted (non-contiguous) tensor is copied in order, a
+    float16 one is scaled, an ambiguous shape (3, H, 3) is CHW as for any tensor, and a tensor
+    that needs the gradient is taken without it."""
+    from traintape.emitter.media_pixels import SNAPSHOTS
+
+    torch = pytest.importorskip("torch")
+    chw = torch.from_numpy(_pixels(3, 64, 64))
+    image = traintape.Image(chw)
+    buffer = image._source[0]
+    assert isinstance(buffer, np.ndarray) and not np.shares_memory(buffer, chw.numpy())
+    assert (image.width, image.height, image.channels) == (64, 64, 3)
+    expected = chw.permute(1, 2, 0).numpy().copy()
+    chw.zero_()
+    assert np.array_equal(_decoded(image.encode()[0]), expected)
+    del image
+    assert any(b is buffer for b in SNAPSHOTS.free)  # given back, for the next image
+    hwc = torch.from_numpy(_pixels(5, 6, 3)).permute(2, 0, 1)  # CHW view of HWC memory
+    assert np.array_equal(_decoded(traintape.Image(hwc).encode()[0]), hwc.permute(1, 2, 0).numpy())
+    ambiguous = torch.from_numpy(_pixels(3, 4, 3))
+    stored = _decoded(traintape.Image(ambiguous).encode()[0])
+    assert np.array_equal(stored, ambiguous.permute(1, 2, 0).numpy())
+    half = torch.full((1, 4, 4), 0.5, dtype=torch.float16, requires_grad=True)
+    assert np.array_equal(_decoded(traintape.Image(half).encode()[0]), np.full((4, 4), 128))
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        traintape.Image(torch.full((3, 4, 4), 2.0))
+
+
 @pytest.mark.parametrize("mode", ["L", "RGB", "RGBA", "P", "LA", "1"])
 def test_pil_images_are_stored_as_gray_rgb_or_rgba(mode: str) -> None:
     """A PIL image of any 8-bit mode is stored as its gray, RGB or RGBA pixels (palette and

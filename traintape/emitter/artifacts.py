@@ -129,7 +129,7 @@ class ArtifactWriter:
         copying thread, then its bytes are stored as any artifact's (after `check_open`). Waits
         while the media not yet encoded hold more than MediaBacklog.LIMIT bytes."""
         self._media.add(size)
-        self._worker.put(_Job(name, kind, {}, step, ts, -1, None, None, encode, size))
+        self._worker.put((name, kind, encode, step, ts, size))  # its _Job is made by _do
 
     def close(self) -> None:
         """Waits until every queued artifact is stored and its event queued (`finish()` calls it
@@ -141,7 +141,12 @@ class ArtifactWriter:
 
     # -- the copying thread ----------------------------------------------------------------
 
-    def _do(self, job: _Job) -> None:
+    def _do(self, queued: _Job | tuple[Any, ...]) -> None:
+        if isinstance(queued, _Job):
+            job = queued
+        else:  # a media value of put_media, made a job here: not on the caller's time
+            name, kind, encode, step, ts, size = queued
+            job = _Job(name, kind, {}, step, ts, -1, None, None, encode, size)
         try:
             if job.encode is not None:  # PNG or Parquet, made here: off the training thread
                 try:

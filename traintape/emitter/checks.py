@@ -23,6 +23,7 @@ from traintape.schemas.wire import encode_body
 SLACK_BYTES = 4096
 """Room for the header frame and the column framing of a batch, beside the event bodies."""
 MAX_EVENT_BYTES = MAX_MESSAGE_BYTES - SLACK_BYTES
+_SHORT_KEY = 1024
 """The largest packed body of one event."""
 
 Event = tuple[int, int, Any, dict[str, Any]]  # (kind, ts, step, body), as queued
@@ -52,14 +53,14 @@ def check_artifact(body: dict[str, Any], what: str) -> None:
         raise ValueError(msg)
 
 
-def check_media_text(key: str, value: Any) -> None:
+def check_media_text(key: str, texts: tuple[str, ...]) -> None:
     """ValueError at the call for a media value of `log()` whose event could not be stored: its
-    key, caption or column names not UTF-8 text (a lone surrogate) or, together, over the size of
-    one event (found only on the artifact thread otherwise, with the value lost)."""
-    caption = getattr(value, "caption", None)
-    texts = [key, *([caption] if caption else []), *getattr(value, "columns", ())]
+    key or `texts` (a caption, column names) not UTF-8 text (a lone surrogate) or, together, over
+    the size of one event (found only on the artifact thread otherwise, with the value lost)."""
+    if not texts and len(key) < _SHORT_KEY and key.isascii():
+        return  # an image's usual key alone: ASCII, far under one event
     size = 0
-    for text in texts:
+    for text in (key, *texts):
         try:
             size += len(text.encode()) + 5  # msgpack's str header
         except UnicodeEncodeError as exc:

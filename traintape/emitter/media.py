@@ -29,10 +29,13 @@ from traintape.emitter.checks import check_media_text
 from traintape.emitter.deferred import take_tensors
 from traintape.emitter.media_pixels import (
     SNAPSHOTS,
+    Pixels,
+    Size,
     bad_dtype,
     check_float_range,
     handover,
     image_layout,
+    image_size,
     snapshot,
 )
 from traintape.emitter.values import check_metric_name
@@ -69,6 +72,11 @@ class Media:
         """The object's bytes and the event's metadata; run on the artifact thread."""
         raise NotImplementedError
 
+    def texts(self) -> tuple[str, ...]:
+        """The texts its event holds beside the key (a caption, column names): checked when
+        it is logged."""
+        return ()
+
 
 class Image(Media):
     """An image: a numpy array or torch tensor (HWC or CHW with 1, 3 or 4 channels, or HW
@@ -100,21 +108,16 @@ class Image(Media):
         self._source: Any
         np = sys.modules.get("numpy")
         if np is not None and type(data) is np.ndarray:  # the usual case, checked first
-            self._source = snapshot(np, data) if copy else handover(np, data)
+            self._source, size = snapshot(np, data) if copy else handover(np, data)
         elif isinstance(data, (str, os.PathLike)):
             self._source = _open_image_file(os.fspath(data))
             self.width = self.height = self.channels = 0  # known once the file is read
             self.nbytes = 0  # read on the artifact thread
             return
         else:
-            self._source = _other_snapshot(data)
-        pixels, shape, _, layout = self._source
-        self.nbytes = pixels.nbytes  # a numpy buffer's or a tensor's
-        if layout == "chw":
-            self.channels, self.height, self.width = shape
-        else:
-            self.height, self.width = shape[0], shape[1]
-            self.channels = 1 if len(shape) == 2 else shape[2]
+            self._source, size = _other_snapshot(data)
+        self.height, self.width, self.channels = size
+        self.nbytes = self._source[0].nbytes  # a numpy buffer's or a tensor's
 
     def encode(self) -> tuple[bytes, dict[str, Any]]:
         """PNG bytes and the event's metadata (on the artifact thread: `self` keeps an Image
@@ -126,6 +129,9 @@ class Image(Media):
             return media_encode.image_file(source, self.caption)
         pixels, shape, dtype, layout = source
         return media_encode.image_array(pixels, shape, dtype, layout, self.caption)
+
+    def texts(self) -> tuple[str, ...]:
+        return (self.caption,) if self.caption else ()
 
     def __del__(self) -> None:
         source = getattr(self, "_source", None)
@@ -165,6 +171,9 @@ class Table(Media):
     @property
     def columns(self) -> list[str]:
         return list(self.arrow.column_names)
+
+    def texts(self) -> tuple[str, ...]:
+        return tuple(self.arrow.column_names)
 
     @property
     def rows(self) -> int:
@@ -219,7 +228,7 @@ def log_media(
         if kind in MEDIA_TYPES:
             if type(key) is not str or not key:
                 check_metric_name(key)
-            check_media_text(key, value)  # a caption or names no event could hold: refused now
+            check_media_text(key, value.texts())  # what no event could hold: refused now
             media.append((key, value))
             files = files or kind is not Text
         else:
@@ -238,28 +247,38 @@ def log_media(
     return rest
 
 
-def _other_snapshot(data: Any) -> tuple[Any, tuple[int, ...], str, str]:
-    """(pixels, shape, dtype, layout) of a tensor (a CPU copy) or a PIL image (a new array)."""
+def _other_snapshot(data: Any) -> tuple[Pixels, Size]:
+    """(pixels, shape, dtype, layout) and size of a tensor or a PIL image (a new array)."""
     torch = sys.modules.get("torch")
     if torch is not None and isinstance(data, torch.Tensor):
-        if data.dtype != torch.uint8 and not data.is_floating_point():
-            bad_dtype(str(data.dtype).removeprefix("torch."))
-        pixels = data.detach().to("cpu", copy=True)
-        shape = tuple(pixels.shape)
-        layout = image_layout(shape, prefer_chw=True)
-        if pixels.is_floating_point():
-            check_float_range(float(pixels.min()), float(pixels.max()))
-        return pixels, shape, "", layout
+        return _tensor_snapshot(torch, data)
     pil = sys.modules.get("PIL.Image")
     if pil is not None and isinstance(data, pil.Image):
         array = _pil_array(data)
         layout = image_layout(array.shape, prefer_chw=False)
-        return array.reshape(-1), array.shape, "|u1", layout  # a new array: no copy needed
+        size = image_size(array.shape, layout)
+        return (array.reshape(-1), array.shape, "|u1", layout), size  # a new array: no copy
     msg = (
         f"Image() takes a numpy array, a torch tensor, a PIL image or a file path, not "
         f"{type(data).__name__}"
     )
     raise TypeError(msg)
+
+
+def _tensor_snapshot(torch: Any, data: Any) -> tuple[Pixels, Size]:
+    """A tensor's pixels: a CPU tensor copied as a numpy array is (its memory seen through
+    numpy, then one memcpy into a reused buffer: torch's allocator would give new memory, and
+    page faults, to each copy); any other (CUDA, bfloat16, sparse) copied by torch to the CPU."""
+    if data.dtype != torch.uint8 and not data.is_floating_point():
+        bad_dtype(str(data.dtype).removeprefix("torch."))
+    if data.device.type == "cpu" and data.layout == torch.strided and data.dtype != torch.bfloat16:
+        return snapshot(_numpy(), data.detach().numpy(), prefer_chw=True)
+    pixels = data.detach().to("cpu", copy=True)
+    shape = tuple(pixels.shape)
+    layout = image_layout(shape, prefer_chw=True)
+    if pixels.is_floating_point():
+        check_float_range(float(pixels.min()), float(pixels.max()))
+    return (pixels, shape, "", layout), image_size(shape, layout)
 
 
 def _pil_array(image: Any) -> Any:
