@@ -235,8 +235,9 @@ def report_media(results: list[MediaResult]) -> None:
         "still queued when the loop ended). Back to back, traintape's queue of copies grows (up "
         "to 64 MiB, then log() waits for the thread) and every copy faults in fresh pages (48 "
         "for this image); at a pace the thread keeps up with, the copy goes into a buffer an "
-        "encoded image gave back (no faults). After a pause (10 ms, 0.5 s) every call runs with "
-        "cold caches: the floors show what that costs any Python call and any copy here."
+        "encoded image gave back (no faults). After a pause (10 ms, 0.5 s) calls run with cold "
+        "caches: the floors show what that costs any Python call and any copy here. The target "
+        "is judged back to back, as emitter.log's own cost is."
     )
 
 
@@ -265,8 +266,7 @@ def _report_targets(results: list[MediaResult]) -> None:
             if (r := by.get((label, pace))) is not None
         ]
         print(
-            f"{pace}: every call starts with cold caches (a pure-Python call {python.median_us:.1f}"
-            f" µs, emitter.log of the float alone {alone.median_us:.1f} µs); the image adds: "
-            + ", ".join(added)
-            + "."
+            f"{pace}: caches are cold after each pause (a pure-Python call {python.median_us:.1f}"
+            f" µs, emitter.log of the float alone {alone.median_us:.1f} µs); over the float's call,"
+            " the image adds: " + ", ".join(added) + "."
         )
