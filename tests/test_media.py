@@ -154,6 +154,8 @@ def test_a_cpu_tensor_is_copied_into_a_reused_buffer_as_numpy_arrays_are() -> No
     assert np.array_equal(_decoded(traintape.Image(half).encode()[0]), np.full((4, 4), 128))
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         traintape.Image(torch.full((3, 4, 4), 2.0))
+    negated = torch._neg_view(torch.full((1, 2, 2), -1.0))  # numpy cannot show it: torch copies
+    assert np.array_equal(_decoded(traintape.Image(negated).encode()[0]), np.full((2, 2), 255))
 
 
 @pytest.mark.parametrize("mode", ["L", "RGB", "RGBA", "P", "LA", "1"])

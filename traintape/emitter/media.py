@@ -272,7 +272,12 @@ def _tensor_snapshot(torch: Any, data: Any) -> tuple[Pixels, Size]:
     if data.dtype != torch.uint8 and not data.is_floating_point():
         bad_dtype(str(data.dtype).removeprefix("torch."))
     if data.device.type == "cpu" and data.layout == torch.strided and data.dtype != torch.bfloat16:
-        return snapshot(_numpy(), data.detach().numpy(), prefer_chw=True)
+        try:
+            view = data.detach().numpy()
+        except (RuntimeError, TypeError):  # a view numpy cannot show (a negated view): torch's
+            pass
+        else:
+            return snapshot(_numpy(), view, prefer_chw=True)
     pixels = data.detach().to("cpu", copy=True)
     shape = tuple(pixels.shape)
     layout = image_layout(shape, prefer_chw=True)
