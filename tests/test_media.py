@@ -158,6 +158,49 @@ def test_a_cpu_tensor_is_copied_into_a_reused_buffer_as_numpy_arrays_are() -> No
     assert np.array_equal(_decoded(traintape.Image(negated).encode()[0]), np.full((2, 2), 255))
 
 
+class _Event:
+    """Stands in for a CUDA event here (no GPU): counts the waits."""
+
+    def __init__(self) -> None:
+        self.waits = 0
+
+    def synchronize(self) -> None:
+        self.waits += 1
+
+
+def test_a_device_copy_is_read_only_once_landed_and_its_range_checked_then() -> None:
+    """The thread-side contract of a CUDA image (media_device.py), with CPU tensors standing in
+    for pinned memory: its pixels are read after its event is waited for (once), a float one
+    out of [0, 1] is refused when encoded (the caller never saw the values), and a copy or
+    pickle of the Image waits and carries the landed pixels."""
+    import copy
+    import pickle
+
+    from traintape.emitter.media_copy import rebuilt
+    from traintape.emitter.media_device import DeviceCopy
+
+    torch = pytest.importorskip("torch")
+    chw = torch.from_numpy(_pixels(3, 5, 7))
+    event = _Event()
+    fields = (None, 3, 5, chw.nbytes, 7)  # caption, channels, height, nbytes, width
+    image = rebuilt(traintape.Image, (DeviceCopy(chw, event), (3, 5, 7), "", "chw"), fields)
+    assert image.nbytes == chw.nbytes
+    png, meta = image.encode()
+    assert event.waits == 1 and np.array_equal(_decoded(png), chw.permute(1, 2, 0).numpy())
+    assert (meta["width"], meta["height"], meta["channels"]) == (7, 5, 3)
+    image.encode()
+    assert event.waits == 1  # landed: not waited for again
+    bad = DeviceCopy(torch.full((3, 4, 4), 1.5), _Event())
+    bad_image = rebuilt(traintape.Image, (bad, (3, 4, 4), "", "chw"), (None, 3, 4, 192, 4))
+    with pytest.raises(ValueError, match=r"from 1\.5 to 1\.5"):
+        bad_image.encode()
+    pending = DeviceCopy(torch.full((1, 2, 2), 0.5), _Event())
+    twin = rebuilt(traintape.Image, (pending, (1, 2, 2), "", "chw"), (None, 1, 2, 16, 2))
+    for other in (copy.deepcopy(twin), pickle.loads(pickle.dumps(twin))):
+        assert np.array_equal(_decoded(other.encode()[0]), np.full((2, 2), 128))
+    assert pending.event is not None and pending.event.waits == 2  # each copy waited for it
+
+
 @pytest.mark.parametrize("mode", ["L", "RGB", "RGBA", "P", "LA", "1"])
 def test_pil_images_are_stored_as_gray_rgb_or_rgba(mode: str) -> None:
     """A PIL image of any 8-bit mode is stored as its gray, RGB or RGBA pixels (palette and

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+import traintape
 from tests.conftest import REPO, CollectorProcess, query, torchrun_argv, wait_for
 from traintape import emitter
 from traintape.emitter.deferred import DeferredValues, _Pending, _Slot
@@ -354,6 +355,46 @@ def test_cuda_loss_every_step_never_synchronises(store: Path, collector: Collect
     wait_for(
         store, f"SELECT count(*) FROM metrics WHERE run_id = '{run.run_id}' AND key = 'loss'", 200
     )
+
+
+@cuda
+def test_cuda_images_are_logged_without_a_sync_and_stored_as_they_were_at_the_call(
+    store: Path, collector: CollectorProcess
+) -> None:
+    """With torch's sync debug mode set to error, `log()` of a CUDA image (uint8, float, a
+    strided view) every step raises nothing; a write queued after the call does not reach what
+    is stored; a float image out of [0, 1] is refused on the artifact thread, not at the call."""
+    from PIL import Image as PILImage
+
+    run = emitter.init(project="t", store=store)
+    frames = torch.randint(0, 256, (3, 32, 48), dtype=torch.uint8, device="cuda")
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for step in range(20):
+            frames.add_(1)  # in place, queued on the stream after the copy of the last call
+            emitter.log(
+                {
+                    "u8": traintape.Image(frames),
+                    "float": traintape.Image(frames.float() / 255.0),
+                    "view": traintape.Image(frames[:, ::2, ::3]),
+                    "loss": float(step),
+                },
+                step=step,
+            )
+        emitter.log({"bad": traintape.Image(torch.full((3, 4, 4), 2.0, device="cuda"))}, step=20)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    start = frames.cpu().numpy().astype(np.int64) - 20
+    expected = [((start + 1 + s) % 256).astype(np.uint8) for s in range(20)]
+    emitter.finish()
+    mine = f"run_id = '{run.run_id}'"
+    wait_for(store, f"SELECT count(*) FROM media WHERE {mine}", 60)
+    assert query(store, f"SELECT count(*) FROM media WHERE {mine} AND name = 'bad'") == [(0,)]
+    paths = dict(query(store, f"SELECT step, path FROM media WHERE {mine} AND name = 'u8'"))
+    for step, chw in enumerate(expected):
+        with PILImage.open(store / paths[step]) as stored:
+            assert np.array_equal(np.array(stored), chw.transpose(1, 2, 0)), step
 
 
 @pytest.mark.slow

@@ -3,9 +3,10 @@
     emitter.log({"loss": 0.1, "samples/pred": traintape.Image(batch[0], caption="epoch 3")})
     emitter.log({"worst": traintape.Table(columns=["id", "loss"], data=rows)}, step=100)
 
-Making a value checks it and takes a snapshot, on the caller's thread: an array is copied (numpy:
-into a reused buffer, `SnapshotBuffers`; a tensor: `detach().to("cpu", copy=True)`), a file is
-opened (its descriptor keeps the bytes of the call), a table becomes an immutable Arrow table.
+Making a value checks it and takes a snapshot, on the caller's thread: an array is copied (numpy,
+and CPU tensors through numpy: into a reused buffer, `SnapshotBuffers`; a CUDA tensor: a
+non-blocking copy to pinned memory behind an event, media_device.py), a file is opened (its
+descriptor keeps the bytes of the call), a table becomes an immutable Arrow table.
 Everything else happens on the run's artifact thread (artifacts.py): PNG or Parquet encoding
 (media_encode.py), then the store path `log_artifact` takes (content-addressed object, durable
 before its event). The event is an `artifact` event with kind "image" or "table" and the
@@ -266,11 +267,19 @@ def _other_snapshot(data: Any) -> tuple[Pixels, Size]:
 
 
 def _tensor_snapshot(torch: Any, data: Any) -> tuple[Pixels, Size]:
-    """A tensor's pixels: a CPU tensor copied as a numpy array is (its memory seen through
-    numpy, then one memcpy into a reused buffer: torch's allocator would give new memory, and
-    page faults, to each copy); any other (CUDA, bfloat16, sparse) copied by torch to the CPU."""
+    """A tensor's pixels: a CUDA tensor's copied to pinned host memory without a sync
+    (media_device.py); a CPU tensor copied as a numpy array is (its memory seen through numpy,
+    then one memcpy into a reused buffer: torch's allocator would give new memory, and page
+    faults, to each copy); any other (bfloat16, sparse, MPS) copied by torch to the CPU, which
+    waits for the device."""
     if data.dtype != torch.uint8 and not data.is_floating_point():
         bad_dtype(str(data.dtype).removeprefix("torch."))
+    if data.device.type == "cuda":  # copied without a sync; its range is checked on the thread
+        from traintape.emitter.media_device import DeviceCopy
+
+        shape = tuple(data.shape)
+        layout = image_layout(shape, prefer_chw=True)
+        return (DeviceCopy.start(torch, data), shape, "", layout), image_size(shape, layout)
     if data.device.type == "cpu" and data.layout == torch.strided and data.dtype != torch.bfloat16:
         try:
             view = data.detach().numpy()

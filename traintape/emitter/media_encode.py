@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from traintape.emitter.media_device import DeviceCopy
+
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _COLOR_TYPE = {1: 0, 3: 2, 4: 6}  # channels -> PNG colour type (gray, RGB, RGBA)
 _CHANNELS_OF = {0: 1, 2: 3, 6: 4}
@@ -30,7 +32,9 @@ def image_array(
     tensor (dtype ""). Keeps no view of the buffer: it is reused once the Image is freed."""
     if dtype:
         array = np.frombuffer(pixels, dtype=np.dtype(dtype)).reshape(shape)
-    else:  # a torch tensor, copied to the CPU by the caller
+    else:  # a torch tensor, copied to the CPU by the caller (from CUDA: once it has landed)
+        if isinstance(pixels, DeviceCopy):
+            pixels = pixels.landed()
         if pixels.dtype.is_floating_point and pixels.dtype.itemsize < 4:
             pixels = pixels.float()  # numpy has no bfloat16
         array = pixels.numpy()
