@@ -486,6 +486,51 @@ def test_emitter_log_takes_media_beside_numbers_and_refuses_a_bad_call_whole(
         em.finish(timeout=0.1)
 
 
+def test_a_list_of_media_under_a_key_is_stored_as_key_slash_index(tmp_path: Path) -> None:
+    """`log({"samples": [Image, Image, Table]})` (W&B's way to log a batch of samples) stores
+    one artifact per item, named samples/0, samples/1, ... at the call's step, beside the
+    numbers; a list with anything else in it, or a name given twice (a list's item and a key),
+    raises and queues nothing of the call; a list of numbers is refused as before."""
+    from traintape.emitter import Emitter
+
+    run = _Run(tmp_path / "store")
+    arrays = [_pixels(4, 5, 3), _pixels(6, 2)]
+    image = traintape.Image(arrays[0])
+    with pytest.raises(TypeError, match=r"'samples' is a list of media values with a int"):
+        _log_media(run, {"samples": [image, 3]}, 0, 0)
+    with pytest.raises(ValueError, match="'samples/0' twice"):
+        _log_media(run, {"samples": [image], "samples/0": image}, 0, 0)
+    with pytest.raises(TypeError, match="'nums'"):
+        _log_media(run, {"nums": [1.0, 2.0], "img": image}, 0, 0)
+    table = traintape.Table(columns=["a"], data=[[1]])
+    listed = [traintape.Image(a, caption=f"c{i}") for i, a in enumerate(arrays)] + [table]
+    numbers = _log_media(run, {"loss": 0.5, "samples": listed, "note": [traintape.Text("t")]}, 4, 0)
+    run.writer.close()
+    assert numbers == {"loss": 0.5} and run.texts == [("note/0", "t", 4)]
+    bodies = sorted((body["name"], step, body["kind"]) for _, step, body in run.events)
+    assert bodies == [
+        ("samples/0", 4, "image"),
+        ("samples/1", 4, "image"),
+        ("samples/2", 4, "table"),
+    ]
+    by_name = {body["name"]: body for _, _, body in run.events}
+    for i, array in enumerate(arrays):
+        body = by_name[f"samples/{i}"]
+        assert body["metadata"]["caption"] == f"c{i}"
+        assert np.array_equal(_decoded((tmp_path / "store" / body["path"]).read_bytes()), array)
+    # Through Emitter.log: a list routes to the media path; a list of numbers is refused there.
+    em = Emitter("p", store=tmp_path / "em", address=f"ipc://{tmp_path}/nobody.sock")
+    try:
+        with pytest.raises(TypeError, match="'nums'"):
+            em.log({"nums": [1.0, 2.0]}, step=0)
+        em.log({"samples": [traintape.Image(arrays[1])]}, step=2)
+        assert em._helpers.artifacts is not None and em._step == 3
+        em._helpers.artifacts.close()
+        assert len(_objects(tmp_path / "em")) == 1
+    finally:
+        em.finish(timeout=0.1)
+
+
 def test_the_backlog_of_unencoded_media_is_bounded() -> None:
     """Past the limit, adding waits until the artifact thread says some was encoded; a single
     value larger than the limit still goes when nothing else waits."""

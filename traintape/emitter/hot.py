@@ -78,10 +78,11 @@ def hot_log() -> Callable[..., None]:
         if fast and metrics and "" not in metrics:
             metrics = metrics.copy()
         else:
-            if isinstance(metrics, dict) and not media_types.isdisjoint(
-                map(type_, metrics.values())
+            if isinstance(metrics, dict) and (
+                not media_types.isdisjoint(map(type_, metrics.values()))
+                or list in map(type_, metrics.values())  # a list of images, maybe
             ):
-                metrics = log_media(  # queues Image, Table, Text
+                metrics = log_media(  # queues Image, Table, Text, lists of them
                     metrics, step, now(), self._deferred, self._helpers, self.log_text
                 )
             else:

@@ -85,8 +85,8 @@ class Image(Media):
 
     Stored as PNG. A 3-D array whose first dimension is 1, 3 or 4 and whose last is not is taken
     as CHW (torch's layout); when both are, numpy arrays are HWC and tensors CHW. A batch (4-D)
-    is refused: log each image under its own key. A PNG file of 8-bit gray, RGB or RGBA is stored
-    as it is; other files are decoded (Pillow) and stored as PNG.
+    is refused: log a list of Images (stored as key/0, key/1, ...). A PNG file of 8-bit gray,
+    RGB or RGBA is stored as it is; other files are decoded (Pillow) and stored as PNG.
 
     The pixels are taken now: a numpy array is copied, so it may change once the call returns.
     `copy=False` hands a numpy array over instead (no copy: for a fresh array each step, as a
@@ -218,23 +218,28 @@ def log_media(
     log_text: Callable[[str, str, int], None],
 ) -> dict[str, Any]:
     """`log()` of a call holding media values: queues them (Text: `log_text`) and returns the
-    other values, checked as `log()` checks them. A bad key or value, or a run that cannot store
-    media now (finished, a forked child), raises before anything of the call is queued."""
+    other values, checked as `log()` checks them. A list of media values under a key (a batch of
+    sample images, as W&B takes them) is one value per item, named `key/0`, `key/1`, ... A bad
+    key or value, or a run that cannot store media now (finished, a forked child), raises before
+    anything of the call is queued."""
     rest: dict[str, Any] = {}
     media: list[tuple[str, Any]] = []
     plain = True  # every other value a Python number under a non-empty str name
-    files = False  # an Image or Table: the artifact thread takes it
     for key, value in metrics.items():
         kind = type(value)
         if kind in MEDIA_TYPES:
-            if type(key) is not str or not key:
-                check_metric_name(key)
-            check_media_text(key, value.texts())  # what no event could hold: refused now
-            media.append((key, value))
-            files = files or kind is not Text
+            media.append(_checked_media(key, value))
+        elif kind is list and value and type(value[0]) in MEDIA_TYPES:
+            media.extend(_listed_media(key, value))
         else:
             rest[key] = value
             plain = plain and kind in _SCALARS and type(key) is str and key != ""
+    if len(media) > 1 and len({key for key, _ in media}) < len(media):
+        names = [key for key, _ in media]
+        twice = sorted({k for k in names if names.count(k) > 1})
+        msg = f"log(): media named {twice[0]!r} twice in one call (a list's item and a key?)"
+        raise ValueError(msg)
+    files = any(type(value) is not Text for _, value in media)  # the artifact thread's
     writer = (helpers.artifacts or helpers.artifact_writer()) if files else None
     if writer is not None:
         writer.check_open("log() of a media value")
@@ -246,6 +251,29 @@ def log_media(
         else:
             log_text(key, value.text, step)
     return rest
+
+
+def _checked_media(key: Any, value: Media) -> tuple[str, Media]:
+    if type(key) is not str or not key:
+        check_metric_name(key)
+    check_media_text(key, value.texts())  # what no event could hold: refused now
+    return key, value
+
+
+def _listed_media(key: Any, values: list[Any]) -> list[tuple[str, Media]]:
+    """The items of a list of media values under `key`, named `key/<index>`."""
+    if type(key) is not str or not key:
+        check_metric_name(key)
+    items = []
+    for index, value in enumerate(values):
+        if type(value) not in MEDIA_TYPES:
+            msg = (
+                f"log(): {key[:40]!r} is a list of media values with a {type(value).__name__} at "
+                f"index {index}; such a list holds only traintape.Image, Table or Text values"
+            )
+            raise TypeError(msg)
+        items.append(_checked_media(f"{key}/{index}", value))
+    return items
 
 
 def _other_snapshot(data: Any) -> tuple[Pixels, Size]:

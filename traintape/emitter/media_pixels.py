@@ -160,7 +160,7 @@ def image_layout(shape: tuple[int, ...], prefer_chw: bool) -> str:
             return "hwc"
     msg = (
         f"Image(): shape {shape} is not an image: HW, HWC or CHW with 1, 3 or 4 channels (a "
-        "batch of images: log each under its own key)"
+        "batch of images: log a list of Images, stored as key/0, key/1, ...)"
     )
     raise ValueError(msg)
 
