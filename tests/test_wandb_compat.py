@@ -179,6 +179,34 @@ def test_a_histogram_image_or_table_of_wandb_itself_is_stored_as_ours(rec: Recor
         wandb.log({"page": real.Html("<p>hi</p>")})
 
 
+def test_a_list_of_images_under_a_key_is_logged_as_a_list_of_ours(rec: Recorder) -> None:
+    """W&B's way to log a batch of samples, `log({"examples": [wandb.Image(...), ...]})`, with
+    traintape.wandb's Images and Tables and W&B's own: the emitter gets a list of traintape
+    media under the key (stored as examples/0, examples/1, ...); a list mixing in a number is
+    refused whole."""
+    import numpy as np
+
+    import traintape
+
+    pixels = [np.full((4, 4, 3), i, np.uint8) for i in range(3)]
+    listed = [wandb.Image(p, caption=f"c{i}") for i, p in enumerate(pixels[:2])]
+    listed.append(wandb.Table(columns=["a"], data=[[1]]))
+    with pytest.raises(TypeError, match="lists of Images and Tables"):
+        wandb.log({"examples": [listed[0], 1.0]})
+    wandb.log({"examples": listed, "loss": 0.5})
+    real = pytest.importorskip("wandb")
+    wandb.log({"theirs": [real.Image(pixels[2], caption="w")]})
+    first, second = rec.metrics[0], rec.metrics[1]
+    assert first["loss"] == 0.5 and [type(v) for v in first["examples"]] == [
+        traintape.wandb.Image,
+        traintape.wandb.Image,
+        traintape.Table,
+    ]
+    assert [v.caption for v in first["examples"][:2]] == ["c0", "c1"]
+    (theirs,) = second["theirs"]
+    assert isinstance(theirs, traintape.Image) and theirs.encode()[1]["caption"] == "w"
+
+
 def test_config_behaves_as_wandb_and_records_changes_as_params(rec: Recorder) -> None:
     """Attribute and item access, update (an argparse Namespace too, "--" stripped), a changed
     value refused without allow_val_change, setdefaults, as_dict/keys/items/get/in; each change

@@ -104,13 +104,19 @@ def flatten_row(data: Any, prefix: str = "", out: dict[str, Any] | None = None) 
         if isinstance(value, Mapping):
             flatten_row(value, f"{name}/", out)
             continue
-        ours = of_wandb_itself(value)  # a Histogram, Image or Table made by `import wandb`
-        if ours is not None:
-            value = ours
+        if type(value) is list and value:  # a batch of samples: [wandb.Image(...), ...], maybe
+            value = [_ours(name, item) for item in value]
         else:
-            kind_of(name, value)  # raises for what cannot be stored
+            value = _ours(name, value)
+        kind_of(name, value)  # raises for what cannot be stored
         out[name] = value
     return out
+
+
+def _ours(name: str, value: Any) -> Any:
+    """`value`, as traintape's type when W&B itself made it (a Histogram, Image or Table)."""
+    ours = of_wandb_itself(value)
+    return value if ours is None else ours
 
 
 def kind_of(key: str, value: Any) -> str:
@@ -124,6 +130,8 @@ def kind_of(key: str, value: Any) -> str:
         return HISTOGRAM
     if type(value) in MEDIA_TYPES or isinstance(value, Table):
         return MEDIA
+    if type(value) is list and value and all(kind_of(key, v) == MEDIA for v in value):
+        return MEDIA  # stored as key/0, key/1, ... (emitter.log)
     if isinstance(value, numbers.Number) and not isinstance(value, complex):
         return NUMBER  # numpy scalars
     numel = getattr(value, "numel", None)
@@ -141,7 +149,7 @@ def kind_of(key: str, value: Any) -> str:
         raise UnsupportedMediaError(msg)
     msg = (
         f"{key!r}: traintape.wandb.log() takes numbers, one-element tensors, str, "
-        f"wandb.Histogram or dicts of those, not {cls.__name__} (wrap a sequence of numbers in "
-        "wandb.Histogram)"
+        f"wandb.Histogram, Image, Table, dicts of those or lists of Images and Tables, not "
+        f"{cls.__name__} (wrap a sequence of numbers in wandb.Histogram)"
     )
     raise TypeError(msg)

@@ -123,8 +123,10 @@ class Run(RunRows):
             kind = kind_of(key, value)
             if kind == NUMBER:
                 numbers[key] = value
-            elif kind == MEDIA:  # an Image or a Table: emitter.log stores it off this thread
-                numbers[key] = value.media() if isinstance(value, Table) else value
+            elif kind == MEDIA:  # an Image, a Table or a list of them: emitter.log stores
+                numbers[key] = (  # them off this thread
+                    [_media(v) for v in value] if type(value) is list else _media(value)
+                )
             elif kind == TEXT:
                 em.log_text(key, value, step)
             else:
@@ -268,3 +270,8 @@ class Run(RunRows):
 
     def __repr__(self) -> str:
         return f"<traintape.wandb Run {self.id} {self.name!r} project {self.project!r}>"
+
+
+def _media(value: Any) -> Any:
+    """traintape's media value for one of traintape.wandb's (a Table holds its own)."""
+    return value.media() if isinstance(value, Table) else value
