@@ -1,5 +1,6 @@
 """The framework adapters as a package: `import traintape` loads no framework, each adapter
-module loads its own, and a missing framework names the extra to install."""
+module loads its own, a missing framework names the extra to install, and the W&B-style image
+arguments they share are checked."""
 
 from __future__ import annotations
 
@@ -38,3 +39,22 @@ def test_a_missing_framework_names_the_extra(adapter: str) -> None:
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
     ).stdout
     assert f"pip install 'traintape[{adapter}]'" in out
+
+
+def test_images_given_as_wandbs_loggers_take_them_are_checked() -> None:
+    """`log_image(key, images, caption=[...])` (Lightning's WandbLogger, Accelerate's W&B
+    tracker): a list or a batch of images, one caption per image (made str, as W&B does);
+    anything else is refused with what to pass."""
+    import numpy as np
+
+    from traintape.integrations._run import sample_images
+
+    pixels = np.zeros((4, 4, 3), np.uint8)
+    with pytest.raises(TypeError, match="must be a list of images, got str"):
+        sample_images("log_image()", "x.png", {})
+    with pytest.raises(TypeError, match="caption= for images, not boxes"):
+        sample_images("log_image()", [pixels], {"boxes": [{}]})
+    with pytest.raises(ValueError, match=r"one caption per image \(2\)"):
+        sample_images("log_image()", [pixels, pixels], {"caption": ["a"]})
+    images = sample_images("log_image()", np.stack([pixels, pixels]), {"caption": [1, None]})
+    assert [(i.caption, i.width, i.height) for i in images] == [("1", 4, 4), (None, 4, 4)]

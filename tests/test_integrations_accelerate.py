@@ -10,6 +10,9 @@ import pytest
 
 pytest.importorskip("accelerate")
 
+import numpy as np  # noqa: E402
+from PIL import Image as PILImage  # noqa: E402
+
 from tests.conftest import CollectorProcess, query  # noqa: E402
 from tests.jobs import (  # noqa: E402
     files_in,
@@ -41,7 +44,7 @@ def test_accelerate_run_has_both_ranks_config_and_checkpoints(
 ) -> None:
     """4 steps on 2 processes: one completed run with both ranks' losses at every step, the
     init_trackers config as params, the live save_state folder recorded and the removed one
-    recorded as deleted."""
+    recorded as deleted, and each rank's images and table of log_images/log_table as media."""
     root = tmp_path / "job"
     proc = run_job("accelerate_ddp.py", store, root)
     assert proc.returncode == 0, worker_output(proc)
@@ -71,6 +74,23 @@ def test_accelerate_run_has_both_ranks_config_and_checkpoints(
         run_id,
     )
     assert deleted == [(2, str(root / "state-2"))]
+    media = query(
+        store,
+        "SELECT rank, step, name, kind, width, height, caption, path FROM media "
+        "WHERE run_id = ? ORDER BY rank, name",
+        run_id,
+    )
+    assert [row[:7] for row in media] == [
+        (rank, 4, name, kind, *size, caption)
+        for rank in (0, 1)
+        for name, kind, size, caption in (
+            ("preds", "table", (None, None), None),
+            ("samples/0", "image", (6, 4), f"rank {rank}"),
+            ("samples/1", "image", (6, 4), "b"),
+        )
+    ]
+    with PILImage.open(store / media[-1][7]) as stored:  # rank 1's second image
+        assert np.array_equal(np.array(stored), np.full((4, 6, 3), 11, np.uint8))
 
 
 @pytest.mark.slow

@@ -13,7 +13,9 @@ import pytest
 
 pytest.importorskip("lightning")
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from PIL import Image as PILImage  # noqa: E402
 
 from tests.conftest import CollectorProcess, query, wait_for  # noqa: E402
 from tests.jobs import (  # noqa: E402
@@ -36,7 +38,8 @@ def test_ddp_run_has_both_ranks_hparams_and_checkpoints(
     """Trainer(strategy="ddp", devices=2), Lightning launching its second rank itself: one
     completed run (its id agreed over the process group) with both ranks' metrics at Lightning's
     steps, the hyperparameters as params, and ModelCheckpoint's files as checkpoint events (the
-    2 it kept live with their sha256, the 2 it removed recorded as deleted)."""
+    2 it kept live with their sha256, the 2 it removed recorded as deleted), and the images and
+    table of WandbLogger's log_image/log_table as media of each rank."""
     root = tmp_path / "job"
     proc = run_job("lightning_ddp.py", store, root, torchrun=False)
     assert proc.returncode == 0, worker_output(proc)
@@ -46,6 +49,24 @@ def test_ddp_run_has_both_ranks_hparams_and_checkpoints(
     # 2 epochs of 4 optimizer steps per rank, logged at every step; validation after each epoch.
     assert steps_of(store, run_id, "train/loss") == {(r, s) for r in both for s in range(8)}
     assert steps_of(store, run_id, "val_loss") == {(r, s) for r in both for s in (3, 7)}
+    media = query(
+        store,
+        "SELECT rank, step, name, kind, width, height, caption, path FROM media "
+        "WHERE run_id = ? ORDER BY rank, step, name",
+        run_id,
+    )
+    assert [row[:7] for row in media] == [
+        (rank, step, name, kind, *size, caption)
+        for rank in (0, 1)
+        for step in (4, 8)
+        for name, kind, size, caption in (
+            ("preds", "table", (None, None), None),
+            ("samples/0", "image", (6, 4), f"rank {rank}"),
+            ("samples/1", "image", (6, 4), "hwc"),
+        )
+    ]
+    with PILImage.open(store / media[-2][7]) as stored:  # rank 1's first image at step 8
+        assert np.array_equal(np.array(stored), np.full((4, 6, 3), 81, np.uint8))
     params = params_of(store, run_id)
     assert json.loads(params["lr"]) == 0.05
     assert json.loads(params["hidden"]) == 8

@@ -1,7 +1,8 @@
 """An Accelerate job on CPU logging through `TraintapeTracker`: run under torchrun with 2 ranks
 (gloo). 4 steps of a tiny model; every rank logs its loss through the tracker at each step;
 `accelerator.save_state` every 2 steps, recorded by the main process, which then removes the
-previous state folder (so one deletion is recorded). `--fail-at N` raises at step N everywhere.
+previous state folder (so one deletion is recorded); at step 4, sample images and a table through
+`log_images`/`log_table`. `--fail-at N` raises at step N everywhere.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import argparse
 import shutil
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
@@ -43,6 +45,11 @@ def main() -> None:
         optimizer.step()
         optimizer.zero_grad()
         tracker.log({"train/loss": loss.detach(), "train/lr": 0.05}, step=step)
+        if step == 4:  # W&B's tracker calls: a batch of sample images per rank, and a table
+            rank = accelerator.process_index
+            batch = np.stack([np.full((4, 6, 3), 10 * i + rank, np.uint8) for i in range(2)])
+            tracker.log_images({"samples": batch}, step=step, caption=[f"rank {rank}", "b"])
+            tracker.log_table("preds", columns=["rank"], data=[[rank]], step=step)
         if step % 2 == 0:
             folder = f"{args.root}/state-{step}"
             accelerator.save_state(folder)

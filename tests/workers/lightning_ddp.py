@@ -2,7 +2,8 @@
 alone (Lightning then starts rank 1 itself): `Trainer(strategy="ddp", devices=2,
 accelerator="cpu")`, 2 epochs of 4 optimizer steps per rank, validation after each epoch, and a
 `ModelCheckpoint` saving every 2 steps and keeping the 2 latest (monitor "step", mode "max"), so
-2 of its 4 files are removed during the run. `--fail-at N` makes `training_step` raise at global
+2 of its 4 files are removed during the run; after each validation, sample images and a table
+through WandbLogger's `log_image`/`log_table`. `--fail-at N` makes `training_step` raise at global
 step N on every rank.
 """
 
@@ -40,6 +41,17 @@ class Tiny(L.LightningModule):
     def validation_step(self, batch: list[torch.Tensor], batch_idx: int) -> None:
         x, y = batch
         self.log("val_loss", F.mse_loss(self.net(x), y), sync_dist=True)
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            return
+        # WandbLogger's media calls: two sample images per rank (a CHW tensor, an HWC array) and
+        # a table, at the optimizer step (4, then 8).
+        step, rank = self.global_step, self.global_rank
+        chw = torch.full((3, 4, 6), step * 10 + rank, dtype=torch.uint8)
+        hwc = (255 - chw).permute(1, 2, 0).numpy()
+        self.logger.log_image("samples", [chw, hwc], step=step, caption=[f"rank {rank}", "hwc"])
+        self.logger.log_table("preds", columns=["step", "rank"], data=[[step, rank]], step=step)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)

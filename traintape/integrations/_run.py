@@ -1,10 +1,11 @@
-"""What the adapters share: starting or joining a run, splitting logged values by kind, and the
-error for a framework that is not installed."""
+"""What the adapters share: starting or joining a run, splitting logged values by kind, images
+and tables given as W&B's loggers take them, and the error for a framework that is not
+installed."""
 
 from __future__ import annotations
 
 import numbers
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from traintape import emitter
@@ -68,3 +69,36 @@ def _is_one_element(value: Any) -> bool:
         return callable(numel) and numel() == 1
     except TypeError:
         return False
+
+
+def sample_images(what: str, images: Iterable[Any], options: Mapping[str, Any]) -> list[Any]:
+    """W&B-style `log_image(key, images, caption=[...])` as a list of `traintape.Image`s (stored
+    as key/0, key/1, ...): `images` a list (or a batch, iterated: a 4-D array or tensor), each
+    option a list of one value per image; `caption` is the option traintape keeps."""
+    from traintape.emitter.media import Image
+
+    if isinstance(images, (str, bytes)) or not isinstance(images, Iterable):
+        msg = f"{what}: images must be a list of images, got {type(images).__name__}"
+        raise TypeError(msg)
+    images = list(images)
+    unknown = sorted(set(options) - {"caption"})
+    if unknown:
+        msg = f"{what}: traintape takes caption= for images, not {', '.join(unknown)}"
+        raise TypeError(msg)
+    captions = options.get("caption")
+    if captions is None:
+        captions = [None] * len(images)
+    elif isinstance(captions, str) or len(captions) != len(images):
+        msg = f"{what}: caption= needs one caption per image ({len(images)})"
+        raise ValueError(msg)
+    return [
+        Image(image, caption=None if caption is None else str(caption))
+        for image, caption in zip(images, captions)
+    ]
+
+
+def table_of(columns: list[str] | None, data: Any, dataframe: Any) -> Any:
+    """A `traintape.Table` of W&B-style `log_table` arguments."""
+    from traintape.emitter.media import Table
+
+    return Table(columns=columns, data=data, dataframe=dataframe)

@@ -7,7 +7,7 @@ Accelerate calls trackers from its main process only (`Accelerator.init_trackers
 main-process functions, whatever the tracker says). So that every rank logs into the run,
 `main_process_only` is False and the tracker itself works on any rank: keep it and call
 `tracker.log(values, step=step)` on every rank (instead of `accelerator.log`, which would log the
-main process's values twice). Each rank's run starts at its first call and is rank-tagged; all
+main process's values twice); `tracker.log_images` and `tracker.log_table` as with W&B's tracker. Each rank's run starts at its first call and is rank-tagged; all
 ranks share one run id. `tracker.record_checkpoint(folder, step)` after
 `accelerator.save_state(folder)` records that checkpoint. The run ends `completed` at
 `end_training()` (`tracker.finish()`; on a process that never calls it, when it exits), `failed`
@@ -21,7 +21,14 @@ from typing import Any
 
 from traintape.emitter import Emitter
 from traintape.emitter.checkpointing.handle import CheckpointHandle
-from traintape.integrations._run import is_live, join_or_start, missing_framework, split_values
+from traintape.integrations._run import (
+    is_live,
+    join_or_start,
+    missing_framework,
+    sample_images,
+    split_values,
+    table_of,
+)
 
 try:
     from accelerate import tracking
@@ -93,6 +100,27 @@ class TraintapeTracker(GeneralTracker):
         run.log(numbers, step)
         for key, text in texts.items():
             run.log_text(key, text, step)
+
+    def log_images(self, values: dict[str, Any], step: int | None = None, **kwargs: Any) -> None:
+        """Logs each key's images (a list of numpy arrays, tensors or PIL images, or a batch)
+        at `step`, as Accelerate's W&B tracker does: stored as key/0, key/1, ...; `caption=`
+        a list of one caption per image."""
+        self.tracker.log(
+            {k: sample_images("log_images()", v, kwargs) for k, v in values.items()}, step
+        )
+
+    def log_table(
+        self,
+        table_name: str,
+        columns: list[str] | None = None,
+        data: list[list[Any]] | None = None,
+        dataframe: Any = None,
+        step: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Logs a table (`columns` and `data` rows, or a pandas/Arrow `dataframe`) at `step`,
+        as Accelerate's W&B tracker does; stored as Parquet."""
+        self.tracker.log({table_name: table_of(columns, data, dataframe)}, step)
 
     def record_checkpoint(
         self, path: str | os.PathLike[str], step: int, metrics: dict[str, Any] | None = None

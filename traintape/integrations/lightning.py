@@ -1,7 +1,8 @@
 """Lightning: `Trainer(logger=TraintapeLogger(project="mnist"))`, or `Fabric(loggers=[...])`.
 
 Every rank logs into the same run (Lightning's own loggers write from rank zero only): metrics at
-Lightning's steps, hyperparameters as params (Namespace, dict, nested dicts as dotted keys), and
+Lightning's steps, images and tables with WandbLogger's `log_image`/`log_table`/`log_text`,
+hyperparameters as params (Namespace, dict, nested dicts as dotted keys), and
 the files `ModelCheckpoint` writes as checkpoint events (path, bytes, sha256, the monitored
 metric), with a `deleted` event once it removes one, so `traintape checkpoints` lists the live
 files. `finalize("success")` ends the run `completed`, `finalize("failed")` (training raised)
@@ -24,7 +25,13 @@ from typing import Any
 
 from traintape.emitter import Emitter
 from traintape.errors import RunFinishedError
-from traintape.integrations._run import is_live, missing_framework, split_values
+from traintape.integrations._run import (
+    is_live,
+    missing_framework,
+    sample_images,
+    split_values,
+    table_of,
+)
 
 try:
     from lightning.fabric.utilities.logger import _convert_params, _sanitize_callable_params
@@ -135,6 +142,44 @@ class TraintapeLogger(Logger):
                 run.log_text(key, text, step)
         if step is not None:
             self._last_step = step
+
+    def log_image(
+        self, key: str, images: list[Any], step: int | None = None, **kwargs: Any
+    ) -> None:
+        """Logs `images` (tensors, numpy arrays, PIL images or file paths) under `key`, as
+        WandbLogger's `log_image` does: stored as key/0, key/1, ... at `step`; `caption=` a list
+        of one caption per image."""
+        self._log_media({key: sample_images("log_image()", images, kwargs)}, step)
+
+    def log_table(
+        self,
+        key: str,
+        columns: list[str] | None = None,
+        data: list[list[Any]] | None = None,
+        dataframe: Any = None,
+        step: int | None = None,
+    ) -> None:
+        """Logs a table (`columns` and `data` rows, or a pandas/Arrow `dataframe`) under `key`
+        at `step`, as WandbLogger's `log_table` does; stored as Parquet."""
+        self._log_media({key: table_of(columns, data, dataframe)}, step)
+
+    def log_text(
+        self,
+        key: str,
+        columns: list[str] | None = None,
+        data: list[list[str]] | None = None,
+        dataframe: Any = None,
+        step: int | None = None,
+    ) -> None:
+        """WandbLogger's `log_text`: a table of text (`log_table`)."""
+        self.log_table(key, columns, data, dataframe, step)
+
+    def _log_media(self, values: dict[str, Any], step: int | None) -> None:
+        run = self._emitter or self.experiment
+        try:
+            run.log(values, step)
+        except RunFinishedError:  # finalize() ended it: this continues it as its next attempt
+            self.experiment.log(values, step)
 
     def log_hyperparams(
         self, params: dict[str, Any] | Namespace, *args: Any, **kwargs: Any
