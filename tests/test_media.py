@@ -201,6 +201,38 @@ def test_a_device_copy_is_read_only_once_landed_and_its_range_checked_then() -> 
     assert pending.event is not None and pending.event.waits == 2  # each copy waited for it
 
 
+@pytest.mark.parametrize("canvas", ["agg", "svg"])
+def test_a_matplotlib_figure_is_drawn_when_the_image_is_made(canvas: str) -> None:
+    """A Figure (or pyplot, for its current figure) is drawn at the call, as RGBA: changing the
+    figure afterwards changes nothing stored. A canvas without pixels (SVG) is drawn as PNG by
+    matplotlib and decoded."""
+    pytest.importorskip("matplotlib")
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(2, 1), dpi=10)
+    figure.patch.set_facecolor((1.0, 0.0, 0.0))
+    if canvas == "svg":
+        from matplotlib.backends.backend_svg import FigureCanvasSVG
+
+        FigureCanvasSVG(figure)
+    image = traintape.Image(figure, caption="red")
+    figure.patch.set_facecolor((0.0, 0.0, 1.0))
+    assert (image.width, image.height, image.channels) == (20, 10, 4)
+    stored = _decoded(image.encode()[0])
+    assert stored.shape == (10, 20, 4) and (stored == [255, 0, 0, 255]).all()
+    from traintape.wandb import Image as WandbImage
+
+    theirs = _decoded(WandbImage(figure).encode()[0])  # W&B's Image(fig) too
+    assert (theirs == [0, 0, 255, 255]).all()
+    import matplotlib.pyplot as plt
+
+    plt.figure(figsize=(1, 1), dpi=8)
+    try:
+        assert traintape.Image(plt).width == 8  # pyplot itself: its current figure
+    finally:
+        plt.close("all")
+
+
 @pytest.mark.parametrize("mode", ["L", "RGB", "RGBA", "P", "LA", "1"])
 def test_pil_images_are_stored_as_gray_rgb_or_rgba(mode: str) -> None:
     """A PIL image of any 8-bit mode is stored as its gray, RGB or RGBA pixels (palette and

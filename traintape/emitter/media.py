@@ -20,6 +20,7 @@ This module imports nothing heavy: numpy and pyarrow are loaded by the first Ima
 
 from __future__ import annotations
 
+import io
 import os
 import stat
 import sys
@@ -81,7 +82,9 @@ class Media:
 
 class Image(Media):
     """An image: a numpy array or torch tensor (HWC or CHW with 1, 3 or 4 channels, or HW
-    grayscale; uint8, or float in [0, 1]), a PIL image, or the path of a PNG or JPEG file.
+    grayscale; uint8, or float in [0, 1]), a PIL image, a matplotlib figure (drawn when the
+    Image is made; `matplotlib.pyplot` itself for its current figure), or the path of a PNG or
+    JPEG file.
 
     Stored as PNG. A 3-D array whose first dimension is 1, 3 or 4 and whose last is not is taken
     as CHW (torch's layout); when both are, numpy arrays are HWC and tensors CHW. A batch (4-D)
@@ -92,7 +95,7 @@ class Image(Media):
     `copy=False` hands a numpy array over instead (no copy: for a fresh array each step, as a
     loop makes them): the run reads it later, so it is made read-only, and a write into it
     raises; an array that does not own its memory in C order is copied all the same
-    (media_pixels.py). Tensors, PIL images and files are always taken as above.
+    (media_pixels.py). Tensors, PIL images, figures and files are always taken as above.
     """
 
     kind = "image"
@@ -284,14 +287,17 @@ def _other_snapshot(data: Any) -> tuple[Pixels, Size]:
     pil = sys.modules.get("PIL.Image")
     if pil is not None and isinstance(data, pil.Image):
         array = _pil_array(data)
-        layout = image_layout(array.shape, prefer_chw=False)
-        size = image_size(array.shape, layout)
-        return (array.reshape(-1), array.shape, "|u1", layout), size  # a new array: no copy
-    msg = (
-        f"Image() takes a numpy array, a torch tensor, a PIL image or a file path, not "
-        f"{type(data).__name__}"
-    )
-    raise TypeError(msg)
+    elif (figure := _figure_of(data)) is not None:
+        array = _rendered(figure)
+    else:
+        msg = (
+            f"Image() takes a numpy array, a torch tensor, a PIL image, a matplotlib figure or "
+            f"a file path, not {type(data).__name__}"
+        )
+        raise TypeError(msg)
+    layout = image_layout(array.shape, prefer_chw=False)
+    size = image_size(array.shape, layout)
+    return (array.reshape(-1), array.shape, "|u1", layout), size  # a new array: no copy
 
 
 def _tensor_snapshot(torch: Any, data: Any) -> tuple[Pixels, Size]:
@@ -321,6 +327,36 @@ def _tensor_snapshot(torch: Any, data: Any) -> tuple[Pixels, Size]:
     if pixels.is_floating_point():
         check_float_range(float(pixels.min()), float(pixels.max()))
     return (pixels, shape, "", layout), image_size(shape, layout)
+
+
+def _figure_of(data: Any) -> Any | None:
+    """A matplotlib Figure given as itself, or as `matplotlib.pyplot` (its current figure, as
+    W&B takes `wandb.Image(plt)`); None for anything else."""
+    pyplot = sys.modules.get("matplotlib.pyplot")
+    if pyplot is not None and data is pyplot:
+        return pyplot.gcf()
+    figure = sys.modules.get("matplotlib.figure")
+    if figure is not None and isinstance(data, figure.Figure):
+        return data
+    return None
+
+
+def _rendered(figure: Any) -> Any:
+    """A figure's pixels (RGBA, a new array), drawn now on the caller's thread: the caller may
+    change, reuse or close the figure once the call returns (as W&B, this costs a draw)."""
+    canvas = figure.canvas
+    buffer_rgba = getattr(canvas, "buffer_rgba", None)
+    if buffer_rgba is not None:  # Agg and the interactive backends drawn by Agg
+        canvas.draw()
+        return _numpy().array(buffer_rgba())  # a copy: the canvas draws into it again
+    _need_pillow("a matplotlib figure whose canvas has no pixels (a vector backend)")
+    from PIL import Image as PILImage
+
+    png = io.BytesIO()
+    figure.savefig(png, format="png")
+    png.seek(0)
+    with PILImage.open(png) as image:
+        return _pil_array(image)
 
 
 def _pil_array(image: Any) -> Any:
