@@ -207,6 +207,90 @@ def test_a_list_of_images_under_a_key_is_logged_as_a_list_of_ours(rec: Recorder)
     assert isinstance(theirs, traintape.Image) and theirs.encode()[1]["caption"] == "w"
 
 
+def test_wandb_plot_charts_build_wandbs_tables_and_log_them_as_wandb_names_them(
+    rec: Recorder,
+) -> None:
+    """Each of wandb.plot's preset charts holds the table W&B's own builds (columns and rows,
+    compared with W&B itself), with its spec and fields; logged under a key, its table is stored
+    as `<key>_table` (W&B's history name), split_table's under "Custom Chart Tables/". Bad
+    arguments raise as in W&B; pr_curve and roc_curve are refused, not dropped."""
+    real = pytest.importorskip("wandb")
+    import numpy as np
+
+    import traintape
+
+    rows = [[1, 2.0, "a"], [2, 3.5, "b"], [3, 1.0, "a"]]
+    cases = [
+        (
+            "line",
+            lambda w: w.plot.line(
+                w.Table(columns=["x", "y", "s"], data=rows), "x", "y", stroke="s", title="t"
+            ),
+        ),
+        (
+            "scatter",
+            lambda w: w.plot.scatter(w.Table(columns=["x", "y", "s"], data=rows), "x", "y"),
+        ),
+        (
+            "bar",
+            lambda w: w.plot.bar(w.Table(columns=["x", "y", "s"], data=rows), "s", "y", title="b"),
+        ),
+        ("histogram", lambda w: w.plot.histogram(w.Table(columns=["x", "y", "s"], data=rows), "y")),
+        (
+            "series",
+            lambda w: w.plot.line_series(
+                [0, 1, 2], [[1, 2, 3], [3, 2, 1]], keys=["up", "down"], xname="ep"
+            ),
+        ),
+        ("series2", lambda w: w.plot.line_series([[0, 1], [5, 6, 7]], [[1, 2], [3, 2, 1]])),
+        (
+            "cm",
+            lambda w: w.plot.confusion_matrix(
+                y_true=[0, 1, 2, 2, 1], preds=[0, 2, 2, 1, 1], class_names=["a", "b", "c"]
+            ),
+        ),
+        (
+            "cm_probs",
+            lambda w: w.plot.confusion_matrix(
+                probs=np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]]), y_true=np.array([0, 1, 1])
+            ),
+        ),
+        (
+            "cm_labels",
+            lambda w: w.plot.confusion_matrix(y_true=[3, 7, 7], preds=[7, 7, 3], split_table=True),
+        ),
+    ]
+    for key, make in cases:
+        theirs, ours = make(real), make(wandb)
+        assert ours.table.columns == theirs.table.columns, key
+        assert [[_plain(v) for v in r] for r in ours.table.data] == [
+            [_plain(v) for v in r] for r in theirs.table.data
+        ], key
+        assert (ours.spec_name, ours.fields, ours.string_fields) == (
+            theirs.spec.spec_name,
+            theirs.spec.fields,
+            theirs.spec.string_fields,
+        ), key
+        wandb.log({key: ours})
+    logged = {k: v for row in rec.metrics.values() for k, v in row.items()}
+    assert set(logged) == {f"{k}_table" for k, _ in cases if k != "cm_labels"} | {
+        "Custom Chart Tables/cm_labels_table"
+    }
+    cm = logged["cm_table"]
+    assert isinstance(cm, traintape.Table) and cm.rows == 9 and cm.columns[0] == "Actual"
+    with pytest.raises(ValueError, match="not one of the 2 classes"):
+        wandb.plot.confusion_matrix(y_true=[0, 5], preds=[0, 1], class_names=["a", "b"])
+    with pytest.raises(ValueError, match="Only one of"):
+        wandb.plot.confusion_matrix(probs=[[1.0]], preds=[0], y_true=[0])
+    with pytest.raises(UnsupportedMediaError, match="roc_curve"):
+        wandb.plot.roc_curve([0, 1], [[0.2, 0.8], [0.7, 0.3]])
+
+
+def _plain(value: Any) -> Any:
+    item = getattr(value, "item", None)
+    return item() if callable(item) else value
+
+
 def test_config_behaves_as_wandb_and_records_changes_as_params(rec: Recorder) -> None:
     """Attribute and item access, update (an argparse Namespace too, "--" stripped), a changed
     value refused without allow_val_change, setdefaults, as_dict/keys/items/get/in; each change

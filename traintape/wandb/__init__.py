@@ -13,8 +13,8 @@ traintape instead (every rank logs, nothing lost on a crash, SQL over the store)
 Steps, commits, the config and the summary behave as in W&B 0.31 (traintape.wandb.history,
 .config, .summary). What traintape has no use for (entity, group, job_type, notes) is stored as
 params `wandb.<name>`; arguments with no effect are named in one warning. `Image` and `Table` are
-stored as traintape's media (traintape.emitter.media); other media (`Audio`, `Video`, ...) raise
-`UnsupportedMediaError`. Inside traintape, `import wandb` is still W&B itself.
+stored as traintape's media (traintape.emitter.media), and so are the tables of `wandb.plot`'s
+charts; other media (`Audio`, `Video`, ...) raise `UnsupportedMediaError`. Inside traintape, `import wandb` is still W&B itself.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from traintape.errors import NoRunError, TraintapeError
+from traintape.wandb import plot
 from traintape.wandb.config import Config, PreInit, as_config_dict
 from traintape.wandb.data_types import (
     Artifact,
@@ -68,6 +69,7 @@ __all__ = [
     "init",
     "log",
     "login",
+    "plot",
     "run",
     "save",
     "summary",

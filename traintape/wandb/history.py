@@ -20,6 +20,7 @@ from traintape.emitter.media import MEDIA_TYPES
 from traintape.errors import UnsupportedMediaError
 from traintape.schemas.limits import MAX_INT64
 from traintape.wandb.data_types import Histogram, Table, of_wandb_itself
+from traintape.wandb.plot import CustomChart
 
 logger = logging.getLogger("traintape.wandb")
 
@@ -103,6 +104,9 @@ def flatten_row(data: Any, prefix: str = "", out: dict[str, Any] | None = None) 
         name = f"{prefix}{key}"
         if isinstance(value, Mapping):
             flatten_row(value, f"{name}/", out)
+            continue
+        if isinstance(value, CustomChart):  # wandb.plot's: its table, named as W&B names it
+            out[value.table_key(name)] = value.table
             continue
         if type(value) is list and value:  # a batch of samples: [wandb.Image(...), ...], maybe
             value = [_ours(name, item) for item in value]
