@@ -69,9 +69,14 @@ for step in (0, 5, 10):
     emitter.log({"loss": 1.0 / (1 + step)}, step=step)
     emitter.log_artifact(png(step, 0), name="samples", kind="image",
                          metadata={**meta, "caption": f"step {step}"}, step=step)
+import numpy as np
+import traintape
+grid = [traintape.Image(np.full((6, 4, 3), v, np.uint8), caption=f"g{v}") for v in (10, 200)]
+emitter.log({"grid": grid}, step=10)
 emitter.finish(timeout=60)
 """
-"""A run logging three images as the media contract has them (log_artifact, kind image)."""
+"""A run logging three images as the media contract has them (log_artifact, kind image), and a
+list of two images at step 10 (stored as grid/0 and grid/1)."""
 
 
 def _read_url(proc: subprocess.Popen[bytes], log: Path, timeout: float = 60) -> str:
@@ -361,3 +366,9 @@ def test_images_show_with_a_step_slider(page: Page, dashboard: Dashboard) -> Non
     _wait(lambda: page.evaluate(loaded, "0"), 10, "the image of step 0 loaded")
     assert panel.get_attribute("data-step") == "0"
     assert "step 0" in panel.locator("figcaption").inner_text()
+    grid = page.locator('.media[data-media="grid"]')  # a list's images, under its key
+    listed = """() => [...document.querySelectorAll('.media[data-media="grid"] img')].map(
+        (img) => img.complete && img.naturalWidth === 4 ? img.dataset.index : null)"""
+    _wait(lambda: page.evaluate(listed) == ["0", "1"], 10, "the list's two images, in order")
+    assert [c.inner_text() for c in grid.locator("figcaption").all()] == ["g10 · #0", "g200 · #1"]
+    assert page.locator('.media[data-media="grid/0"]').count() == 0

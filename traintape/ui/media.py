@@ -2,7 +2,8 @@
 
 Media are `artifact` events (traintape.emitter.artifacts) with kind "image" or "table" and
 `metadata.media` equal to the kind (docs: the media contract); anything else is a plain artifact.
-`/api/media?run=ID` lists them per key, step by step; `/api/object/SHA256?run=ID` serves the bytes
+`/api/media?run=ID` lists them per key, step by step (the images of a list, key/0, key/1, ...,
+under their key, each with its index); `/api/object/SHA256?run=ID` serves the bytes
 of an object only when an artifact event of that run records that sha256: the file is found by
 the hash (64 hex digits, never by a path an event or a request spells), its size and hash are
 checked against the event before a byte is sent, and nothing is ever written.
@@ -63,9 +64,19 @@ def media_list(con: duckdb.DuckDBPyConnection, run_id: str) -> dict[str, Any]:
         item = {k: row[k] for k in ("step", "rank", "sha256", "bytes", "ts")}
         for k in ("width", "height", "channels", "caption", "rows", "columns", "format"):
             item[k] = meta.get(k)
-        found.setdefault((row["kind"], row["name"]), []).append(item)
+        name, item["index"] = listed(row["name"]) if row["kind"] == "image" else (row["name"], None)
+        found.setdefault((row["kind"], name), []).append(item)
     media = [{"name": n, "kind": k, "items": items} for (k, n), items in sorted(found.items())]
     return {"run_id": run_id, "media": media}
+
+
+def listed(name: str) -> tuple[str, int | None]:
+    """(key, index) of an image logged in a list (`log({"samples": [Image, ...]})` stores
+    samples/0, samples/1, ...): shown together under the key; (name, None) for any other."""
+    key, slash, tail = name.rpartition("/")
+    if slash and key and tail.isascii() and tail.isdigit() and tail == str(int(tail)):
+        return key, int(tail)
+    return name, None
 
 
 def _recorded(con: duckdb.DuckDBPyConnection, run_id: str, sha256: str) -> dict[str, Any]:

@@ -1,6 +1,7 @@
-// A run's media (issue 18): each image key with a slider over the steps it was logged at, and
-// each table key the same way. Images are the run's stored objects, served by
-// /api/object/SHA256?run=ID (only objects the run's artifact events record).
+// A run's media (issue 18): each image key with a slider over the steps it was logged at (a
+// list's images, key/0, key/1, ..., together under the key), and each table key the same way.
+// Images are the run's stored objects, served by /api/object/SHA256?run=ID (only objects the
+// run's artifact events record).
 import { api, el, fmtValue, showError } from "./util.js";
 
 function objectUrl(runId, sha256) {
@@ -63,11 +64,16 @@ class MediaPanel {
   }
 
   showImages(items) {
-    this.body.replaceChildren(...items.map((it) => el("figure", {},
+    // A list's images (key/0, key/1, ...) in their order, then by rank.
+    const ordered = [...items].sort((a, b) => (a.index ?? -1) - (b.index ?? -1) || a.rank - b.rank);
+    const ranks = new Set(items.map((it) => it.rank)).size;
+    this.body.replaceChildren(...ordered.map((it) => el("figure", {},
       el("img", { src: objectUrl(this.runId, it.sha256), alt: it.caption || this.name,
-        width: it.width, height: it.height, dataset: { sha256: it.sha256, step: it.step } }),
+        width: it.width, height: it.height,
+        dataset: { sha256: it.sha256, step: it.step, index: it.index ?? "" } }),
       el("figcaption", { class: "muted" },
-        [it.caption, items.length > 1 ? `rank ${it.rank}` : null].filter(Boolean).join(" · ")))));
+        [it.caption, it.index == null ? null : `#${it.index}`, ranks > 1 ? `rank ${it.rank}` : null]
+          .filter(Boolean).join(" · ")))));
   }
 
   async showTable(item, index) {
