@@ -41,6 +41,7 @@ from traintape.emitter.media_pixels import (
     snapshot,
 )
 from traintape.emitter.values import check_metric_name
+from traintape.schemas.media import item_name
 
 if TYPE_CHECKING:
     from traintape.emitter.deferred import DeferredQueue
@@ -275,7 +276,7 @@ def _listed_media(key: Any, values: list[Any]) -> list[tuple[str, Media]]:
                 f"index {index}; such a list holds only traintape.Image, Table or Text values"
             )
             raise TypeError(msg)
-        items.append(_checked_media(f"{key}/{index}", value))
+        items.append(_checked_media(item_name(key, index), value))
     return items
 
 

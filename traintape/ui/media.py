@@ -25,6 +25,7 @@ from traintape.globs import sql_string
 from traintape.layout import StoreLayout
 from traintape.read.artifacts import artifact_rows, copy_hashing
 from traintape.read.query import rows
+from traintape.schemas.media import listed
 
 __all__ = [
     "MEDIA_KINDS",
@@ -68,15 +69,6 @@ def media_list(con: duckdb.DuckDBPyConnection, run_id: str) -> dict[str, Any]:
         found.setdefault((row["kind"], name), []).append(item)
     media = [{"name": n, "kind": k, "items": items} for (k, n), items in sorted(found.items())]
     return {"run_id": run_id, "media": media}
-
-
-def listed(name: str) -> tuple[str, int | None]:
-    """(key, index) of an image logged in a list (`log({"samples": [Image, ...]})` stores
-    samples/0, samples/1, ...): shown together under the key; (name, None) for any other."""
-    key, slash, tail = name.rpartition("/")
-    if slash and key and tail.isascii() and tail.isdigit() and tail == str(int(tail)):
-        return key, int(tail)
-    return name, None
 
 
 def _recorded(con: duckdb.DuckDBPyConnection, run_id: str, sha256: str) -> dict[str, Any]:
