@@ -16,8 +16,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
+import traintape
 from tests.conftest import REPO, CollectorProcess, query
 from tests.test_sink_wandb import wandb_records
 from traintape import emitter
@@ -220,6 +222,8 @@ def test_images_tables_and_files_in_every_sink_and_bad_objects_are_one_events_er
         run._port.emit(ARTIFACT, 9, missing)  # an object gone from the store
         emitter.log_artifact(table, name="worst", kind="table", metadata=table_meta, step=9)
         emitter.log_artifact(b"lr: 0.1\n", name="config.yaml", kind="config", step=9)
+        grid = [traintape.Image(p, caption=f"g{i}") for i, p in enumerate(GRID)]
+        emitter.log({"grid": grid}, step=9)  # a list: grid/0, grid/1; one W&B gallery
         emitter.finish()
         assert collector.stop() == 0
     finally:
@@ -229,7 +233,7 @@ def test_images_tables_and_files_in_every_sink_and_bad_objects_are_one_events_er
         backend = sink_status(store, name)["backend"]
         assert backend["artifacts_failed"] == 2, (name, backend)
         assert "'missing'" in backend["last_artifact_error"] or "damaged" in str(backend)
-        assert backend["images"] == 3 and backend["tables"] == 1, (name, backend)
+        assert backend["images"] == 5 and backend["tables"] == 1, (name, backend)
     _check_tensorboard(store / "tensorboard" / "media" / "mixed", images)
     _check_wandb(store, images)
     _check_mlflow(store, images, table_meta["columns"])
@@ -239,8 +243,11 @@ def _check_tensorboard(folder: Path, images: dict[int, bytes]) -> None:
     from tensorboard.backend.event_processing.plugin_event_accumulator import EventAccumulator
 
     tb = tb_images(folder)
-    assert sorted(tb) == ["sample"]
+    assert sorted(tb) == ["grid/0", "grid/1", "sample"]
     assert {e.step: e.encoded_image_string for e in tb["sample"]} == images
+    for i, pixels in enumerate(GRID):
+        (event,) = tb[f"grid/{i}"]
+        assert event.step == 9 and np.array_equal(_pixels_of(event.encoded_image_string), pixels)
     acc = EventAccumulator(str(folder), size_guidance={"tensors": 0})
     acc.Reload()
     texts = {
@@ -268,9 +275,26 @@ def _check_wandb(store: Path, images: dict[int, bytes]) -> None:
     table = json.loads(wandb_file(store, "mixed1", history[9]["worst"]))
     assert table["columns"] == ["id", "label", "p"] and table["data"][1] == [2, "dog|wolf", 0.25]
     assert "damaged" not in history[9] and "missing" not in history[9]
+    gallery = history[9]["grid"]  # the list's images, one W&B gallery as W&B logs a batch
+    assert gallery["_type"] == "images/separated" and gallery["count"] == 2
+    assert gallery["captions"] == ["g0", "g1"]
+    (run,) = sorted(store.glob("wandb/offline-run-*-mixed1"))
+    for name, pixels in zip(gallery["filenames"], GRID):
+        assert np.array_equal(_pixels_of((run / "files" / name).read_bytes()), pixels)
     (config,) = [a for a in artifacts if a.type == "config"]
     assert config.name == "config.yaml"
     assert [e.path for e in config.manifest.contents] == ["config.yaml"]
+
+
+GRID = [np.full((3, 5, 3), 40, np.uint8), np.full((3, 5, 3), 220, np.uint8)]
+"""The images of the list logged at step 9."""
+
+
+def _pixels_of(png: bytes) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(io.BytesIO(png)) as image:
+        return np.array(image)
 
 
 def _check_mlflow(store: Path, images: dict[int, bytes], columns: list[str]) -> None:
@@ -298,7 +322,10 @@ def _check_mlflow(store: Path, images: dict[int, bytes], columns: list[str]) -> 
     frame = pd.read_json(out / "worst" / "step-000000009.json", orient="split")
     assert list(frame.columns) == columns and frame["label"].tolist()[1] == "dog|wolf"
     assert (out / "worst" / "step-000000009.parquet").read_bytes() == table_parquet()[0]
-    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "sample", "worst"]
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "grid", "sample", "worst"]
+    for i, pixels in enumerate(GRID):  # a list's images: one folder each, as any name's
+        png = (out / "grid" / str(i) / "step-000000009.png").read_bytes()
+        assert np.array_equal(_pixels_of(png), pixels)
 
 
 # -- in-process: the projection and the TensorBoard sink alone --------------------------------

@@ -47,9 +47,10 @@ def media_kind(body: dict[str, Any]) -> str | None:
     return None
 
 
-def media_tag(event: Event) -> str:
-    """The artifact's name, with `/rank<N>` for ranks other than 0 (as text and histograms)."""
-    tag = str(event.body.get("name") or "artifact")
+def media_tag(event: Event, name: str | None = None) -> str:
+    """The artifact's name (or `name`), with `/rank<N>` for ranks other than 0 (as text and
+    histograms)."""
+    tag = name or str(event.body.get("name") or "artifact")
     if event.rank not in (None, 0):
         tag = f"{tag}/rank{event.rank}"
     return tag

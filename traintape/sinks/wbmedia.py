@@ -3,6 +3,7 @@
 - an image (media kind "image": a PNG) is a `wandb.Image` of the stored file itself (W&B copies
   the file into the run's `media/images/`, so the bytes stay the stored PNG's), with its
   caption, in the history row of its step, under its name (`/rank<N>` for ranks other than 0);
+  the images of a list (key/0, key/1, ...) go as one list under the key, as W&B logs a batch;
 - a table (media kind "table") is a `wandb.Table` of its columns and first `MAX_TABLE_ROWS`
   rows (W&B's own limit) in the row of its step; a longer table is counted (`tables_cut`);
 - any other artifact is a `wandb.Artifact` of type `kind` (or "artifact") named after it,
@@ -22,6 +23,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from traintape.schemas.media import listed
 from traintape.sinks._base import Event
 from traintape.sinks.media import (
     MAX_TABLE_ROWS,
@@ -52,7 +54,13 @@ class WandbMedia:
                 meta = event.body.get("metadata") or {}
                 caption = meta.get("caption") if isinstance(meta.get("caption"), str) else None
                 link = linked(path, self._folder(), "image.png")  # W&B takes the format by name
-                row[media_tag(event)] = wandb.Image(str(link), caption=caption)
+                image = wandb.Image(str(link), caption=caption)
+                key, index = listed(str(event.body.get("name") or ""))
+                gallery = None if index is None else media_tag(event, key)
+                if gallery is not None and isinstance(row.setdefault(gallery, []), list):
+                    row[gallery].append(image)  # a list's images (key/0, ...), in their order
+                else:
+                    row[media_tag(event)] = image
                 self.counts["images"] += 1
             else:
                 columns, rows, total = read_table(path, MAX_TABLE_ROWS)
