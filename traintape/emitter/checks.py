@@ -23,8 +23,8 @@ from traintape.schemas.wire import encode_body
 SLACK_BYTES = 4096
 """Room for the header frame and the column framing of a batch, beside the event bodies."""
 MAX_EVENT_BYTES = MAX_MESSAGE_BYTES - SLACK_BYTES
-_SHORT_KEY = 1024
 """The largest packed body of one event."""
+_SHORT_KEY = 1024  # an ASCII key this short alone is far under one event: not measured
 
 Event = tuple[int, int, Any, dict[str, Any]]  # (kind, ts, step, body), as queued
 

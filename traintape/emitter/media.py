@@ -238,11 +238,8 @@ def log_media(
         else:
             rest[key] = value
             plain = plain and kind in _SCALARS and type(key) is str and key != ""
-    if len(media) > 1 and len({key for key, _ in media}) < len(media):
-        names = [key for key, _ in media]
-        twice = sorted({k for k in names if names.count(k) > 1})
-        msg = f"log(): media named {twice[0]!r} twice in one call (a list's item and a key?)"
-        raise ValueError(msg)
+    if len(media) > 1:
+        _check_names_once(media)
     files = any(type(value) is not Text for _, value in media)  # the artifact thread's
     writer = (helpers.artifacts or helpers.artifact_writer()) if files else None
     if writer is not None:
@@ -255,6 +252,15 @@ def log_media(
         else:
             log_text(key, value.text, step)
     return rest
+
+
+def _check_names_once(media: list[tuple[str, Media]]) -> None:
+    seen: set[str] = set()
+    for key, _ in media:
+        if key in seen:
+            msg = f"log(): media named {key!r} twice in one call (a list's item and a key?)"
+            raise ValueError(msg)
+        seen.add(key)
 
 
 def _checked_media(key: Any, value: Media) -> tuple[str, Media]:

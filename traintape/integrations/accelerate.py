@@ -7,8 +7,9 @@ Accelerate calls trackers from its main process only (`Accelerator.init_trackers
 main-process functions, whatever the tracker says). So that every rank logs into the run,
 `main_process_only` is False and the tracker itself works on any rank: keep it and call
 `tracker.log(values, step=step)` on every rank (instead of `accelerator.log`, which would log the
-main process's values twice); `tracker.log_images` and `tracker.log_table` as with W&B's tracker. Each rank's run starts at its first call and is rank-tagged; all
-ranks share one run id. `tracker.record_checkpoint(folder, step)` after
+main process's values twice); `tracker.log_images` and `tracker.log_table` as with W&B's
+tracker. Each rank's run starts at its first call and is rank-tagged; all ranks share one run
+id. `tracker.record_checkpoint(folder, step)` after
 `accelerator.save_state(folder)` records that checkpoint. The run ends `completed` at
 `end_training()` (`tracker.finish()`; on a process that never calls it, when it exits), `failed`
 when the script dies of an exception, `killed` on Ctrl-C or SIGTERM.

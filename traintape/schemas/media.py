@@ -1,7 +1,7 @@
 """How a list of media values under one key is named in the store: `log({"samples": [Image,
 ...]})` records one artifact event per item, named `samples/0`, `samples/1`, ... The emitter
-names them (`item_name`); readers that show a list together (the dashboard) take the names apart
-(`listed`)."""
+names them (`item_name`); readers that show a list together (the dashboard, the W&B sink's
+gallery) take the names apart (`listed`)."""
 
 from __future__ import annotations
 
