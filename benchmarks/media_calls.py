@@ -3,6 +3,7 @@ carries a 256x256x3 uint8 image beside a number, for each tool in the same run:
 
     traintape          emitter.log({"loss": x, "img": traintape.Image(a)}, step=i)
     traintape handover emitter.log({"loss": x, "img": traintape.Image(a, copy=False)}, step=i)
+    traintape tensor   emitter.log({"loss": x, "img": traintape.Image(t)}, step=i)  (CPU, CHW)
     traintape-wandb    traintape.wandb.log({"loss": x, "img": wandb.Image(a)}, step=i)
     wandb              wandb.log({"loss": x, "img": wandb.Image(a)}, step=i)   (offline)
     trackio            trackio.log({"loss": x, "img": trackio.Image(a)}, step=i)
@@ -46,6 +47,7 @@ MEDIA_TOOLS = {
 }
 """Tool key (overhead.py's TOOLS) -> what the timed call is."""
 HANDOVER = "emitter.log + traintape.Image(copy=False)"
+TENSOR = "emitter.log + traintape.Image(CPU tensor, CHW)"
 
 
 @dataclass
@@ -158,7 +160,30 @@ def _variants(sessions: dict[str, Any]) -> list[Variant]:
 
             handed = functools.partial(traintape.Image, copy=False)
             chosen.append(Variant(HANDOVER, session, _with_image(handed)))
+            tensors = _tensor_ring()
+            if tensors:
+                chosen.append(Variant(TENSOR, session, _with_tensor(traintape.Image, tensors)))
     return chosen
+
+
+def _tensor_ring() -> list[Any]:
+    """The ring's images as contiguous CHW uint8 CPU tensors (none without torch)."""
+    try:
+        import torch
+    except ImportError:
+        return []
+    import numpy as np
+
+    return [torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1))) for a in _ring()]
+
+
+def _with_tensor(image_class: Callable[[Any], Any], tensors: list[Any]) -> Call:
+    """The call of `_with_image`, with the step's image as a tensor (the same ring order)."""
+
+    def call(log: Callable[..., Any], array: Any, i: int) -> Any:
+        return log({"loss": 1.0 / (i + 1), "img": image_class(tensors[i % len(tensors)])}, i)
+
+    return call
 
 
 def _empty_snapshot_pool() -> None:
@@ -247,7 +272,7 @@ def _report_targets(results: list[MediaResult]) -> None:
     by = {(r.label, r.pace): r for r in results}
     warm = PACES[0][0]
     memcpy = by.get(("floor: memcpy, reused buffer", warm))
-    for label in (HANDOVER, MEDIA_TOOLS["traintape"]):
+    for label in (HANDOVER, MEDIA_TOOLS["traintape"], TENSOR):
         r = by.get((label, warm))
         if r is None:
             continue
@@ -262,7 +287,7 @@ def _report_targets(results: list[MediaResult]) -> None:
             continue
         added = [
             f"{label} {r.median_us - alone.median_us:+.1f} µs"
-            for label in (HANDOVER, MEDIA_TOOLS["traintape"])
+            for label in (HANDOVER, MEDIA_TOOLS["traintape"], TENSOR)
             if (r := by.get((label, pace))) is not None
         ]
         print(
