@@ -188,6 +188,31 @@ def test_periodic_sweep_merges_folders_with_many_small_files(tmp_path: Path) -> 
     assert compactor.last_error is None
 
 
+def test_what_reaches_an_ended_run_after_its_compaction_is_merged_in_too(tmp_path: Path) -> None:
+    """A run compacted at its end, then written to again (batches a restarted collector gets
+    again after the run_end, as in a two-node job whose collector was killed): that folder is
+    due again and merged into one file; a live run's new file waits for the periodic rule, and
+    so does a resumed run's (a new attempt's run_start) until it ends again."""
+    store = tmp_path / "store"
+    committed = make_parts(store, runs=2, parts=3)
+    compactor = Compactor(store, sweep_interval=3600.0, settle=0.0)
+    compactor.run_due(committed)  # the first sweep: both folders merged
+    ended = {("events", "run0"): pa.table({"kind": ["run_end"]})}
+    compactor.note_chunk(ended)
+    compactor.run_due(committed)
+    position = make_parts(store, runs=2, parts=1, first=committed)  # late rows, both runs
+    compactor.note_chunk({("metrics", run): pa.table({"key": ["m"]}) for run in ("run0", "run1")})
+    compactor.run_due(position)
+    assert [n.split("-")[0] for n in files(store, "metrics", "run0")] == ["compact"]
+    assert len(files(store, "metrics", "run1")) == 2  # live: left to the periodic sweep
+    compactor.note_chunk({("events", "run0"): pa.table({"kind": ["run_start"]})})  # resumed
+    position = make_parts(store, runs=1, parts=1, first=position)
+    compactor.note_chunk({("metrics", "run0"): pa.table({"key": ["m"]})})
+    compactor.run_due(position)
+    assert len(files(store, "metrics", "run0")) == 2  # a live attempt: the periodic rule again
+    assert compactor.last_error is None
+
+
 @pytest.mark.parametrize("method", ["swap", "hide"])
 def test_a_merge_that_fails_midway_is_undone_at_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, method: str

@@ -1,9 +1,10 @@
 """When compaction merges which run folders (compaction.py says how a merge is made safe).
 
-Ended runs are compacted `settle` seconds after their end; sweeps look at every folder at the
-first call (any with 2 small files or more, e.g. a run that ended while no collector ran), then
-every `sweep_interval` seconds at the folders that grew since (those with MIN_FILES_PERIODIC
-small files: live runs, the collector's system samples).
+Ended runs are compacted `settle` seconds after their end, and again after anything written to
+them later (a batch resent after a collector restart can land after the run's end); sweeps look
+at every folder at the first call (any with 2 small files or more, e.g. a run that ended while
+no collector ran), then every `sweep_interval` seconds at the folders that grew since (those
+with MIN_FILES_PERIODIC small files: live runs, the collector's system samples).
 """
 
 from __future__ import annotations
@@ -37,22 +38,32 @@ class CompactionSchedule:
         # (table or "*", folder) -> when it became due: compacted `settle` seconds later.
         self._pending: dict[tuple[str, str], float] = {}
         self._touched: set[tuple[str, str]] = set()  # (table, folder) written since the sweep
+        # Folders of runs that ended: a chunk written to one later (batches a restarted
+        # collector receives again after the run's end) makes it due again; a new attempt's
+        # run_start takes it out (a live run waits for the periodic sweep).
+        self._ended: set[str] = set()
         self._last_sweep: float | None = None  # the first sweep, at startup, merges any 2 files
         self._lock = threading.Lock()
 
     def note_chunk(self, built: dict[tuple[str, str], Any]) -> None:
         """Remembers the folders a just-materialized chunk wrote to (`built`: (table, run id)
         -> its Arrow table), and the runs it ended."""
-        ended = [
-            run_id
+        kinds = {
+            run_id: set(data.column("kind").to_pylist())
             for (table, run_id), data in built.items()
-            if table == "events" and "run_end" in data.column("kind").to_pylist()
-        ]
+            if table == "events"
+        }
         with self._lock:
             folder = self.layout.folder_name
-            self._touched.update((table, folder(run_id)) for table, run_id in built)
-            for run_id in ended:
-                self._pending.setdefault(("*", folder(run_id)), time.monotonic())
+            written = {(table, folder(run_id)) for table, run_id in built}
+            self._touched.update(written)
+            for run_id, seen in kinds.items():
+                if "run_end" in seen:
+                    self._ended.add(folder(run_id))
+                elif "run_start" in seen:  # a new attempt: live again, until its own end
+                    self._ended.discard(folder(run_id))
+            for name in {name for _, name in written} & self._ended:
+                self._pending.setdefault(("*", name), time.monotonic())
 
     def soon(self, table: str, folder: str) -> None:
         """Merge `folder` again once it settles (after a merge a crash interrupted)."""
