@@ -224,6 +224,8 @@ def test_a_matplotlib_figure_is_drawn_when_the_image_is_made(canvas: str) -> Non
 
     theirs = _decoded(WandbImage(figure).encode()[0])  # W&B's Image(fig) too
     assert (theirs == [0, 0, 255, 255]).all()
+    with pytest.raises(ValueError, match="the figure is empty"):
+        traintape.Image(Figure(figsize=(0.01, 0.01), dpi=10))
     import matplotlib.pyplot as plt
 
     plt.figure(figsize=(1, 1), dpi=8)

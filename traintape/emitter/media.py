@@ -352,6 +352,10 @@ def _rendered(figure: Any) -> Any:
     """A figure's pixels (RGBA, a new array), drawn now on the caller's thread: the caller may
     change, reuse or close the figure once the call returns (as W&B, this costs a draw)."""
     canvas = figure.canvas
+    if 0 in canvas.get_width_height():
+        width, height = figure.get_size_inches()
+        msg = f"Image(): the figure is empty ({width:g} x {height:g} inches at {figure.dpi:g} dpi)"
+        raise ValueError(msg)
     buffer_rgba = getattr(canvas, "buffer_rgba", None)
     if buffer_rgba is not None:  # Agg and the interactive backends drawn by Agg
         canvas.draw()
