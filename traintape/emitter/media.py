@@ -6,7 +6,8 @@
 Making a value checks it and takes a snapshot, on the caller's thread: an array is copied (numpy,
 and CPU tensors through numpy: into a reused buffer, `SnapshotBuffers`; a CUDA tensor: a
 non-blocking copy to pinned memory behind an event, media_device.py), a file is opened (its
-descriptor keeps the bytes of the call), a table becomes an immutable Arrow table.
+descriptor keeps the bytes of the call), a table becomes an immutable Arrow table (what is
+not a numpy array: media_sources.py).
 Everything else happens on the run's artifact thread (artifacts.py): PNG or Parquet encoding
 (media_encode.py), then the store path `log_artifact` takes (content-addressed object, durable
 before its event). The event is an `artifact` event with kind "image" or "table" and the
@@ -20,26 +21,15 @@ This module imports nothing heavy: numpy and pyarrow are loaded by the first Ima
 
 from __future__ import annotations
 
-import io
 import os
-import stat
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from traintape.emitter.checks import check_media_text
 from traintape.emitter.deferred import take_tensors
-from traintape.emitter.media_pixels import (
-    SNAPSHOTS,
-    Pixels,
-    Size,
-    bad_dtype,
-    check_float_range,
-    handover,
-    image_layout,
-    image_size,
-    snapshot,
-)
+from traintape.emitter.media_pixels import SNAPSHOTS, handover, snapshot
+from traintape.emitter.media_sources import open_image_file, other_snapshot
 from traintape.emitter.values import check_metric_name
 from traintape.schemas.media import item_name
 
@@ -52,12 +42,7 @@ __all__ = ["MEDIA_TYPES", "Image", "Media", "Table", "Text", "log_media"]
 MEDIA_TYPES: set[type] = set()
 """Every class of media value (subclasses too): `log()`'s slow path tests types against it."""
 
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-JPEG_MAGIC = b"\xff\xd8\xff"
 _SCALARS = frozenset((float, int, bool))
-_PLAIN_PNG = (b"\x08\x00", b"\x08\x02", b"\x08\x06")  # 8-bit gray, RGB, RGBA: stored as is
-_PIL_MODES = {"1": "L", "L": "L", "RGB": "RGB", "RGBA": "RGBA", "LA": "RGBA", "CMYK": "RGB"}
-_PIL_MODES |= {"YCbCr": "RGB", "LAB": "RGB", "HSV": "RGB", "RGBX": "RGB", "RGBa": "RGBA"}
 
 
 class Media:
@@ -115,12 +100,12 @@ class Image(Media):
         if np is not None and type(data) is np.ndarray:  # the usual case, checked first
             self._source, size = snapshot(np, data) if copy else handover(np, data)
         elif isinstance(data, (str, os.PathLike)):
-            self._source = _open_image_file(os.fspath(data))
+            self._source = open_image_file(os.fspath(data))
             self.width = self.height = self.channels = 0  # known once the file is read
             self.nbytes = 0  # read on the artifact thread
             return
         else:
-            self._source, size = _other_snapshot(data)
+            self._source, size = other_snapshot(data)
         self.height, self.width, self.channels = size
         self.nbytes = self._source[0].nbytes  # a numpy buffer's or a tensor's
 
@@ -284,140 +269,3 @@ def _listed_media(key: Any, values: list[Any]) -> list[tuple[str, Media]]:
             raise TypeError(msg)
         items.append(_checked_media(item_name(key, index), value))
     return items
-
-
-def _other_snapshot(data: Any) -> tuple[Pixels, Size]:
-    """(pixels, shape, dtype, layout) and size of a tensor or a PIL image (a new array)."""
-    torch = sys.modules.get("torch")
-    if torch is not None and isinstance(data, torch.Tensor):
-        return _tensor_snapshot(torch, data)
-    pil = sys.modules.get("PIL.Image")
-    if pil is not None and isinstance(data, pil.Image):
-        array = _pil_array(data)
-    elif (figure := _figure_of(data)) is not None:
-        array = _rendered(figure)
-    else:
-        msg = (
-            f"Image() takes a numpy array, a torch tensor, a PIL image, a matplotlib figure or "
-            f"a file path, not {type(data).__name__}"
-        )
-        raise TypeError(msg)
-    layout = image_layout(array.shape, prefer_chw=False)
-    size = image_size(array.shape, layout)
-    return (array.reshape(-1), array.shape, "|u1", layout), size  # a new array: no copy
-
-
-def _tensor_snapshot(torch: Any, data: Any) -> tuple[Pixels, Size]:
-    """A tensor's pixels: a CUDA tensor's copied to pinned host memory without a sync
-    (media_device.py); a CPU tensor copied as a numpy array is (its memory seen through numpy,
-    then one memcpy into a reused buffer: torch's allocator would give new memory, and page
-    faults, to each copy); any other (bfloat16, sparse, MPS) copied by torch to the CPU, which
-    waits for the device."""
-    if data.dtype != torch.uint8 and not data.is_floating_point():
-        bad_dtype(str(data.dtype).removeprefix("torch."))
-    if data.device.type == "cuda":  # copied without a sync; its range is checked on the thread
-        from traintape.emitter.media_device import DeviceCopy
-
-        shape = tuple(data.shape)
-        layout = image_layout(shape, prefer_chw=True)
-        return (DeviceCopy.start(torch, data), shape, "", layout), image_size(shape, layout)
-    if data.device.type == "cpu" and data.layout == torch.strided and data.dtype != torch.bfloat16:
-        try:
-            view = data.detach().numpy()
-        except (RuntimeError, TypeError):  # a view numpy cannot show (a negated view): torch's
-            pass
-        else:
-            return snapshot(_numpy(), view, prefer_chw=True)
-    pixels = data.detach().to("cpu", copy=True)
-    shape = tuple(pixels.shape)
-    layout = image_layout(shape, prefer_chw=True)
-    if pixels.is_floating_point():
-        check_float_range(float(pixels.min()), float(pixels.max()))
-    return (pixels, shape, "", layout), image_size(shape, layout)
-
-
-def _figure_of(data: Any) -> Any | None:
-    """A matplotlib Figure given as itself, or as `matplotlib.pyplot` (its current figure, as
-    W&B takes `wandb.Image(plt)`); None for anything else."""
-    pyplot = sys.modules.get("matplotlib.pyplot")
-    if pyplot is not None and data is pyplot:
-        return pyplot.gcf()
-    figure = sys.modules.get("matplotlib.figure")
-    if figure is not None and isinstance(data, figure.Figure):
-        return data
-    return None
-
-
-def _rendered(figure: Any) -> Any:
-    """A figure's pixels (RGBA, a new array), drawn now on the caller's thread: the caller may
-    change, reuse or close the figure once the call returns (as W&B, this costs a draw)."""
-    canvas = figure.canvas
-    if 0 in canvas.get_width_height():
-        width, height = figure.get_size_inches()
-        msg = f"Image(): the figure is empty ({width:g} x {height:g} inches at {figure.dpi:g} dpi)"
-        raise ValueError(msg)
-    buffer_rgba = getattr(canvas, "buffer_rgba", None)
-    if buffer_rgba is not None:  # Agg and the interactive backends drawn by Agg
-        canvas.draw()
-        return _numpy().array(buffer_rgba())  # a copy: the canvas draws into it again
-    _need_pillow("a matplotlib figure whose canvas has no pixels (a vector backend)")
-    from PIL import Image as PILImage
-
-    png = io.BytesIO()
-    figure.savefig(png, format="png")
-    png.seek(0)
-    with PILImage.open(png) as image:
-        return _pil_array(image)
-
-
-def _pil_array(image: Any) -> Any:
-    """A PIL image's pixels as a new uint8 array (gray, RGB or RGBA)."""
-    mode = image.mode
-    if mode == "P":
-        target = "RGBA" if "transparency" in image.info else "RGB"
-    elif mode in _PIL_MODES:
-        target = _PIL_MODES[mode]
-    else:
-        msg = f"Image(): PIL mode {mode!r} (16-bit or float); convert it to 'L' or 'RGB' first"
-        raise ValueError(msg)
-    return _numpy().array(image if mode == target else image.convert(target))
-
-
-def _open_image_file(path: str) -> int:
-    """An open descriptor of a PNG or JPEG file (checked by its first bytes)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)  # a FIFO must not block
-    except FileNotFoundError:
-        msg = f"Image(): {path} does not exist"
-        raise FileNotFoundError(msg) from None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            msg = f"Image(): {path} is not a regular file"
-            raise ValueError(msg)
-        head = os.pread(fd, 26, 0)  # a PNG's signature and IHDR up to its colour type
-        if not (head.startswith(PNG_MAGIC) or head.startswith(JPEG_MAGIC)):
-            msg = f"Image(): {path} is neither a PNG nor a JPEG file"
-            raise ValueError(msg)
-        if head.startswith(PNG_MAGIC) and head[24:25] == b"\x10":
-            msg = f"Image(): {path} is a 16-bit PNG; images are stored with 8 bits per channel"
-            raise ValueError(msg)
-        if not (head.startswith(PNG_MAGIC) and head[24:26] in _PLAIN_PNG):
-            _need_pillow(path)  # decoded, then stored as an 8-bit PNG
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
-def _need_pillow(what: str) -> None:
-    import importlib.util
-
-    if importlib.util.find_spec("PIL") is None:
-        msg = f"Image(): decoding {what} needs Pillow: pip install 'traintape[media]'"
-        raise ModuleNotFoundError(msg)
-
-
-def _numpy() -> Any:
-    import numpy
-
-    return numpy

@@ -56,10 +56,10 @@ def image_file(fd: int, caption: str | None) -> tuple[bytes, dict[str, Any]]:
         return data, _image_metadata(shape, caption)
     from PIL import Image as PILImage
 
-    from traintape.emitter.media import _pil_array
+    from traintape.emitter.media_sources import pil_array
 
     with PILImage.open(io.BytesIO(data)) as image:
-        pixels = _pil_array(image)
+        pixels = pil_array(image)
     if pixels.ndim == 3 and pixels.shape[2] == 1:
         pixels = pixels[:, :, 0]
     return png(pixels), _image_metadata(pixels.shape, caption)
