@@ -395,6 +395,19 @@ def _change(value: float, base: float) -> str:
     return f"{(value / base - 1) * 100:+.1f} %"
 
 
+LOOP_COLUMNS = [
+    "variant",
+    "steps/block",
+    "median steps/s",
+    "vs no logging",
+    "best steps/s",
+    "best vs best",
+    "min–max steps/s",
+    "ms/step (median)",
+    "traintape ÷ this (median)",
+]
+
+
 def report_loop(results: list[LoopResult], args: argparse.Namespace) -> None:
     print(
         f"\n### Training loop: MLP 128-{args.width}-{args.width}-10, batch {args.batch}, "
@@ -405,43 +418,8 @@ def report_loop(results: list[LoopResult], args: argparse.Namespace) -> None:
     base, base_best = statistics.median(none.steps_per_s), max(none.steps_per_s)
     ref = next((r for r in results if r.key == "traintape"), None)
     ref_sps = statistics.median(ref.steps_per_s) if ref else math.nan
-    rows = []
-    for r in results:
-        sps, best = statistics.median(r.steps_per_s), max(r.steps_per_s)
-        rows.append(
-            [
-                r.label,
-                f"{int(statistics.median(r.steps)):,}",
-                f"{sps:,.0f}",
-                "–" if r is none else _change(sps, base),
-                f"{best:,.0f}",
-                "–" if r is none else _change(best, base_best),
-                f"{min(r.steps_per_s):,.0f}–{best:,.0f}",
-                f"{1e3 / sps:.2f}",
-                fmt_ratio(ref_sps / sps),
-            ]
-        )
-    print_table(
-        [
-            "variant",
-            "steps/block",
-            "median steps/s",
-            "vs no logging",
-            "best steps/s",
-            "best vs best",
-            "min–max steps/s",
-            "ms/step (median)",
-            "traintape ÷ this (median)",
-        ],
-        rows,
-    )
-    # Half the interquartile range of the no-logging blocks: a noise band that one block slowed
-    # by a neighbour's burst of work does not widen the way min-max does.
-    if len(none.steps_per_s) >= 2:
-        q1, _, q3 = statistics.quantiles(none.steps_per_s, n=4, method="inclusive")
-        noise = (q3 - q1) / 2 / base
-    else:
-        noise = 0.0
+    print_table(LOOP_COLUMNS, [_loop_row(r, r is none, base, base_best, ref_sps) for r in results])
+    noise = _noise_band(none.steps_per_s, base)
     print(
         f"\nNoise: no-logging blocks ran at {min(none.steps_per_s):,.0f}–{base_best:,.0f} "
         f"steps/s (median {base:,.0f}; half the interquartile range ±{noise * 100:.1f} %). "
@@ -459,6 +437,34 @@ def report_loop(results: list[LoopResult], args: argparse.Namespace) -> None:
             f"{best_slowdown * 100:+.1f} % best vs best; noise ±{noise * 100:.1f} % "
             f"({'met' if slowdown >= -noise else 'MISSED'})."
         )
+
+
+def _loop_row(
+    r: LoopResult, is_base: bool, base: float, base_best: float, ref_sps: float
+) -> list[str]:
+    """One variant's row of LOOP_COLUMNS (the no-logging variant `is_base`)."""
+    sps, best = statistics.median(r.steps_per_s), max(r.steps_per_s)
+    return [
+        r.label,
+        f"{int(statistics.median(r.steps)):,}",
+        f"{sps:,.0f}",
+        "–" if is_base else _change(sps, base),
+        f"{best:,.0f}",
+        "–" if is_base else _change(best, base_best),
+        f"{min(r.steps_per_s):,.0f}–{best:,.0f}",
+        f"{1e3 / sps:.2f}",
+        fmt_ratio(ref_sps / sps),
+    ]
+
+
+def _noise_band(steps_per_s: list[float], base: float) -> float:
+    """Half the interquartile range of the no-logging blocks, relative to their median: a noise
+    band that one block slowed by a neighbour's burst of work does not widen the way min-max
+    does."""
+    if len(steps_per_s) < 2:
+        return 0.0
+    q1, _, q3 = statistics.quantiles(steps_per_s, n=4, method="inclusive")
+    return (q3 - q1) / 2 / base
 
 
 # -- section 3: collector ingest --------------------------------------------------------------
@@ -508,59 +514,15 @@ class IngestResult:
 
 
 def measure_ingest(root: Path, procs: int, events: int, poll_s: float) -> IngestResult:
-    import duckdb
-
-    import traintape
-
     store = root / f"store-ingest-{procs}"
     expected = procs * events * N_FLOATS
-    children: list[subprocess.Popen[str]] = []
     with Collector(store), ExitStack() as stack:
-        for _ in range(procs):
-            child = subprocess.Popen(
-                [sys.executable, __file__, "--ingest-child", str(store), "--events", str(events)],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                text=True,
-            )
-            children.append(child)
-            stack.callback(_reap, child)
-        for child in children:
-            assert child.stdout is not None
-            if child.stdout.readline().strip() != "ready":
-                msg = "an ingest child failed to start"
-                raise RuntimeError(msg)
-        for child in children:
-            assert child.stdin is not None
-            child.stdin.write("go\n")
-            child.stdin.flush()
-        reports = []
-        for child in children:
-            assert child.stdout is not None
-            reports.append(json.loads(child.stdout.readline()))
+        reports = _run_ingest_children(store, procs, events, stack)
         # The monotonic clock is system-wide on Linux, so the children's stamps compare with ours.
         t_first = min(r["t_first"] for r in reports)
         t_done = max(r["t_done"] for r in reports)
         t_logged = max(r["t_logged"] for r in reports)
-        con = traintape.connect(store)
-        seen, polls, poll_ns = 0, 0, 0
-        t_visible = None
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline:
-            q0 = time.monotonic_ns()
-            try:
-                seen = con.execute("select count(*) from metrics").fetchone()[0]
-            except duckdb.Error as exc:
-                # A compaction can rename a file between DuckDB's glob and its read; ask again.
-                progress(f"ingest: query failed, retrying: {str(exc).splitlines()[0]}")
-                seen = 0
-            q1 = time.monotonic_ns()
-            polls, poll_ns = polls + 1, poll_ns + (q1 - q0)
-            if seen >= expected:
-                t_visible = q1
-                break
-            time.sleep(poll_s)
-        con.close()
+        seen, polls, poll_ns, t_visible = _poll_until_visible(store, expected, poll_s)
     # Written by the collector as it stops: batches the emitters resent because an ack was late.
     status = json.loads((store / "state" / "collector.json").read_text())
     return IngestResult(
@@ -576,6 +538,67 @@ def measure_ingest(root: Path, procs: int, events: int, poll_s: float) -> Ingest
         polls,
         poll_ns / max(polls, 1) / 1e6,
     )
+
+
+def _run_ingest_children(
+    store: Path, procs: int, events: int, stack: ExitStack
+) -> list[dict[str, Any]]:
+    """Starts `procs` emitting children, lets them go at once, and returns their reports."""
+    children: list[subprocess.Popen[str]] = []
+    for _ in range(procs):
+        child = subprocess.Popen(
+            [sys.executable, __file__, "--ingest-child", str(store), "--events", str(events)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        children.append(child)
+        stack.callback(_reap, child)
+    for child in children:
+        assert child.stdout is not None
+        if child.stdout.readline().strip() != "ready":
+            msg = "an ingest child failed to start"
+            raise RuntimeError(msg)
+    for child in children:
+        assert child.stdin is not None
+        child.stdin.write("go\n")
+        child.stdin.flush()
+    reports = []
+    for child in children:
+        assert child.stdout is not None
+        reports.append(json.loads(child.stdout.readline()))
+    return reports
+
+
+def _poll_until_visible(
+    store: Path, expected: int, poll_s: float
+) -> tuple[int, int, int, int | None]:
+    """(rows seen, polls, ns spent polling, monotonic ns when all `expected` rows were visible)
+    of counting the metrics view every `poll_s` (for at most 10 minutes)."""
+    import duckdb
+
+    import traintape
+
+    con = traintape.connect(store)
+    seen, polls, poll_ns = 0, 0, 0
+    deadline = time.monotonic() + 600
+    try:
+        while time.monotonic() < deadline:
+            q0 = time.monotonic_ns()
+            try:
+                seen = con.execute("select count(*) from metrics").fetchone()[0]
+            except duckdb.Error as exc:
+                # A compaction can rename a file between DuckDB's glob and its read; ask again.
+                progress(f"ingest: query failed, retrying: {str(exc).splitlines()[0]}")
+                seen = 0
+            q1 = time.monotonic_ns()
+            polls, poll_ns = polls + 1, poll_ns + (q1 - q0)
+            if seen >= expected:
+                return seen, polls, poll_ns, q1
+            time.sleep(poll_s)
+    finally:
+        con.close()
+    return seen, polls, poll_ns, None
 
 
 def _reap(child: subprocess.Popen[str]) -> None:
