@@ -56,6 +56,17 @@ def params_of(store: Path, run_id: str) -> dict[str, Any]:
     return dict(query(store, "SELECT key, value FROM params WHERE run_id = ?", run_id))
 
 
+def media_of(store: Path, run_id: str) -> list[tuple[Any, ...]]:
+    """(rank, step, name, kind, width, height, caption, path) of the run's media, in that
+    order (the `media` view)."""
+    return query(
+        store,
+        "SELECT rank, step, name, kind, width, height, caption, path FROM media "
+        "WHERE run_id = ? ORDER BY rank, step, name",
+        run_id,
+    )
+
+
 def sha256_of(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 

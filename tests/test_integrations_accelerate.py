@@ -16,6 +16,7 @@ from PIL import Image as PILImage  # noqa: E402
 from tests.conftest import CollectorProcess, query  # noqa: E402
 from tests.jobs import (  # noqa: E402
     files_in,
+    media_of,
     params_of,
     rank_ends,
     run_job,
@@ -74,12 +75,7 @@ def test_accelerate_run_has_both_ranks_config_and_checkpoints(
         run_id,
     )
     assert deleted == [(2, str(root / "state-2"))]
-    media = query(
-        store,
-        "SELECT rank, step, name, kind, width, height, caption, path FROM media "
-        "WHERE run_id = ? ORDER BY rank, name",
-        run_id,
-    )
+    media = media_of(store, run_id)
     assert [row[:7] for row in media] == [
         (rank, 4, name, kind, *size, caption)
         for rank in (0, 1)

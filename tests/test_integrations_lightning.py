@@ -19,6 +19,7 @@ from PIL import Image as PILImage  # noqa: E402
 
 from tests.conftest import CollectorProcess, query, wait_for  # noqa: E402
 from tests.jobs import (  # noqa: E402
+    media_of,
     params_of,
     rank_ends,
     run_job,
@@ -49,12 +50,7 @@ def test_ddp_run_has_both_ranks_hparams_and_checkpoints(
     # 2 epochs of 4 optimizer steps per rank, logged at every step; validation after each epoch.
     assert steps_of(store, run_id, "train/loss") == {(r, s) for r in both for s in range(8)}
     assert steps_of(store, run_id, "val_loss") == {(r, s) for r in both for s in (3, 7)}
-    media = query(
-        store,
-        "SELECT rank, step, name, kind, width, height, caption, path FROM media "
-        "WHERE run_id = ? ORDER BY rank, step, name",
-        run_id,
-    )
+    media = media_of(store, run_id)
     assert [row[:7] for row in media] == [
         (rank, step, name, kind, *size, caption)
         for rank in (0, 1)

@@ -6,8 +6,8 @@
 Making a value checks it and takes a snapshot, on the caller's thread: an array is copied (numpy,
 and CPU tensors through numpy: into a reused buffer, `SnapshotBuffers`; a CUDA tensor: a
 non-blocking copy to pinned memory behind an event, media_device.py), a file is opened (its
-descriptor keeps the bytes of the call), a table becomes an immutable Arrow table (what is
-not a numpy array: media_sources.py).
+descriptor keeps the bytes of the call), a table becomes an immutable Arrow table. What an Image
+takes besides a numpy array is taken by media_sources.py.
 Everything else happens on the run's artifact thread (artifacts.py): PNG or Parquet encoding
 (media_encode.py), then the store path `log_artifact` takes (content-addressed object, durable
 before its event). The event is an `artifact` event with kind "image" or "table" and the

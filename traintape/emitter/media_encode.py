@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 
 from traintape.emitter.media_device import DeviceCopy
+from traintape.emitter.media_sources import PNG_MAGIC
 
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _COLOR_TYPE = {1: 0, 3: 2, 4: 6}  # channels -> PNG colour type (gray, RGB, RGBA)
 _CHANNELS_OF = {0: 1, 2: 3, 6: 4}
 
